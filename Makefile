@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed
+GEN_STAMP := visionmesh/v1/.generated
+PROTOS := $(wildcard protos/visionmesh/v1/*.proto)
+export VISIONMESH_MODEL_REPOSITORY ?= $(CURDIR)/model_repository
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup gen models samples run test test-all lint bench loadtest clean
+
+setup: $(STAMP) gen models samples
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml tools/apt-packages.txt tools/setup.sh
+	bash tools/setup.sh
+	touch $@
+
+gen: $(GEN_STAMP)
+$(GEN_STAMP): $(PROTOS) $(STAMP)
+	rm -rf visionmesh/v1 && mkdir -p visionmesh/v1
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch visionmesh/v1/__init__.py $@
+
+# The builder is itself cached: each model is skipped while its files match provenance.
+models: $(STAMP) $(GEN_STAMP)
+	$(PY) -m visionmesh.cli models build
+
+samples: $(STAMP) $(GEN_STAMP)
+	$(PY) -m tools.make_samples samples
+
+run: setup
+	$(PY) -m visionmesh.cli demo samples
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
+
+lint: setup
+	@[[ -x node_modules/.bin/buf ]] || npm install --no-save --no-audit --no-fund @bufbuild/buf@1.75.0 >/dev/null
+	cd protos && ../node_modules/.bin/buf lint
+	$(PY) -m mypy services gateway visionmesh/cli.py
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf .venv visionmesh/v1 model_repository samples node_modules

@@ -1,0 +1,4 @@
+from services.classify.main import DEFINITION
+from services.common.runner import run_service
+
+run_service(DEFINITION)

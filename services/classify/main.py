@@ -1,0 +1,23 @@
+"""Entry point of the classify service: ``visionmesh serve classify``."""
+
+from __future__ import annotations
+
+import sys
+
+from services.classify.config import DEFAULT_PORT, ClassifyConfig
+from services.classify.servicer import ClassifyServicer
+from services.common.runner import ServiceDefinition, run_service
+from services.common.server import Registration
+from visionmesh.v1 import classify_pb2, classify_pb2_grpc
+
+
+def build(config: ClassifyConfig) -> list[Registration]:
+    servicer = ClassifyServicer(config)
+    full_name = classify_pb2.DESCRIPTOR.services_by_name["ClassifyService"].full_name
+    return [Registration(full_name, servicer, classify_pb2_grpc.add_ClassifyServiceServicer_to_server)]
+
+
+DEFINITION = ServiceDefinition("classify", ClassifyConfig, build, DEFAULT_PORT)
+
+if __name__ == "__main__":
+    run_service(DEFINITION, sys.argv[1:])

@@ -1,0 +1,222 @@
+"""Dynamic batching per model, with Triton's semantics.
+
+Requests for one model queue up; a batch is formed when it holds
+``max_batch_size`` rows or the oldest request has waited
+``max_queue_delay_us``. The queue is bounded (``max_queue_size`` requests):
+past it a request fails fast with RESOURCE_EXHAUSTED. A request whose deadline
+passes while queued fails with DEADLINE_EXCEEDED and is never computed.
+Several engine instances (one worker each) drain the one queue.
+
+Only requests whose inputs have the same per-row shape and dtype share a
+batch, so callers with variable shapes (OCR crops) bucket them first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common import metrics
+from services.common.config import BatcherConfig
+from services.common.engines.base import Engine
+from services.common.errors import DeadlineExceeded, Overloaded, Unavailable
+
+log = logging.getLogger(__name__)
+
+Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+@dataclass(eq=False)
+class _Request:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    signature: Signature
+    future: asyncio.Future[dict[str, np.ndarray]]
+    enqueued: float
+    deadline: float | None
+    dequeued: float = field(default=0.0)
+
+
+def _signature(inputs: Mapping[str, np.ndarray]) -> Signature:
+    return tuple(sorted((name, arr.shape[1:], arr.dtype.str) for name, arr in inputs.items()))
+
+
+class DynamicBatcher:
+    """Queue + batch former + N engine workers for one model."""
+
+    def __init__(
+        self,
+        name: str,
+        engine_factory: Callable[[], Engine],
+        config: BatcherConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if config.max_batch_size < 1 or config.instances < 1 or config.max_queue_size < 1:
+            raise ValueError(f"batcher {name}: max_batch_size, instances and max_queue_size must be >= 1")
+        self.name = name
+        self.config = config
+        self._engine_factory = engine_factory
+        self._clock = clock
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._cond = asyncio.Condition()
+        self._workers: list[asyncio.Task[None]] = []
+        self._engines: list[Engine] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+        self._delay = config.max_queue_delay_us / 1e6
+        self._depth = metrics.QUEUE_DEPTH.labels(name)
+
+    @property
+    def engines(self) -> list[Engine]:
+        return self._engines
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(self.config.instances, thread_name_prefix=f"engine-{self.name}")
+        # Engines load in the worker threads: a slow load never blocks the event loop.
+        self._engines = list(
+            await asyncio.gather(
+                *(loop.run_in_executor(self._executor, self._engine_factory) for _ in range(self.config.instances))
+            )
+        )
+        self._workers = [asyncio.create_task(self._worker(e), name=f"batcher-{self.name}-{i}") for i, e in enumerate(self._engines)]
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the workers and close the engines."""
+        async with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        for engine in self._engines:
+            engine.close()
+        if self._executor:
+            self._executor.shutdown(wait=False)
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Queue ``inputs`` (dim 0 = rows) and wait for its rows of every output.
+
+        ``deadline`` is an absolute time on this batcher's clock (``time.monotonic``).
+        """
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        rows = {a.shape[0] for a in arrays.values()}
+        if len(rows) != 1:
+            raise ValueError(f"batcher {self.name}: inputs disagree on the batch dimension: {sorted(rows)}")
+        (n,) = rows
+        limit = self.config.max_batch_size
+        if n <= limit:
+            return await self._submit(arrays, n, deadline)
+        # Larger than one batch: queue it as chunks and stitch the outputs back.
+        parts = await asyncio.gather(
+            *(self._submit({k: v[i : i + limit] for k, v in arrays.items()}, min(limit, n - i), deadline) for i in range(0, n, limit))
+        )
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    async def _submit(self, arrays: dict[str, np.ndarray], rows: int, deadline: float | None) -> dict[str, np.ndarray]:
+        if self._closing:
+            raise Unavailable(f"model {self.name} is shutting down")
+        if len(self._queue) >= self.config.max_queue_size:
+            metrics.REJECTED.labels(self.name, "queue_full").inc()
+            raise Overloaded(f"model {self.name} queue is full ({self.config.max_queue_size} requests waiting)")
+        now = self._clock()
+        if deadline is not None and deadline <= now:
+            metrics.REJECTED.labels(self.name, "deadline").inc()
+            raise DeadlineExceeded(f"deadline passed before model {self.name} was queued")
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        request = _Request(arrays, rows, _signature(arrays), future, now, deadline)
+        async with self._cond:
+            self._queue.append(request)
+            self._depth.set(len(self._queue))
+            self._cond.notify_all()
+        return await future
+
+    def _drop_dead(self, now: float) -> None:
+        """Fail queued requests whose deadline passed; forget cancelled ones."""
+        kept: collections.deque[_Request] = collections.deque()
+        for req in self._queue:
+            if req.future.done():
+                continue
+            if req.deadline is not None and req.deadline <= now:
+                metrics.REJECTED.labels(self.name, "deadline").inc()
+                req.future.set_exception(
+                    DeadlineExceeded(f"deadline passed after {now - req.enqueued:.3f}s in model {self.name}'s queue")
+                )
+                continue
+            kept.append(req)
+        self._queue = kept
+
+    def _candidates(self) -> tuple[list[_Request], int]:
+        """The oldest request and, in FIFO order, the compatible ones that fit beside it."""
+        first = self._queue[0]
+        picked, rows = [first], first.rows
+        for req in list(self._queue)[1:]:
+            if rows >= self.config.max_batch_size:
+                break
+            if req.signature == first.signature and rows + req.rows <= self.config.max_batch_size:
+                picked.append(req)
+                rows += req.rows
+        return picked, rows
+
+    async def _next_batch(self) -> list[_Request] | None:
+        async with self._cond:
+            while True:
+                self._drop_dead(self._clock())
+                if not self._queue:
+                    if self._closing:
+                        return None
+                    await self._cond.wait()
+                    continue
+                picked, rows = self._candidates()
+                now = self._clock()
+                window_end = picked[0].enqueued + self._delay
+                if rows >= self.config.max_batch_size or now >= window_end or self._closing:
+                    for req in picked:
+                        self._queue.remove(req)
+                        req.dequeued = now
+                    self._depth.set(len(self._queue))
+                    return picked
+                try:
+                    await asyncio.wait_for(self._cond.wait(), timeout=window_end - now)
+                except TimeoutError:
+                    pass
+
+    async def _worker(self, engine: Engine) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            for req in batch:
+                metrics.QUEUE_SECONDS.labels(self.name).observe(req.dequeued - req.enqueued)
+            names = batch[0].inputs.keys()
+            stacked = {k: np.concatenate([r.inputs[k] for r in batch]) if len(batch) > 1 else batch[0].inputs[k] for k in names}
+            total = sum(r.rows for r in batch)
+            start = time.perf_counter()
+            try:
+                outputs = await loop.run_in_executor(self._executor, engine.infer, stacked)
+            except Exception as exc:  # the engine failed this batch: every request in it gets the error
+                log.exception("engine %s failed a batch of %d", self.name, total)
+                for req in batch:
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                continue
+            metrics.COMPUTE_SECONDS.labels(self.name).observe(time.perf_counter() - start)
+            metrics.BATCH_SIZE.labels(self.name).observe(total)
+            offset = 0
+            for req in batch:
+                part = {k: v[offset : offset + req.rows] for k, v in outputs.items()}
+                offset += req.rows
+                if not req.future.done():
+                    req.future.set_result(part)
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """Absolute batcher deadline ``seconds`` from now (``None`` = no deadline)."""
+    return None if seconds is None else time.monotonic() + seconds

@@ -1,0 +1,203 @@
+"""Configuration from defaults, an optional YAML file, the environment and flags.
+
+Precedence (lowest to highest): dataclass defaults < YAML file (``--config``)
+< environment (``VISIONMESH_<SECTION>__<KEY>``, ``__`` separates nesting)
+< flags (``--set section.key=value`` and a few named flags).
+Every service describes its settings as nested dataclasses; this module
+only merges and coerces them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+ENV_PREFIX = "VISIONMESH_"
+
+
+class ConfigError(ValueError):
+    """A setting that does not exist or does not parse."""
+
+
+@dataclasses.dataclass
+class BatcherConfig:
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 2000
+    max_queue_size: int = 512
+    instances: int = 1
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    # "onnxruntime" (default, CPU), "torch" or "tensorrt".
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    # ONNX Runtime intra-op threads per instance (0 = library default).
+    threads: int = 0
+    # "fp32" or "fp16" (GPU backends).
+    precision: str = "fp32"
+    cuda_graphs: bool = False
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """How one model of a service runs: which repository entry, engine, batcher."""
+
+    name: str = ""
+    version: int = 1
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    # Prometheus /metrics port (0 = pick a free one, -1 = off).
+    metrics_port: int = -1
+    # Seconds in-flight calls get to finish on SIGTERM.
+    drain_grace_s: float = 10.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    log_level: str = "INFO"
+    log_json: bool = True
+    # "none", "console", or "memory" (tests).
+    trace_exporter: str = "none"
+    # Register with Consul when set (or from CONSUL_HTTP_ADDR).
+    consul_addr: str = ""
+    # Address other hosts use to reach us (Consul registration); defaults to host:port.
+    advertise_addr: str = ""
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(value: Any, target: Any, where: str) -> Any:
+    """Turn a YAML/env/flag value into the dataclass field's declared type."""
+    origin = typing.get_origin(target)
+    if dataclasses.is_dataclass(target):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return merge(target(), value, where)  # type: ignore[call-arg]
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: {value!r} is not a boolean")
+    if target in (int, float, str):
+        try:
+            return target(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {value!r} is not a {target.__name__}") from exc
+    if origin in (list, Sequence, tuple):
+        (item_type,) = typing.get_args(target)[:1] or (Any,)
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        return [coerce(v, item_type, f"{where}[]") if item_type is not Any else v for v in value]
+    if origin is dict:
+        key_t, val_t = typing.get_args(target)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {coerce(k, key_t, where): coerce(v, val_t, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def merge(obj: T, values: Mapping[str, Any], where: str = "") -> T:
+    """Return ``obj`` with ``values`` (a nested mapping) applied, types coerced."""
+    hints = _type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        path = f"{where}.{key}" if where else key
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown setting {path!r} (known here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            changes[key] = merge(current, value, path)
+        elif isinstance(current, dict) and isinstance(value, Mapping) and typing.get_origin(hints[key]) is dict:
+            _, val_t = typing.get_args(hints[key])
+            merged = dict(current)
+            for k, v in value.items():
+                if dataclasses.is_dataclass(val_t) and k in merged and isinstance(v, Mapping):
+                    merged[k] = merge(merged[k], v, f"{path}.{k}")
+                else:
+                    merged[k] = coerce(v, val_t, f"{path}.{k}")
+            changes[key] = merged
+        else:
+            changes[key] = coerce(value, hints[key], path)
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def _nest(dotted: Mapping[str, Any], sep: str) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = [p for p in key.split(sep) if p]
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def from_env(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """``VISIONMESH_SERVER__PORT=5001`` -> ``{"server": {"port": "5001"}}``."""
+    picked = {k[len(prefix):].lower(): v for k, v in environ.items() if k.startswith(prefix)}
+    return _nest(picked, "__")
+
+
+def from_assignments(assignments: Sequence[str]) -> dict[str, Any]:
+    """``["server.port=5001"]`` -> ``{"server": {"port": "5001"}}``; values parse as YAML."""
+    pairs: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        pairs[key.strip()] = yaml.safe_load(raw) if raw else ""
+    return _nest(pairs, ".")
+
+
+def load(
+    cls: type[T],
+    *,
+    yaml_path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    assignments: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` from defaults < YAML < environment < ``--set`` < explicit overrides."""
+    cfg = cls()
+    if yaml_path:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping at the top")
+        cfg = merge(cfg, data)
+    cfg = merge(cfg, _filter_known(cls, from_env(os.environ if environ is None else environ)))
+    cfg = merge(cfg, from_assignments(assignments))
+    if overrides:
+        cfg = merge(cfg, overrides)
+    return cfg
+
+
+def _filter_known(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
+    # The environment is shared by every service: ignore sections this one lacks.
+    hints = _type_hints(cls)
+    return {k: v for k, v in tree.items() if k in hints}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

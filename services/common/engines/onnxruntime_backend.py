@@ -1,0 +1,52 @@
+"""ONNX Runtime backend: the default, CPU everywhere (CUDA provider where present)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from services.common.engines.base import Engine, EngineError
+from services.common.repository import TensorSpec
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8"}
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+
+class OnnxRuntimeEngine(Engine):
+    session: ort.InferenceSession
+
+    def load(self) -> None:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.config.threads > 0:
+            opts.intra_op_num_threads = self.config.threads
+        opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if self.config.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise EngineError("onnxruntime here has no CUDA provider; use --backend torch or tensorrt for GPUs")
+            device_id = int(self.config.device.partition(":")[2] or 0)
+            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]  # type: ignore[list-item]
+        self.session = ort.InferenceSession(str(self.entry.onnx_path), sess_options=opts, providers=providers)
+        self._output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [_spec(i) for i in self.session.get_inputs()]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [_spec(o) for o in self.session.get_outputs()]
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.session.run(self._output_names, dict(inputs))
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)

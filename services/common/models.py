@@ -1,0 +1,41 @@
+"""A served model: its repository entry plus a dynamic batcher over its engines."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from services.common.batcher import DynamicBatcher, deadline_after
+from services.common.config import ModelConfig
+from services.common.engines import create_engine
+from services.common.repository import ModelEntry, load_entry
+
+
+class ServedModel:
+    """Load-on-start, batch-on-infer wrapper; one per model a service runs."""
+
+    def __init__(self, config: ModelConfig, root: Path | None = None) -> None:
+        self.config = config
+        self.entry: ModelEntry = load_entry(config.name, config.version, root)
+        batcher_cfg = config.batcher
+        if self.entry.max_batch_size and batcher_cfg.max_batch_size > self.entry.max_batch_size:
+            batcher_cfg = dataclasses.replace(batcher_cfg, max_batch_size=self.entry.max_batch_size)
+        self.batcher = DynamicBatcher(config.name, lambda: create_engine(self.entry, config.engine), batcher_cfg)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    async def infer(self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None) -> dict[str, np.ndarray]:
+        """Queue ``inputs`` behind the caller's gRPC deadline (if any)."""
+        remaining = context.time_remaining() if context is not None else None
+        return await self.batcher.infer(inputs, deadline_after(remaining))

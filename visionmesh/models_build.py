@@ -1,0 +1,101 @@
+"""``visionmesh models build``: fill the model repository from installed wheels.
+
+Each service contributes ``ModelExport`` entries (``services/<svc>/export.py``).
+A model is rebuilt only when its files no longer match its provenance record
+or its exporter's revision changed, so re-running is fast and nothing touches
+the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.common.repository import default_root, verify_entry, write_entry
+
+log = logging.getLogger(__name__)
+
+# Modules holding each service's exports; a service that is not built yet is skipped.
+EXPORT_MODULES = (
+    "services.classify.export",
+    "services.ocr.export",
+    "services.face.export",
+    "services.hash.export",
+)
+
+
+@dataclass(frozen=True)
+class ModelExport:
+    name: str
+    version: int
+    # Bump when the exporter's output changes, so cached builds are redone.
+    revision: int
+    # Writes model files into the folder; returns (config.yaml dict, provenance dict).
+    build: Callable[[Path], tuple[dict[str, Any], dict[str, Any]]]
+
+
+def package_provenance(*dists: str) -> dict[str, Any]:
+    """Name, version and licence of the wheels a model came from."""
+    sources = []
+    for dist in dists:
+        meta = importlib.metadata.metadata(dist)
+        sources.append({"package": dist, "version": importlib.metadata.version(dist), "license": meta.get("License-Expression") or meta.get("License") or "see package"})
+    return {"sources": sources}
+
+
+def all_exports() -> list[ModelExport]:
+    exports: list[ModelExport] = []
+    for module_name in EXPORT_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        exports.extend(module.MODELS)
+    return exports
+
+
+def _up_to_date(path: Path, export: ModelExport) -> bool:
+    if not verify_entry(path):
+        return False
+    record = json.loads((path / "provenance.json").read_text())
+    return bool(record.get("export_revision") == export.revision)
+
+
+def build(root: Path | None = None, only: Iterable[str] = (), force: bool = False) -> list[str]:
+    """Build every (or each named) model; returns the names actually (re)built."""
+    root = root or default_root()
+    wanted = set(only)
+    built = []
+    for export in all_exports():
+        if wanted and export.name not in wanted:
+            continue
+        target = root / export.name / str(export.version)
+        if not force and _up_to_date(target, export):
+            log.info("model %s v%d is up to date", export.name, export.version)
+            continue
+        start = time.perf_counter()
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{export.name}-") as tmp:
+            staging = Path(tmp) / "out"
+            staging.mkdir()
+            config, provenance = export.build(staging)
+            config = {"name": export.name, "version": export.version, **config}
+            write_entry(staging, config, {**provenance, "export_revision": export.revision})
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(target)
+        print(f"built model {export.name} v{export.version} in {time.perf_counter() - start:.1f}s -> {target}")
+        built.append(export.name)
+    return built
