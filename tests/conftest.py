@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests run real servers in-process on free loopback ports with real models."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("VISIONMESH_MODEL_REPOSITORY", str(ROOT / "model_repository"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --run-slow (make test-all)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def encode(rgb: np.ndarray, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.chelsea()
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg(chelsea: np.ndarray) -> bytes:
+    return encode(chelsea)
