@@ -1,0 +1,54 @@
+"""Settings of the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import ServerConfig
+
+DEFAULT_PORT = 50050
+
+DEFAULT_SERVICES = {
+    "classify": ["127.0.0.1:50051"],
+    "ocr": ["127.0.0.1:50052"],
+    "face": ["127.0.0.1:50053"],
+    "hash": ["127.0.0.1:50054"],
+}
+
+
+@dataclass
+class ImageLimitsConfig:
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_side: int = 20_000
+
+
+@dataclass
+class GatewayConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    # "static" (addresses below), "consul" (server.consul_addr / CONSUL_HTTP_ADDR) or "dns".
+    discovery: str = "static"
+    # Static discovery: service -> instance addresses.
+    services: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SERVICES.items()})
+    # DNS discovery (Kubernetes headless services): service -> "host:port".
+    dns_targets: dict[str, str] = field(default_factory=dict)
+    # Deadline when the caller sets none, and the share of the caller's remaining
+    # time each feature call gets (the rest is left for merging and the reply).
+    default_deadline_s: float = 10.0
+    feature_deadline_fraction: float = 0.9
+    retry_attempts: int = 3
+    breaker_failures: int = 5
+    breaker_reset_s: float = 5.0
+    # Requests (Analyze, AnalyzeBatch, AnalyzeVideo calls) served at once; past it RESOURCE_EXHAUSTED.
+    max_in_flight: int = 256
+    # Images of a batch analysed at once.
+    batch_concurrency: int = 16
+    max_batch_images: int = 256
+    # Long side of the pixels sent to services (results are rescaled back).
+    fanout_max_side: int = 2048
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
+    cache_max_bytes: int = 64 * 1024 * 1024
+    cache_ttl_s: float = 300.0
+    video_max_bytes: int = 512 * 1024 * 1024
+    video_frames: int = 3
+    video_max_frames: int = 16

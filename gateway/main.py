@@ -1,0 +1,45 @@
+"""Entry point of the gateway: ``visionmesh serve gateway``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gateway.config import DEFAULT_PORT, GatewayConfig
+from gateway.discovery import ConsulResolver, DnsResolver, Resolver, StaticResolver
+from gateway.servicer import GatewayServicer
+from services.common import tracing
+from services.common.errors import InvalidInput
+from services.common.runner import ServiceDefinition, run_service
+from services.common.server import Registration
+from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
+
+
+def make_resolver(config: GatewayConfig) -> Resolver:
+    limit = config.server.max_message_bytes
+    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    interceptors = tracing.client_interceptors()
+    if config.discovery == "static":
+        return StaticResolver(config.services, channel_options=options, interceptors=interceptors)
+    if config.discovery == "dns":
+        return DnsResolver(config.dns_targets, channel_options=options, interceptors=interceptors)
+    if config.discovery == "consul":
+        consul_addr = config.server.consul_addr or os.environ.get("CONSUL_HTTP_ADDR", "")
+        if not consul_addr:
+            raise InvalidInput("discovery=consul needs server.consul_addr or CONSUL_HTTP_ADDR")
+        return ConsulResolver(consul_addr, list(config.services), channel_options=options, interceptors=interceptors)
+    raise InvalidInput(f"unknown discovery {config.discovery!r} (static, consul, dns)")
+
+
+def build(config: GatewayConfig) -> list[Registration]:
+    # Client spans need the tracer provider before the interceptors are made.
+    tracing.setup("gateway", config.server.trace_exporter)
+    servicer = GatewayServicer(config, make_resolver(config))
+    full_name = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+    return [Registration(full_name, servicer, gateway_pb2_grpc.add_GatewayServiceServicer_to_server)]
+
+
+DEFINITION = ServiceDefinition("gateway", GatewayConfig, build, DEFAULT_PORT)
+
+if __name__ == "__main__":
+    run_service(DEFINITION, sys.argv[1:])
