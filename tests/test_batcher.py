@@ -1,0 +1,175 @@
+"""Dynamic batcher semantics: batch forming, delay, overload, deadline, instances."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+
+import grpc
+import numpy as np
+import pytest
+
+from services.common.batcher import DynamicBatcher
+from services.common.config import BatcherConfig, EngineConfig
+from services.common.engines.base import Engine
+from services.common.errors import DeadlineExceeded, Overloaded
+from services.common.repository import ModelEntry, TensorSpec
+
+
+class RecordingEngine(Engine):
+    """A tiny real computation (x * 2 + row sum) that records every batch it ran."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(ModelEntry("double", 1, None, [], [], 0), EngineConfig())  # type: ignore[arg-type]
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+        self.threads: set[str] = set()
+
+    def load(self) -> None:
+        pass
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("x", "float32", (-1, 4))]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("y", "float32", (-1, 4))]
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches.append(int(inputs["x"].shape[0]))
+        self.threads.add(threading.current_thread().name)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        x = inputs["x"]
+        return {"y": x * 2, "s": x.sum(axis=1)}
+
+
+async def make(engines: list[RecordingEngine], **cfg: int) -> DynamicBatcher:
+    it = iter(engines)
+    batcher = DynamicBatcher("test", lambda: next(it), BatcherConfig(instances=len(engines), **cfg))
+    await batcher.start()
+    return batcher
+
+
+def rows(n: int, value: float) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 4), value, np.float32)}
+
+
+async def test_requests_in_the_window_share_one_batch_and_get_their_own_rows() -> None:
+    engine = RecordingEngine()
+    batcher = await make([engine], max_batch_size=8, max_queue_delay_us=50_000, max_queue_size=100)
+    results = await asyncio.gather(*(batcher.infer(rows(1, float(i))) for i in range(5)))
+    await batcher.close()
+    assert engine.batches == [5]
+    for i, out in enumerate(results):
+        np.testing.assert_allclose(out["y"], np.full((1, 4), 2.0 * i))
+        np.testing.assert_allclose(out["s"], [4.0 * i])
+
+
+async def test_full_batch_runs_without_waiting_for_the_delay() -> None:
+    engine = RecordingEngine()
+    batcher = await make([engine], max_batch_size=4, max_queue_delay_us=5_000_000, max_queue_size=100)
+    start = time.perf_counter()
+    await asyncio.gather(*(batcher.infer(rows(1, 1.0)) for _ in range(4)))
+    elapsed = time.perf_counter() - start
+    await batcher.close()
+    assert engine.batches == [4]
+    assert elapsed < 1.0, "a full batch must not wait for max_queue_delay"
+
+
+async def test_lone_request_waits_at_most_the_delay() -> None:
+    engine = RecordingEngine()
+    batcher = await make([engine], max_batch_size=64, max_queue_delay_us=100_000, max_queue_size=100)
+    start = time.perf_counter()
+    await batcher.infer(rows(1, 1.0))
+    elapsed = time.perf_counter() - start
+    await batcher.close()
+    assert 0.09 <= elapsed < 1.0
+    assert engine.batches == [1]
+
+
+async def test_batches_never_exceed_max_batch_size_and_big_requests_are_split() -> None:
+    engine = RecordingEngine()
+    batcher = await make([engine], max_batch_size=4, max_queue_delay_us=20_000, max_queue_size=100)
+    outs = await asyncio.gather(batcher.infer(rows(10, 3.0)), *(batcher.infer(rows(3, 1.0)) for _ in range(3)))
+    await batcher.close()
+    assert max(engine.batches) <= 4
+    assert sum(engine.batches) == 10 + 9
+    assert outs[0]["y"].shape == (10, 4)
+    np.testing.assert_allclose(outs[0]["y"], 6.0)
+
+
+async def test_different_shapes_are_not_mixed() -> None:
+    engine = RecordingEngine()
+    batcher = await make([engine], max_batch_size=8, max_queue_delay_us=30_000, max_queue_size=100)
+    a = {"x": np.ones((1, 4), np.float32)}
+    b = {"x": np.ones((1, 6), np.float32)}
+    await asyncio.gather(batcher.infer(a), batcher.infer(b), batcher.infer(a))
+    await batcher.close()
+    assert sorted(engine.batches) == [1, 2]
+
+
+async def test_full_queue_fails_fast_with_resource_exhausted() -> None:
+    engine = RecordingEngine(delay_s=0.2)
+    batcher = await make([engine], max_batch_size=1, max_queue_delay_us=0, max_queue_size=2)
+    tasks = [asyncio.create_task(batcher.infer(rows(1, 1.0))) for _ in range(6)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    await batcher.close()
+    overloaded = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, dict)]
+    assert overloaded, "past max_queue_size requests must be refused"
+    assert overloaded[0].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(served) + len(overloaded) == 6
+    assert len(engine.batches) == len(served)
+
+
+async def test_request_whose_deadline_passes_in_the_queue_is_never_computed() -> None:
+    engine = RecordingEngine(delay_s=0.3)
+    batcher = await make([engine], max_batch_size=1, max_queue_delay_us=0, max_queue_size=10)
+    busy = asyncio.create_task(batcher.infer(rows(1, 1.0)))
+    await asyncio.sleep(0.05)  # the engine is now busy for 0.3 s
+    doomed = {"x": np.full((1, 4), 7.0, np.float32)}
+    with pytest.raises(DeadlineExceeded) as info:
+        await batcher.infer(doomed, deadline=time.monotonic() + 0.1)
+    await busy
+    await batcher.close()
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert engine.batches == [1], "the expired request must not reach the engine"
+
+
+async def test_expired_deadline_is_refused_before_queueing() -> None:
+    engine = RecordingEngine()
+    batcher = await make([engine], max_batch_size=4, max_queue_delay_us=0, max_queue_size=10)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.infer(rows(1, 1.0), deadline=time.monotonic() - 1)
+    await batcher.close()
+    assert engine.batches == []
+
+
+async def test_several_instances_drain_one_queue_in_parallel() -> None:
+    engines = [RecordingEngine(delay_s=0.2), RecordingEngine(delay_s=0.2)]
+    batcher = await make(engines, max_batch_size=1, max_queue_delay_us=0, max_queue_size=10)
+    start = time.perf_counter()
+    await asyncio.gather(*(batcher.infer(rows(1, 1.0)) for _ in range(4)))
+    elapsed = time.perf_counter() - start
+    await batcher.close()
+    assert all(e.batches for e in engines), "both instances must take work"
+    assert elapsed < 0.75, f"two instances should halve the time of four 0.2 s batches, took {elapsed:.2f}s"
+
+
+async def test_engine_error_reaches_every_request_of_the_batch_and_the_batcher_survives() -> None:
+    class Failing(RecordingEngine):
+        def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if inputs["x"][0, 0] < 0:
+                raise RuntimeError("bad batch")
+            return super().infer(inputs)
+
+    batcher = await make([Failing()], max_batch_size=4, max_queue_delay_us=0, max_queue_size=10)
+    with pytest.raises(RuntimeError, match="bad batch"):
+        await batcher.infer(rows(1, -1.0))
+    ok = await batcher.infer(rows(1, 2.0))
+    await batcher.close()
+    np.testing.assert_allclose(ok["y"], 4.0)

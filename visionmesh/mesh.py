@@ -1,0 +1,152 @@
+"""A local mesh: every service and the gateway as separate processes on loopback.
+
+Used by ``visionmesh up`` / ``demo``, by tests that kill a real service, and by
+the load tests. Static discovery: the gateway is told each service's address.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.metrics import free_port
+from visionmesh import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class LocalMesh:
+    services: list[str] = field(default_factory=lambda: [s for s in registry.available() if s != "gateway"])
+    host: str = "127.0.0.1"
+    # Fixed ports (defaults of each service) or free ones (tests).
+    fixed_ports: bool = False
+    log_dir: Path | None = None
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def _port(self, name: str) -> int:
+        return registry.definition(name).default_port if self.fixed_ports else free_port(self.host)
+
+    def _spawn(self, name: str, port: int, args: list[str]) -> ServiceProcess:
+        log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="visionmesh-logs-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = log_dir
+        log_path = log_dir / f"{name}.log"
+        cmd = [sys.executable, "-m", registry.SERVICE_MODULES[name].rsplit(".", 1)[0], "--host", self.host, "--port", str(port), *args, *self.extra_args.get(name, [])]
+        env = dict(os.environ)
+        env.setdefault("VISIONMESH_MODEL_REPOSITORY", str(ROOT / "model_repository"))
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        return ServiceProcess(name, f"{self.host}:{port}", proc, log_path)
+
+    def start_service(self, name: str) -> ServiceProcess:
+        """(Re)start one feature service on its address (kept across restarts)."""
+        previous = self.processes.get(name)
+        port = int(previous.address.rsplit(":", 1)[1]) if previous else self._port(name)
+        proc = self._spawn(name, port, [])
+        self.processes[name] = proc
+        return proc
+
+    def start(self, timeout_s: float = 120.0) -> str:
+        """Start services, wait until healthy, then the gateway; returns the gateway address."""
+        for name in self.services:
+            self.start_service(name)
+        deadline = time.monotonic() + timeout_s
+        for name in list(self.services):
+            proc = self.processes[name]
+            if not wait_healthy(proc, deadline):
+                self.failed[name] = tail(proc.log_path)
+                stop_process(proc)
+                del self.processes[name]
+        services = {name: [p.address] for name, p in self.processes.items()}
+        config_path = (self.log_dir or Path(tempfile.mkdtemp())) / "gateway.yaml"
+        # Features whose service is absent still resolve to an address: callers get UNAVAILABLE.
+        for name in registry.FEATURE_SERVICES.values():
+            services.setdefault(name, [f"{self.host}:{free_port(self.host)}"])
+        config_path.write_text(yaml.safe_dump({"services": services}))
+        gateway = self._spawn("gateway", self._port("gateway"), ["--config", str(config_path)])
+        self.processes["gateway"] = gateway
+        if not wait_healthy(gateway, time.monotonic() + 60):
+            raise RuntimeError(f"gateway did not become healthy:\n{tail(gateway.log_path)}")
+        return gateway.address
+
+    @property
+    def gateway_address(self) -> str:
+        return self.processes["gateway"].address
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one service (failure tests)."""
+        proc = self.processes[name]
+        os.killpg(proc.process.pid, signal.SIGKILL)
+        proc.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM everything (graceful drain), gateway first."""
+        order = ["gateway", *[n for n in self.processes if n != "gateway"]]
+        for name in order:
+            if name in self.processes:
+                stop_process(self.processes[name])
+        self.processes.clear()
+
+    def __enter__(self) -> LocalMesh:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_healthy(proc: ServiceProcess, deadline: float) -> bool:
+    """Poll grpc.health.v1 until SERVING, the process dies, or the deadline passes."""
+    with grpc.insecure_channel(proc.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                return False
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    return False
+
+
+def stop_process(proc: ServiceProcess, grace_s: float = 15.0) -> None:
+    if proc.alive():
+        proc.process.send_signal(signal.SIGTERM)
+        try:
+            proc.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.process.pid, signal.SIGKILL)
+            proc.process.wait(5)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
