@@ -1,0 +1,68 @@
+"""Settings of the OCR service (detection, direction, recognition and request limits)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+
+DEFAULT_PORT = 50052
+
+
+@dataclass
+class DetectionConfig:
+    # The detector sees the image scaled so its short side is at least
+    # ``min_side`` (small text needs pixels), but never with a long side over
+    # ``max_side``: that cap bounds time and memory whatever the input size.
+    min_side: int = 736
+    max_side: int = 2000
+    # DB post-processing (PaddleOCR's defaults for PP-OCR det).
+    threshold: float = 0.3
+    box_threshold: float = 0.5
+    unclip_ratio: float = 1.6
+    # Contours looked at per image; more are ignored (largest kept), which
+    # bounds the time an image full of tiny boxes can take.
+    max_candidates: int = 1000
+    # Boxes passed on to recognition per image (highest detection score kept).
+    max_boxes: int = 300
+    min_box_side: int = 3
+
+
+@dataclass
+class RecognitionConfig:
+    height: int = 48
+    # Crops are resized to height 48 and right-padded to the next bucket, so
+    # crops of similar width from many requests share one batch.
+    width_buckets: list[int] = field(default_factory=lambda: [160, 320, 480, 640, 960, 1280])
+    # Direction classifier: turn a crop 180 degrees when "180" scores above this.
+    direction_threshold: float = 0.9
+    use_direction: bool = True
+
+
+@dataclass
+class LimitsConfig:
+    # Lines returned when the request says 0.
+    max_lines: int = 200
+    # Hard cap on what a request may ask for.
+    max_lines_cap: int = 1000
+    # Lines whose recognition confidence is below this are dropped (request 0 = this).
+    min_confidence: float = 0.5
+    # Images with a side below this are answered with no lines (nothing legible).
+    min_image_side: int = 8
+
+
+@dataclass
+class OcrConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    detector: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="ppocr_det", batcher=BatcherConfig(max_batch_size=4, max_queue_delay_us=1000))
+    )
+    direction: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="ppocr_cls", batcher=BatcherConfig(max_batch_size=64, max_queue_delay_us=2000))
+    )
+    recognizer: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="ppocr_rec", batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000))
+    )
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)

@@ -1,0 +1,106 @@
+"""The OCR pipeline on served models: detect -> crop -> direction -> recognise.
+
+Every model call goes through a ``ServedModel`` (dynamic batcher + engine), so
+the same code runs on ONNX Runtime, torch or TensorRT. Recognition crops are
+padded to a width bucket and submitted per bucket: crops of similar width
+from concurrent requests then share one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import cv2
+import grpc
+import numpy as np
+
+from services.common.models import ServedModel
+from services.ocr.config import OcrConfig
+from services.ocr.detection import TextBox, boxes_from_probability, prepare, reading_order
+from services.ocr.recognition import CtcDecoder, crop_quad, direction_input, recognition_input
+
+# Below this pixel standard deviation an image is one flat colour: no text to find.
+BLANK_STD = 1.0
+
+
+@dataclass(frozen=True)
+class RecognizedLine:
+    text: str
+    confidence: float
+    quad: np.ndarray  # 4 x 2, image pixels, tl/tr/br/bl
+    angle: int  # 0 or 180
+    box_score: float
+
+
+class OcrPipeline:
+    def __init__(self, config: OcrConfig) -> None:
+        self.config = config
+        self.detector = ServedModel(config.detector)
+        self.direction = ServedModel(config.direction)
+        self.recognizer = ServedModel(config.recognizer)
+        self.decoder = CtcDecoder(self.recognizer.entry.file(str(self.recognizer.entry.extra.get("dictionary", "dict.txt"))))
+        self.rec_height = int(self.recognizer.entry.preprocessing.get("height", 48))
+
+    @property
+    def models(self) -> list[ServedModel]:
+        return [self.detector, self.direction, self.recognizer]
+
+    async def start(self) -> None:
+        await asyncio.gather(*(m.start() for m in self.models))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(m.close() for m in self.models))
+
+    async def detect(self, bgr: np.ndarray, context: grpc.aio.ServicerContext | None) -> list[TextBox]:
+        cfg = self.config.detection
+        det = await asyncio.to_thread(prepare, bgr, cfg)
+        out = await self.detector.infer({"x": det.tensor}, context)
+        prob = next(iter(out.values()))[0, 0]
+        boxes = await asyncio.to_thread(boxes_from_probability, prob, det, bgr.shape[:2], cfg)
+        return reading_order(boxes)
+
+    async def _directions(self, crops: list[np.ndarray], context: grpc.aio.ServicerContext | None) -> list[int]:
+        if not self.config.recognition.use_direction:
+            return [0] * len(crops)
+        batch = np.concatenate([direction_input(c) for c in crops])
+        out = await self.direction.infer({"x": batch}, context)
+        probs = next(iter(out.values()))
+        threshold = self.config.recognition.direction_threshold
+        return [180 if p.argmax() == 1 and p[1] > threshold else 0 for p in probs]
+
+    async def _recognise(self, crops: list[np.ndarray], context: grpc.aio.ServicerContext | None) -> list[tuple[str, float]]:
+        buckets = self.config.recognition.width_buckets
+        inputs = [recognition_input(c, self.rec_height, buckets) for c in crops]
+        by_width: dict[int, list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_width.setdefault(x.shape[-1], []).append(i)
+        results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+
+        async def run_bucket(indices: list[int]) -> None:
+            out = await self.recognizer.infer({"x": np.concatenate([inputs[i] for i in indices])}, context)
+            probs = next(iter(out.values()))
+            for row, i in enumerate(indices):
+                results[i] = self.decoder.decode(probs[row])
+
+        await asyncio.gather(*(run_bucket(ix) for ix in by_width.values()))
+        return results
+
+    async def recognise(self, rgb: np.ndarray, min_confidence: float, max_lines: int, context: grpc.aio.ServicerContext | None = None) -> list[RecognizedLine]:
+        limits = self.config.limits
+        if min(rgb.shape[:2]) < limits.min_image_side or float(rgb.std()) < BLANK_STD:
+            return []
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        boxes = await self.detect(bgr, context)
+        if not boxes:
+            return []
+        crops = await asyncio.to_thread(lambda: [crop_quad(bgr, b.quad) for b in boxes])
+        angles = await self._directions(crops, context)
+        crops = [cv2.rotate(c, cv2.ROTATE_180) if a == 180 else c for c, a in zip(crops, angles, strict=True)]
+        texts = await self._recognise(crops, context)
+        lines = [
+            RecognizedLine(text, conf, box.quad, angle, box.score)
+            for box, angle, (text, conf) in zip(boxes, angles, texts, strict=True)
+            if text.strip() and conf >= min_confidence
+        ]
+        return lines[:max_lines]
