@@ -30,7 +30,7 @@ def build_efficientnet_lite0(out: Path) -> tuple[dict[str, Any], dict[str, Any]]
     net.eval()
 
     class LogitsAndFeatures(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
+        def __init__(self, inner: EfficientNet) -> None:
             super().__init__()
             self.inner = inner
 

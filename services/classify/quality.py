@@ -1,8 +1,9 @@
 """Image quality without a model: brightness, contrast, sharpness and their verdicts.
 
-All measures are taken on the luma (ITU-R BT.601) of the image resized so its
-long side is ``working_size`` pixels, so figures do not depend on the upload's
-resolution. Sharpness is the variance of the Laplacian of the luma after it is
+All measures are taken on the luma (ITU-R BT.601) of the image shrunk so its
+long side is at most ``working_size`` pixels, so figures do not depend on the
+upload's resolution. Smaller images are measured as they are: upscaling adds
+no detail and would make every thumbnail read as blurred. Sharpness is the variance of the Laplacian of the luma after it is
 rescaled to a fixed standard deviation: a dark or flat photo has a weak
 Laplacian for the same reason it has a small standard deviation, and that is
 an exposure problem, not blur.
@@ -46,14 +47,14 @@ class QualityReport:
 
 
 def working_luma(rgb: np.ndarray, working_size: int) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB -> float32 luma with its long side ``working_size``."""
+    """``H x W x 3`` uint8 RGB -> float32 luma with its long side at most ``working_size``."""
     luma = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     h, w = luma.shape
     scale = working_size / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    # INTER_AREA averages when shrinking (no aliasing that would read as detail).
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(luma, size, interpolation=interp).astype(np.float32)
+    if scale < 1:
+        # INTER_AREA averages when shrinking (no aliasing that would read as detail).
+        luma = cv2.resize(luma, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return luma.astype(np.float32)
 
 
 def measure(rgb: np.ndarray, working_size: int = 512) -> tuple[float, float, float]:
