@@ -44,6 +44,18 @@ class EngineConfig:
     # "fp32" or "fp16" (GPU backends).
     precision: str = "fp32"
     cuda_graphs: bool = False
+    # GPU backends (see docs/gpu.md). Batch sizes that get their own CUDA graph
+    # (torch) -- empty = powers of two up to the model's max_batch_size.
+    batch_buckets: list[int] = dataclasses.field(default_factory=list)
+    # TensorRT optimisation profile "opt" batch (0 = min(32, max_batch_size)).
+    opt_batch_size: int = 0
+    # TensorRT builder workspace limit, MiB.
+    workspace_mb: int = 1024
+    # Where TensorRT plans are cached ("" = next to the model's ONNX).
+    plan_cache_dir: str = ""
+    # fp16 is kept only while its outputs stay within this fraction of the
+    # fp32 outputs' largest magnitude on a probe batch; otherwise fp32.
+    fp16_tolerance: float = 0.02
 
 
 @dataclasses.dataclass
@@ -85,7 +97,7 @@ def coerce(value: Any, target: Any, where: str) -> Any:
     if dataclasses.is_dataclass(target):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return merge(target(), value, where)  # type: ignore[call-arg]
+        return merge(target(), value, where)  # type: ignore[call-arg,operator]
     if target is bool:
         if isinstance(value, bool):
             return value
