@@ -1,0 +1,56 @@
+"""Settings of the face service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+
+DEFAULT_PORT = 50053
+
+
+def _model(name: str, max_batch_size: int, delay_us: int = 2000) -> ModelConfig:
+    return ModelConfig(name=name, batcher=BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_us=delay_us))
+
+
+@dataclass
+class DetectorConfig:
+    # Smallest face side (pixels) searched for; smaller means a deeper pyramid.
+    min_face_size: float = 20.0
+    max_faces: int = 50
+    # Per-stage score thresholds (P-Net, R-Net, O-Net) and pyramid step. facenet-pytorch uses
+    # 0.7 for O-Net; 0.9 drops hands and other face-like clutter (0.76 on the group photo).
+    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.9])
+    scale_factor: float = 0.709
+
+
+@dataclass
+class QualityConfig:
+    # Variance of the Laplacian of the 64 px aligned grey face below which it is "blurred".
+    blur_threshold: float = 100.0
+    # Mean luma (0..255) of the face below / above which it is under / over exposed.
+    under_exposed_below: float = 60.0
+    over_exposed_above: float = 200.0
+
+
+@dataclass
+class TagConfig:
+    # A "face/smiling" tag needs this "happy" probability on some face.
+    smiling_min: float = 0.5
+    # A "face/female" / "face/male" tag needs this gender confidence.
+    gender_min: float = 0.6
+
+
+@dataclass
+class FaceConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    tags: TagConfig = field(default_factory=TagConfig)
+    # P-Net batches only same-size pyramid levels (same image size from concurrent calls).
+    pnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_pnet", 8, 500))
+    rnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_rnet", 256))
+    onet: ModelConfig = field(default_factory=lambda: _model("mtcnn_onet", 128))
+    age: ModelConfig = field(default_factory=lambda: _model("face_age", 64))
+    gender: ModelConfig = field(default_factory=lambda: _model("face_gender", 64))
+    emotion: ModelConfig = field(default_factory=lambda: _model("face_emotion", 64))
