@@ -36,8 +36,10 @@ def detection_size(height: int, width: int, cfg: DetectionConfig) -> tuple[int, 
     """Model input (h, w): short side up to ``min_side``, long side capped at ``max_side``, multiples of 32."""
     ratio = max(1.0, cfg.min_side / min(height, width))
     ratio = min(ratio, cfg.max_side / max(height, width))
-    h = max(MULTIPLE, int(round(height * ratio / MULTIPLE)) * MULTIPLE)
-    w = max(MULTIPLE, int(round(width * ratio / MULTIPLE)) * MULTIPLE)
+    # Rounding to a multiple of 32 must not push a side past the cap.
+    cap = max(MULTIPLE, cfg.max_side // MULTIPLE * MULTIPLE)
+    h = min(cap, max(MULTIPLE, int(round(height * ratio / MULTIPLE)) * MULTIPLE))
+    w = min(cap, max(MULTIPLE, int(round(width * ratio / MULTIPLE)) * MULTIPLE))
     return h, w
 
 
