@@ -156,21 +156,28 @@ class MiniXception(nn.Module):
         return torch.softmax(self.head(x).mean(dim=(2, 3)), dim=1)
 
 
-def _set_bn(bn: nn.BatchNorm2d, group: dict[str, np.ndarray]) -> None:
-    bn.weight.data = torch.from_numpy(group["gamma"])
-    bn.bias.data = torch.from_numpy(group["beta"])
-    bn.running_mean.data = torch.from_numpy(group["moving_mean"])
-    bn.running_var.data = torch.from_numpy(group["moving_variance"])
+def _bn_state(prefix: str, group: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {
+        f"{prefix}.weight": torch.from_numpy(group["gamma"]),
+        f"{prefix}.bias": torch.from_numpy(group["beta"]),
+        f"{prefix}.running_mean": torch.from_numpy(group["moving_mean"]),
+        f"{prefix}.running_var": torch.from_numpy(group["moving_variance"]),
+        f"{prefix}.num_batches_tracked": torch.tensor(0),
+    }
 
 
 def load_mini_xception(hdf5: Path) -> MiniXception:
-    """Read fer's Keras HDF5 weights (by layer name, in the Keras graph's order) into ``MiniXception``."""
+    """Read fer's Keras HDF5 weights into ``MiniXception`` (``strict`` load: every tensor accounted for)."""
     import h5py
 
     def layer(name: str) -> dict[str, np.ndarray]:
-        group = weights[name]
         out: dict[str, np.ndarray] = {}
-        group.visititems(lambda key, obj: out.__setitem__(key.rsplit("/", 1)[-1].split(":")[0], np.asarray(obj)) if isinstance(obj, h5py.Dataset) else None)
+
+        def visit(key: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[key.rsplit("/", 1)[-1].split(":")[0]] = np.asarray(obj)
+
+        weights[name].visititems(visit)
         return out
 
     def conv(kernel: np.ndarray) -> torch.Tensor:  # (kh, kw, in, out) -> (out, in, kh, kw)
@@ -179,25 +186,28 @@ def load_mini_xception(hdf5: Path) -> MiniXception:
     def depthwise(kernel: np.ndarray) -> torch.Tensor:  # (kh, kw, C, 1) -> (C, 1, kh, kw)
         return torch.from_numpy(np.ascontiguousarray(kernel.transpose(2, 3, 0, 1)))
 
-    net = MiniXception()
+    state: dict[str, torch.Tensor] = {}
     with h5py.File(hdf5, "r") as fh:
         weights = fh["model_weights"]
-        net.conv1.weight.data = conv(layer("conv2d_1")["kernel"])
-        _set_bn(net.bn1, layer("batch_normalization_1"))
-        net.conv2.weight.data = conv(layer("conv2d_2")["kernel"])
-        _set_bn(net.bn2, layer("batch_normalization_2"))
-        # Keras numbering per block i (0-based): sep 2i+1, 2i+2; residual conv i+3;
-        # BN: residual 3i+3, first sep 3i+4, second sep 3i+5.
-        for i, block in enumerate(net.blocks):
-            for sep, index in ((block.sep1, 2 * i + 1), (block.sep2, 2 * i + 2)):
+        state["conv1.weight"] = conv(layer("conv2d_1")["kernel"])
+        state |= _bn_state("bn1", layer("batch_normalization_1"))
+        state["conv2.weight"] = conv(layer("conv2d_2")["kernel"])
+        state |= _bn_state("bn2", layer("batch_normalization_2"))
+        # Keras numbering per block i (0-based): separable convs 2i+1, 2i+2; residual conv i+3;
+        # batch norms: residual 3i+3, first separable 3i+4, second separable 3i+5.
+        for i in range(4):
+            block = f"blocks.{i}"
+            for sep, index in (("sep1", 2 * i + 1), ("sep2", 2 * i + 2)):
                 w = layer(f"separable_conv2d_{index}")
-                sep.depthwise.weight.data = depthwise(w["depthwise_kernel"])
-                sep.pointwise.weight.data = conv(w["pointwise_kernel"])
-            block.residual.weight.data = conv(layer(f"conv2d_{i + 3}")["kernel"])
-            _set_bn(block.bn_res, layer(f"batch_normalization_{3 * i + 3}"))
-            _set_bn(block.bn1, layer(f"batch_normalization_{3 * i + 4}"))
-            _set_bn(block.bn2, layer(f"batch_normalization_{3 * i + 5}"))
+                state[f"{block}.{sep}.depthwise.weight"] = depthwise(w["depthwise_kernel"])
+                state[f"{block}.{sep}.pointwise.weight"] = conv(w["pointwise_kernel"])
+            state[f"{block}.residual.weight"] = conv(layer(f"conv2d_{i + 3}")["kernel"])
+            state |= _bn_state(f"{block}.bn_res", layer(f"batch_normalization_{3 * i + 3}"))
+            state |= _bn_state(f"{block}.bn1", layer(f"batch_normalization_{3 * i + 4}"))
+            state |= _bn_state(f"{block}.bn2", layer(f"batch_normalization_{3 * i + 5}"))
         head = layer("conv2d_7")
-        net.head.weight.data = conv(head["kernel"])
-        net.head.bias.data = torch.from_numpy(head["bias"])
+        state["head.weight"] = conv(head["kernel"])
+        state["head.bias"] = torch.from_numpy(head["bias"])
+    net = MiniXception()
+    net.load_state_dict(state, strict=True)
     return net.eval()
