@@ -42,9 +42,6 @@ FEATURE_SECONDS = Histogram(
 FEATURE_ERRORS = Counter("visionmesh_gateway_feature_errors_total", "Feature calls that failed", ["feature", "code"])
 FANOUT_WIDTH = Histogram("visionmesh_gateway_fanout_width", "Features fanned out per image", buckets=(1, 2, 3, 4))
 
-# Outcomes that say the instance (not the request) is unwell.
-_INSTANCE_FAILURES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
-
 _STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
     "classify": classify_pb2_grpc.ClassifyServiceStub,
     "ocr": ocr_pb2_grpc.OcrServiceStub,
@@ -78,11 +75,8 @@ class FanOut:
             stub = _STUBS[service](endpoint.channel)
             try:
                 reply = await getattr(stub, method)(request, timeout=remaining)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in _INSTANCE_FAILURES:
-                    endpoint.breaker.record_failure()
-                else:
-                    endpoint.breaker.record_success()
+            except Exception as exc:
+                endpoint.breaker.record(exc)
                 raise
             endpoint.breaker.record_success()
             return reply
