@@ -53,11 +53,13 @@ def make_video(
     gop: int | None = None,
     scenes: Sequence[Callable[[], np.ndarray]] = DEFAULT_SCENES,
     crf: int = 23,
+    faststart: bool = False,
 ) -> Path:
     """Write an H.264 (yuv420p) MP4 of ``seconds`` at ``fps`` with a keyframe every ``gop`` frames.
 
     ``gop`` defaults to two seconds of frames. ``size`` is (width, height); both
-    must be even for yuv420p. Returns the path written.
+    must be even for yuv420p. ``faststart`` puts the index (moov) before the
+    media data, as streaming uploads do. Returns the path written.
     """
     out = Path(path)
     width, height = size
@@ -66,7 +68,8 @@ def make_video(
     gop = gop or 2 * fps
     photos = [Image.fromarray(make()).convert("RGB") for make in scenes]
     total = max(1, round(seconds * fps))
-    with av.open(str(out), mode="w") as container:
+    container_options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(out), mode="w", options=container_options) as container:
         stream = container.add_stream(
             "libx264",
             rate=Fraction(fps),
