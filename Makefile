@@ -40,6 +40,7 @@ test-all: setup
 lint: setup
 	@[[ -x node_modules/.bin/buf ]] || npm install --no-save --no-audit --no-fund @bufbuild/buf@1.75.0 >/dev/null
 	cd protos && ../node_modules/.bin/buf lint
+	$(PY) -m tools.tensorrt_typings .typings
 	$(PY) -m mypy services gateway visionmesh/cli.py
 
 bench: setup
