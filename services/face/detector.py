@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 import numpy as np
 
-from services.common.models import ServedModel
+from services.common.repository import ModelEntry
 from services.face import mtcnn
 from services.face.config import DetectorConfig
+
+
+class Model(Protocol):
+    """What the pipeline needs of a model: ``ServedModel`` (batched) or a bare session adapter."""
+
+    entry: ModelEntry
+
+    async def infer(self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -34,7 +43,7 @@ class Detections:
 
 
 class MtcnnDetector:
-    def __init__(self, pnet: ServedModel, rnet: ServedModel, onet: ServedModel, config: DetectorConfig) -> None:
+    def __init__(self, pnet: Model, rnet: Model, onet: Model, config: DetectorConfig) -> None:
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
         self.config = config
 
