@@ -29,7 +29,7 @@ samples: $(STAMP) $(GEN_STAMP)
 	$(PY) -m tools.make_samples samples
 
 run: setup
-	$(PY) -m visionmesh.cli demo samples
+	$(PY) -m visionmesh.cli demo samples --free-ports
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import signal
 import sys
@@ -40,7 +41,6 @@ def _analyze(args: argparse.Namespace) -> int:
         return 2
     options = gateway_pb2.AnalyzeOptions(no_cache=args.no_cache)
     options.hash.collection = args.collection or ""
-    options.hash.add_id = args.add_id or ""
     options.hash.k = args.k
     status = 0
     outputs = []
@@ -52,6 +52,8 @@ def _analyze(args: argparse.Namespace) -> int:
                 print(f"visionmesh analyze: {path}: no such file", file=sys.stderr)
                 status = 1
                 continue
+            # "{name}" in --add-id stands for the file's name, so many files can be indexed at once.
+            options.hash.add_id = args.add_id.replace("{name}", path.name) if args.add_id else ""
             try:
                 result = client.analyze_path(stub, path, features, options, args.frames, args.timeout)
             except grpc.RpcError as exc:
@@ -103,7 +105,7 @@ def _demo(args: argparse.Namespace) -> int:
     mesh, address = _start_mesh(args)
     try:
         print(f"gateway on {address}; analysing {len(paths)} samples\n", flush=True)
-        ns = argparse.Namespace(paths=[str(p) for p in paths], features="", gateway=address, json=False, collection="demo", add_id="", k=3, frames=3, timeout=120.0, no_cache=False)
+        ns = argparse.Namespace(paths=[str(p) for p in paths], features="", gateway=address, json=False, collection=f"demo-{os.getpid()}", add_id="{name}", k=3, frames=3, timeout=120.0, no_cache=False)
         return _analyze(ns)
     finally:
         mesh.stop()
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze.add_argument("--gateway", default="127.0.0.1:50050", help="gateway address")
     analyze.add_argument("--json", action="store_true", help="print JSON (tags, one key per feature, errors)")
     analyze.add_argument("--collection", default="", help="hash: search this collection for near-duplicates")
-    analyze.add_argument("--add-id", default="", help="hash: also add the item to --collection under this id")
+    analyze.add_argument("--add-id", default="", help="hash: also add the item to --collection under this id ({name} = the file's name)")
     analyze.add_argument("--k", type=int, default=5, help="hash: near-duplicates to return")
     analyze.add_argument("--frames", type=int, default=0, help="video: keyframes to sample (default: gateway's, 3)")
     analyze.add_argument("--timeout", type=float, default=60.0, help="deadline per file in seconds")
