@@ -37,6 +37,13 @@ def setup(service: str, exporter: str = "none") -> TracerProvider:
     return provider
 
 
+def capture_spans(service: str = "visionmesh") -> InMemorySpanExporter:
+    """Keep every finished span of this process in memory too (tests, debugging)."""
+    exporter = InMemorySpanExporter()
+    setup(service).add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
 def provider() -> TracerProvider | trace.TracerProvider:
     return _provider or trace.get_tracer_provider()
 

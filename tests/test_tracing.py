@@ -1,0 +1,33 @@
+"""One trace from the client through the gateway to the service (OpenTelemetry, real servers)."""
+
+from __future__ import annotations
+
+import grpc
+from opentelemetry import trace
+
+from gateway.main import DEFINITION as GATEWAY
+from services.classify.main import DEFINITION as CLASSIFY
+from services.common import tracing
+from services.common.testing import running_service
+from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+
+async def test_one_trace_spans_client_gateway_and_service(chelsea_jpeg: bytes) -> None:
+    spans = tracing.capture_spans()
+    async with running_service(CLASSIFY) as classify:
+        services = {"classify": [classify.address]}
+        async with running_service(GATEWAY, {"services": services}) as gateway:
+            async with grpc.aio.insecure_channel(gateway.address, interceptors=tracing.client_interceptors()) as channel:
+                stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+                with tracing.tracer("test").start_as_current_span("client-request") as root:
+                    reply = await stub.Analyze(
+                        gateway_pb2.AnalyzeRequest(image=common_pb2.Image(encoded=chelsea_jpeg), features=[common_pb2.FEATURE_CLASSIFY], options=gateway_pb2.AnalyzeOptions(no_cache=True)),
+                        timeout=30,
+                    )
+                    trace_id = root.get_span_context().trace_id
+    assert reply.classify.labels
+    mine = [s for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
+    names = {(s.name, s.kind) for s in mine}
+    assert ("/visionmesh.v1.GatewayService/Analyze", trace.SpanKind.SERVER) in names, names
+    assert ("/visionmesh.v1.ClassifyService/Classify", trace.SpanKind.CLIENT) in names, names
+    assert ("/visionmesh.v1.ClassifyService/Classify", trace.SpanKind.SERVER) in names, names
