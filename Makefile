@@ -46,5 +46,10 @@ lint: setup
 bench: setup
 	$(PY) -m bench.run_all
 
+# Brings a local mesh up on free loopback ports, runs every loadtest/*.json briefly
+# (LOADTEST_DURATION, default 5s each), prints the SLO table, stops the mesh; fails on a breach.
+loadtest: setup
+	$(PY) -m loadtest.suite --up --duration $${LOADTEST_DURATION:-5s}
+
 clean:
 	rm -rf .venv visionmesh/v1 model_repository samples node_modules
