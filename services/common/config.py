@@ -76,6 +76,9 @@ class ServerConfig:
     metrics_port: int = -1
     # Seconds in-flight calls get to finish on SIGTERM.
     drain_grace_s: float = 10.0
+    # Seconds between reporting NOT_SERVING and refusing new calls, so health
+    # watchers (gateways, load balancers) move traffic away first.
+    drain_delay_s: float = 0.0
     max_message_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = True

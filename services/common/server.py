@@ -114,7 +114,9 @@ class MeshServer:
                 await hook()
             except Exception:  # deregistration must not block the drain
                 log.exception("drain hook failed")
-        log.info("draining", extra={"fields": {"grace_s": grace}})
+        log.info("draining", extra={"fields": {"grace_s": grace, "delay_s": self.config.drain_delay_s}})
+        if self.config.drain_delay_s > 0:
+            await asyncio.sleep(self.config.drain_delay_s)
         await self.server.stop(grace)
         for servicer in self._lifecycles():
             await servicer.close()

@@ -18,7 +18,8 @@ async def running_service(
 ) -> AsyncIterator[MeshServer]:
     """Start ``definition``'s server on 127.0.0.1:<free port> with real models; stop it after."""
     cfg = cfgmod.load(definition.config_cls, environ={}, overrides=overrides or {})
-    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, host="127.0.0.1", port=0, metrics_port=-1))
+    metrics_port = cfg.server.metrics_port if "metrics_port" in (overrides or {}).get("server", {}) else -1
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, host="127.0.0.1", port=0, metrics_port=metrics_port))
     server = build_server(definition, cfg)
     await server.start()
     try:
