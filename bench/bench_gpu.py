@@ -1,0 +1,201 @@
+"""GPU engine benchmark: torch-CUDA fp32 vs fp16 vs fp16 + CUDA graphs, and per-instance streams.
+
+    .venv/bin/python -m bench.bench_gpu [--models a,b] [--batches 1,8,32,128] [--rounds 20] [--write]
+    .venv/bin/python -m bench.bench_gpu --mode cpu [--write]    # torch backend vs onnxruntime on CPU
+
+GPU mode (needs CUDA; exits with a message otherwise), in one run:
+1. every repository model at batch 1, 8, 32, 128 (up to its max batch) through
+   ``Engine.infer`` (host arrays in, host arrays out -- what the batcher sees)
+   on torch-CUDA fp32, fp16, and fp16 with CUDA graphs; interleaved rounds,
+   medians, ratios against fp32;
+2. two engine instances of one model on one GPU, each on its own stream:
+   the same batches run back to back (one thread) vs concurrently (two
+   threads, as two batcher workers would), wall time and ratio.
+
+CPU mode measures what a machine without a GPU can: the torch backend against
+ONNX Runtime on the same batches. ``--write`` puts the figures into the
+"GPU engines" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.common import machine, write_section
+from services.common.config import EngineConfig
+from services.common.engines import create_engine
+from services.common.engines.base import Engine
+from services.common.repository import default_root, load_entry
+
+SECTION = "GPU engines"
+# Size of a dynamic non-batch dim (OCR) when config.yaml gives no opt value.
+DYNAMIC_DIM = 64
+NOT_MEASURED = (
+    "**GPU figures: NOT YET MEASURED.** No GPU was lent to the session that built these engines, "
+    "so nothing below was measured on CUDA and no GPU number is estimated. On a GPU machine run "
+    "`.venv/bin/python -m bench.bench_gpu --mode both --write` to fill this section."
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    config: EngineConfig
+
+
+def repository_models() -> list[str]:
+    return sorted(p.parent.parent.name for p in default_root().glob("*/1/config.yaml"))
+
+
+def make_batch(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ranges = engine.entry.extra.get("dynamic_dims") or {}
+    feeds = {}
+    for spec in engine.inputs:
+        dims = [batch] + [d if d >= 0 else int((ranges.get(spec.name) or {}).get(axis, [0, DYNAMIC_DIM])[1]) for axis, d in enumerate(spec.shape[1:], 1)]
+        feeds[spec.name] = rng.uniform(-1, 1, dims).astype(spec.dtype)
+    return feeds
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call; the variants take turns each round so drift hits all alike."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for label, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[label].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def batch_table(models: list[str], batches: list[int], variants: list[Variant], rounds: int) -> str:
+    base = variants[0].label
+    header = "| model | batch | " + " | ".join(f"{v.label} ms/batch (img/s)" for v in variants) + " | " + " | ".join(f"{v.label} / {base}" for v in variants[1:]) + " |"
+    lines = [header, "|" + "---|" * (2 + 2 * len(variants) - 1)]
+    for name in models:
+        entry = load_entry(name)
+        engines = {v.label: create_engine(entry, v.config) for v in variants}
+        first = next(iter(engines.values()))
+        for batch in batches:
+            if entry.max_batch_size and batch > entry.max_batch_size:
+                continue
+            feeds = make_batch(first, batch)
+            medians = interleaved_medians({label: (lambda e=e: e.infer(feeds)) for label, e in engines.items()}, rounds)
+            cells = [f"{medians[v.label] * 1e3:.2f} ({batch / medians[v.label]:.0f})" for v in variants]
+            ratios = [f"{medians[base] / medians[v.label]:.2f}x" for v in variants[1:]]
+            lines.append(f"| {name} | {batch} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+            print(lines[-1], flush=True)
+        for engine in engines.values():
+            engine.close()
+    return "\n".join(lines)
+
+
+def streams_table(model: str, config: EngineConfig, batch: int, batches_each: int, rounds: int) -> str:
+    entry = load_entry(model)
+    engines = [create_engine(entry, config), create_engine(entry, config)]
+    feeds = make_batch(engines[0], batch)
+
+    def back_to_back() -> None:
+        for engine in engines:
+            for _ in range(batches_each):
+                engine.infer(feeds)
+
+    def concurrent() -> None:
+        threads = [threading.Thread(target=lambda e=e: [e.infer(feeds) for _ in range(batches_each)]) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    medians = interleaved_medians({"back to back": back_to_back, "concurrent": concurrent}, rounds, warmup=1)
+    images = 2 * batches_each * batch
+    lines = [
+        "| two instances, own streams | wall ms | img/s |",
+        "|---|---:|---:|",
+        *(f"| {label} | {s * 1e3:.1f} | {images / s:.0f} |" for label, s in medians.items()),
+        f"| **concurrent / back to back throughput** | | **{medians['back to back'] / medians['concurrent']:.2f}x** |",
+    ]
+    for engine in engines:
+        engine.close()
+    return f"{model}, {config.precision}, batch {batch}, {batches_each} batches per instance:\n\n" + "\n".join(lines)
+
+
+def gpu_section(args: argparse.Namespace) -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("bench_gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine, or use --mode cpu")
+    device = args.device
+    variants = [
+        Variant("fp32", EngineConfig(backend="torch", device=device)),
+        Variant("fp16", EngineConfig(backend="torch", device=device, precision="fp16")),
+        Variant("fp16+graphs", EngineConfig(backend="torch", device=device, precision="fp16", cuda_graphs=True)),
+    ]
+    table = batch_table(args.models, args.batches, variants, args.rounds)
+    streams = streams_table(args.stream_model, EngineConfig(backend="torch", device=device, precision="fp16"), 32, 8, max(3, args.rounds // 4))
+    gpu = torch.cuda.get_device_name(torch.device(device))
+    return (
+        f"GPU: {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}. Host: {machine()}.\n"
+        f"Per figure: median of {args.rounds} interleaved rounds through `Engine.infer` (host arrays in and out, "
+        "pinned staging, own stream); fp16 only where the probe kept it (see docs/gpu.md); random inputs.\n\n"
+        f"{table}\n\n{streams}"
+    )
+
+
+def cpu_section(args: argparse.Namespace) -> str:
+    import torch
+
+    variants = [
+        Variant("onnxruntime", EngineConfig(threads=args.threads)),
+        Variant("torch", EngineConfig(backend="torch", threads=args.threads)),
+    ]
+    table = batch_table(args.cpu_models, args.cpu_batches, variants, args.rounds)
+    return (
+        f"Torch backend vs ONNX Runtime on CPU, measured on a shared 2-core machine ({machine()}, torch {torch.__version__}), "
+        f"{args.threads} intra-op threads each, median of {args.rounds} interleaved rounds through `Engine.infer`, random inputs. "
+        "Both run the same repository ONNX; the torch backend exists for CUDA, so ONNX Runtime staying the CPU default is the expected outcome.\n\n"
+        f"{table}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["gpu", "cpu", "both"], default="gpu")
+    parser.add_argument("--models", type=lambda s: s.split(","), default=None, help="GPU mode: models (default: every repository model)")
+    parser.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 8, 32, 128])
+    parser.add_argument("--stream-model", default="efficientnet_lite0")
+    parser.add_argument("--device", default="cuda:0")
+    parser.add_argument("--cpu-models", type=lambda s: s.split(","), default=["efficientnet_lite0", "open_nsfw"])
+    parser.add_argument("--cpu-batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    args.models = args.models or repository_models()
+    command = "`.venv/bin/python -m bench.bench_gpu " + " ".join(sys.argv[1:] if argv is None else argv) + "`"
+    parts = [f"Command: {command}", "Engines: `services/common/engines/torch_backend.py`, `tensorrt_backend.py`; how to run them: docs/gpu.md."]
+    if args.mode in ("gpu", "both"):
+        parts.append("### torch on CUDA\n\n" + gpu_section(args))
+    else:
+        parts.append(NOT_MEASURED)
+    if args.mode in ("cpu", "both"):
+        parts.append("### torch backend vs onnxruntime on CPU\n\n" + cpu_section(args))
+    body = "\n\n".join(parts)
+    print(body)
+    if args.write:
+        write_section(SECTION, body)
+
+
+if __name__ == "__main__":
+    main()
