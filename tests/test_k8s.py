@@ -174,6 +174,17 @@ def test_gpu_overlay_runs_tensorrt_on_one_gpu_and_gateway_stays_on_cpu() -> None
         assert (args[args.index("--backend") + 1] if "--backend" in args else None) == (None if name == "gateway" else "onnxruntime")
 
 
+def test_gateway_dns_targets_name_the_headless_services() -> None:
+    namespace = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["namespace"]
+    cfg = base_config("gateway")
+    assert cfg["discovery"] == "dns"
+    assert set(cfg["dns_targets"]) == set(SERVICES) - {"gateway"}
+    for name, target in cfg["dns_targets"].items():
+        service = yaml.safe_load((K8S / "base" / name / "service.yaml").read_text())
+        assert service["spec"]["clusterIP"] == "None"
+        assert target == f"{service['metadata']['name']}.{namespace}.svc.cluster.local:{default_port(name)}"
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_configmap_yaml_loads_into_the_service_config(name: str) -> None:
     module = _config_module(name)
