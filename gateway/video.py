@@ -27,6 +27,7 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import av
 import av.error
@@ -96,7 +97,7 @@ def _open(data: bytes, limits: VideoLimits) -> av.container.InputContainer:
 def _stream_facts(container: av.container.InputContainer, limits: VideoLimits) -> av.video.stream.VideoStream:
     """The clip's video stream, validated against the limits."""
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds: list[str] = sorted({str(s.type) for s in container.streams}) or ["none"]
         raise InvalidInput(f"container has no video stream (streams: {', '.join(kinds)})")
     stream = container.streams.video[0]
     ctx = stream.codec_context
@@ -104,7 +105,14 @@ def _stream_facts(container: av.container.InputContainer, limits: VideoLimits) -
         raise InvalidInput(f"video stream has no frame size ({ctx.width}x{ctx.height}): corrupt header?")
     if ctx.width * ctx.height > limits.max_pixels:
         raise InvalidInput(f"video frames are {ctx.width}x{ctx.height}: over the {limits.max_pixels}-pixel limit")
+    if not stream.time_base:
+        raise InvalidInput("video stream has no time base: cannot place frames in time")
     return stream
+
+
+def _seconds(pts: int, stream: av.video.stream.VideoStream) -> float:
+    """A pts of ``stream`` in seconds (the time base was checked in ``_stream_facts``)."""
+    return float(pts * (stream.time_base or Fraction(1)))
 
 
 @dataclass
@@ -147,8 +155,7 @@ def _index_packets(container: av.container.InputContainer, stream: av.video.stre
     if duration > limits.max_duration_s:
         raise InvalidInput(f"video is {duration:.0f} s long: over the {limits.max_duration_s:.0f}-second limit")
     key_pts.sort()
-    tb = stream.time_base
-    return _PacketIndex(first, duration, key_pts, [float(p * tb) - first for p in key_pts])
+    return _PacketIndex(first, duration, key_pts, [_seconds(p, stream) - first for p in key_pts])
 
 
 def _targets(duration: float, count: int) -> list[float]:
@@ -183,9 +190,10 @@ def _decode_keyframes(
     try:
         for frame in container.decode(stream):
             decoded += 1
-            ti = wanted.get(frame.pts) if frame.pts is not None else None
-            if ti is not None:
-                out[ti] = SampledFrame(float(frame.pts * stream.time_base) - start, frame.to_ndarray(format="rgb24"))
+            pts = frame.pts
+            ti = wanted.get(pts) if pts is not None else None
+            if pts is not None and ti is not None:
+                out[ti] = SampledFrame(_seconds(pts, stream) - start, frame.to_ndarray(format="rgb24"))
     except av.error.FFmpegError as exc:
         raise InvalidInput(f"video is corrupt or truncated (after {decoded} keyframe(s)): {exc}") from exc
     return decoded, out
@@ -217,7 +225,7 @@ def _fill(data: bytes, targets: dict[int, float], index: _PacketIndex, limits: V
                         return found
                     if frame.pts is None:
                         continue
-                    position = float(frame.pts * stream.time_base) - index.start_s
+                    position = _seconds(frame.pts, stream) - index.start_s
                     if position >= target - 1e-6:
                         found[ti] = SampledFrame(position, frame.to_ndarray(format="rgb24"))
                         break
