@@ -199,3 +199,38 @@ def test_tensorrt_matches_onnxruntime_and_caches_its_plan(tmp_path: Path, precis
     np.testing.assert_allclose(again.infer({"images": images[:1]})["logits"], got["logits"][:1], atol=1e-2)
     with pytest.raises(EngineError, match="outside the plan's profile"):
         engine.infer({"images": np.zeros((entry.max_batch_size + 1, 3, 224, 224), np.float32)})
+
+
+# -- stubs for mypy -------------------------------------------------------------
+
+
+def test_stub_repair_makes_generated_signatures_valid_python() -> None:
+    import ast
+
+    from tools.tensorrt_typings import repair
+
+    broken = (
+        "class P:\n"
+        "    def on_shape_change(self, in: list[int], out: list[int]) -> None:\n        ...\n"
+        "    def add_scale_nd(self, mode: int, shift: dict[str, int] = None, channel_axis: int) -> int:\n        ...\n"
+        "    def f(self, a: int = 1, *, b: int) -> None:\n        ...\n"
+    )
+    with pytest.raises(SyntaxError):
+        ast.parse(broken)
+    fixed = repair(broken)
+    ast.parse(fixed)
+    assert "in_: list[int]" in fixed and "channel_axis: int = ..." in fixed and "*, b: int)" in fixed
+
+
+def test_installed_tensorrt_stubs_repair_cleanly(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    from tools.tensorrt_typings import main
+
+    try:
+        metadata.distribution("tensorrt-stubs")
+    except metadata.PackageNotFoundError:
+        pytest.skip("tensorrt-stubs is not installed")
+    assert main(str(tmp_path)) == 0
+    assert (tmp_path / "tensorrt_bindings" / "tensorrt.pyi").stat().st_size > 100_000
+    assert (tmp_path / "tensorrt" / "__init__.pyi").is_file()
