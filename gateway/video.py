@@ -134,9 +134,13 @@ def _index_packets(container: av.container.InputContainer, stream: av.video.stre
     first: float | None = None
     end = 0.0
     key_pts: list[int] = []
+    untimed = 0
     try:
         for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
             if packet.pts is None or not packet.time_base:
+                untimed += 1
                 continue
             t = float(packet.pts * packet.time_base)
             first = t if first is None else min(first, t)
@@ -148,7 +152,11 @@ def _index_packets(container: av.container.InputContainer, stream: av.video.stre
     except av.error.FFmpegError as exc:
         raise InvalidInput(f"video is corrupt or truncated: {exc}") from exc
     if first is None:
+        if untimed:
+            raise InvalidInput("video stream has no timestamps (a raw elementary stream?): send it in a container such as MP4, MKV or MPEG-TS")
         raise InvalidInput("video stream has no packets (empty or truncated clip)")
+    if not key_pts:
+        raise InvalidInput("video stream has no keyframe (corrupt, or cut from the middle of a stream)")
     duration = end - first
     if not math.isfinite(duration) or duration < 0:
         raise InvalidInput(f"video has an invalid duration ({duration})")
@@ -183,17 +191,26 @@ def _assign(keyframe_times: list[float], targets: list[float]) -> dict[int, int]
 def _decode_keyframes(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: float, wanted: dict[int, int]
 ) -> tuple[int, dict[int, SampledFrame]]:
-    """Decode keyframes only; convert to RGB those whose pts is in ``wanted`` (pts -> target index)."""
+    """Decode keyframes only; convert to RGB those whose pts is in ``wanted`` (pts -> target index).
+
+    Only packets flagged as keyframes reach the decoder (plus the final empty
+    packet that flushes it), and ``skip_frame = "NONKEY"`` drops any non-key
+    frame inside them: decoders that ignore ``skip_frame`` (FFmpeg's VP9) still
+    do keyframe-only work, and the ones that honour it skip even parsing the rest.
+    """
     stream.codec_context.skip_frame = "NONKEY"
     decoded = 0
     out: dict[int, SampledFrame] = {}
     try:
-        for frame in container.decode(stream):
-            decoded += 1
-            pts = frame.pts
-            ti = wanted.get(pts) if pts is not None else None
-            if pts is not None and ti is not None:
-                out[ti] = SampledFrame(_seconds(pts, stream) - start, frame.to_ndarray(format="rgb24"))
+        for packet in container.demux(stream):
+            if not (packet.is_keyframe or packet.size == 0):
+                continue
+            for frame in packet.decode():
+                decoded += 1
+                pts = frame.pts
+                ti = wanted.get(pts) if pts is not None else None
+                if pts is not None and ti is not None:
+                    out[ti] = SampledFrame(_seconds(pts, stream) - start, frame.to_ndarray(format="rgb24"))
     except av.error.FFmpegError as exc:
         raise InvalidInput(f"video is corrupt or truncated (after {decoded} keyframe(s)): {exc}") from exc
     return decoded, out

@@ -93,6 +93,31 @@ def test_fill_budget_bounds_the_work(one_keyframe_clip: bytes) -> None:
     assert len(video.frames) == 2
 
 
+@pytest.mark.parametrize(("suffix", "codec"), [(".ts", "libx264"), (".mkv", "libx264"), (".webm", "libvpx-vp9"), (".avi", "mpeg4")])
+def test_other_containers_and_codecs(suffix: str, codec: str) -> None:
+    data = video_bytes(seconds=2, size=SIZE, fps=FPS, gop=5, suffix=suffix, codec=codec)
+    video = decode_keyframes(data, num_frames=3)
+    assert video.duration_s == pytest.approx(2.0, abs=0.15)
+    # A keyframe every 5th of 30 frames (mpeg4's encoder adds a few at scene cuts): keyframe-only work,
+    # even with FFmpeg's VP9 decoder, which ignores skip_frame.
+    assert 6 <= video.keyframes_decoded < 15
+    assert len(video.frames) == 3 and [f.timestamp_s for f in video.frames] == sorted(f.timestamp_s for f in video.frames)
+
+
+def test_raw_elementary_stream_is_refused_clearly() -> None:
+    """A bare H.264 stream carries no timestamps: sampling by time is impossible, so say so."""
+    mp4 = video_bytes(seconds=1, size=SIZE, fps=FPS, gop=5)
+    raw = io.BytesIO()
+    with av.open(io.BytesIO(mp4)) as source, av.open(raw, mode="w", format="h264") as sink:
+        out = sink.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.size:
+                packet.stream = out
+                sink.mux(packet)
+    with pytest.raises(InvalidInput, match="no timestamps"):
+        decode_keyframes(raw.getvalue(), num_frames=3)
+
+
 def test_full_decode_counts_every_frame(clip: bytes) -> None:
     assert decode_all_frames(clip) == SECONDS * FPS
 

@@ -54,12 +54,15 @@ def make_video(
     scenes: Sequence[Callable[[], np.ndarray]] = DEFAULT_SCENES,
     crf: int = 23,
     faststart: bool = False,
+    codec: str = "libx264",
 ) -> Path:
     """Write an H.264 (yuv420p) MP4 of ``seconds`` at ``fps`` with a keyframe every ``gop`` frames.
 
     ``gop`` defaults to two seconds of frames. ``size`` is (width, height); both
     must be even for yuv420p. ``faststart`` puts the index (moov) before the
-    media data, as streaming uploads do. Returns the path written.
+    media data, as streaming uploads do. The container follows the file name
+    (``.mp4``, ``.mkv``, ``.webm``, ``.ts``...); ``codec`` is any FFmpeg encoder
+    PyAV bundles (``libx264``, ``libvpx-vp9``, ``mpeg4``). Returns the path written.
     """
     out = Path(path)
     width, height = size
@@ -70,11 +73,8 @@ def make_video(
     total = max(1, round(seconds * fps))
     container_options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(out), mode="w", options=container_options) as container:
-        stream = container.add_stream(
-            "libx264",
-            rate=Fraction(fps),
-            options={"preset": "veryfast", "crf": str(crf), "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"},
-        )
+        x264 = {"preset": "veryfast", "crf": str(crf), "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        stream = container.add_stream(codec, rate=Fraction(fps), options=x264 if codec == "libx264" else {})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         for index in range(total):
@@ -90,12 +90,14 @@ def make_video(
     return out
 
 
-def video_bytes(seconds: float = 2, size: tuple[int, int] = (320, 180), fps: int = 15, gop: int | None = None, **kwargs: object) -> bytes:
+def video_bytes(
+    seconds: float = 2, size: tuple[int, int] = (320, 180), fps: int = 15, gop: int | None = None, suffix: str = ".mp4", **kwargs: object
+) -> bytes:
     """A clip as bytes (encoded through a temporary file, since the MP4 muxer needs to seek)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "clip.mp4"
+        target = Path(tmp) / f"clip{suffix}"
         make_video(target, seconds=seconds, size=size, fps=fps, gop=gop, **kwargs)  # type: ignore[arg-type]
         return target.read_bytes()
 
