@@ -123,9 +123,10 @@ def test_every_deployment_is_production_ready(overlay: str) -> None:
             assert c["securityContext"]["readOnlyRootFilesystem"] is True, (name, c["name"])
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), (name, c["name"])
-        # Drain fits: endpoints removed (preStop sleep), then drain_grace_s, inside the grace period.
+        # Drain fits: endpoints removed (preStop sleep), drain_delay_s, drain_grace_s, inside the grace period.
         prestop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-        drain = float(base_config(name)["server"]["drain_grace_s"])
+        server_cfg = base_config(name)["server"]
+        drain = float(server_cfg.get("drain_delay_s", 0)) + float(server_cfg["drain_grace_s"])
         assert pod["terminationGracePeriodSeconds"] > prestop + drain, name
         # Its HPA, PDB and Service select this Deployment.
         labels = spec["template"]["metadata"]["labels"]
