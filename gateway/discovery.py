@@ -39,6 +39,12 @@ ChannelOptions = Sequence[tuple[str, Any]]
 # In-flight calls on a channel whose instance left get this long to finish.
 CLOSE_GRACE_S = 5.0
 ROUND_ROBIN_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Blocking-query wait of the Consul watches. Shorter than Consul's usual 30 s on
+# purpose: the watch helper blocks a worker thread of the default executor, and
+# asyncio.run() joins those threads at exit, so the wait bounds how long a
+# stopping gateway can hang on an idle query. One idle request per service per
+# 10 s costs the agent nothing.
+WATCH_WAIT = "10s"
 
 
 @dataclass
@@ -171,7 +177,7 @@ class ConsulResolver(_PooledResolver):
 
     def __init__(self, consul_addr: str, service_names: Sequence[str], channel_options: ChannelOptions | None = None,
                  interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None, breaker_failures: int = 5, breaker_reset_s: float = 5.0,
-                 watch_wait: str = "30s", retry_s: float = 1.0) -> None:
+                 watch_wait: str = WATCH_WAIT, retry_s: float = 1.0) -> None:
         super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s)
         self.consul_addr = consul_addr
         self.service_names = list(dict.fromkeys(service_names))
