@@ -13,6 +13,7 @@ import tempfile
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -66,7 +67,7 @@ async def stub() -> AsyncIterator[face_pb2_grpc.FaceServiceStub]:
         yield face_pb2_grpc.FaceServiceStub(channel)
 
 
-async def detect(stub: face_pb2_grpc.FaceServiceStub, rgb: np.ndarray, **kwargs: object) -> face_pb2.DetectResponse:
+async def detect(stub: face_pb2_grpc.FaceServiceStub, rgb: np.ndarray, **kwargs: Any) -> face_pb2.DetectResponse:
     return await stub.Detect(face_pb2.DetectRequest(image=rgb_to_image(rgb), **kwargs), timeout=60)
 
 

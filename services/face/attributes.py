@@ -32,7 +32,9 @@ def age_from_probabilities(probs: np.ndarray, bins: np.ndarray, band: float = 0.
     tail = (1.0 - band) / 2
     low = float(bins[min(int(np.searchsorted(cdf, tail)), len(bins) - 1)])
     high = float(bins[min(int(np.searchsorted(cdf, 1.0 - tail)), len(bins) - 1)])
-    return Age(float(p @ bins), low, high)
+    years = float(p @ bins)
+    # A peaked distribution with a long tail can put the mean just outside its central band.
+    return Age(years, min(low, years), max(high, years))
 
 
 @dataclass

@@ -53,7 +53,7 @@ class MtcnnDetector:
         scales = mtcnn.pyramid_scales(h, w, min_face, self.config.scale_factor)
         if not scales:
             return Detections.empty()
-        levels = await asyncio.to_thread(lambda: [mtcnn.normalise(mtcnn.resize_for_scale(rgb, s)) for s in scales])
+        levels = await asyncio.to_thread(lambda: [mtcnn.normalise(level) for level in mtcnn.pyramid(rgb, scales)])
         maps = await asyncio.gather(*(self.pnet.infer({"images": level}, context) for level in levels))
         boxes, scores, regs = await asyncio.to_thread(_stage1, maps, scales, t1)
         if len(boxes) == 0:
