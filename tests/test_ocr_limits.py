@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -33,8 +34,8 @@ async def stub() -> AsyncIterator[ocr_pb2_grpc.OcrServiceStub]:
         yield ocr_pb2_grpc.OcrServiceStub(channel)
 
 
-async def recognize(stub: ocr_pb2_grpc.OcrServiceStub, rgb: np.ndarray, **kwargs: object) -> ocr_pb2.RecognizeResponse:
-    return await stub.Recognize(ocr_pb2.RecognizeRequest(image=rgb_to_image(rgb), **kwargs), timeout=60)
+async def recognize(stub: ocr_pb2_grpc.OcrServiceStub, rgb: np.ndarray, **kwargs: Any) -> ocr_pb2.RecognizeResponse:
+    return await stub.Recognize(ocr_pb2.RecognizeRequest(image=rgb_to_image(rgb), **kwargs), timeout=300)
 
 
 def speckled_page(n: int, seed: int = 5) -> np.ndarray:

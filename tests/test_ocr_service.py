@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -29,8 +30,8 @@ async def stub() -> AsyncIterator[ocr_pb2_grpc.OcrServiceStub]:
         yield ocr_pb2_grpc.OcrServiceStub(channel)
 
 
-async def recognize(stub: ocr_pb2_grpc.OcrServiceStub, image: common_pb2.Image, **kwargs: object) -> ocr_pb2.RecognizeResponse:
-    return await stub.Recognize(ocr_pb2.RecognizeRequest(image=image, **kwargs), timeout=60)
+async def recognize(stub: ocr_pb2_grpc.OcrServiceStub, image: common_pb2.Image, **kwargs: Any) -> ocr_pb2.RecognizeResponse:
+    return await stub.Recognize(ocr_pb2.RecognizeRequest(image=image, **kwargs), timeout=300)
 
 
 def polygon(line: ocr_pb2.TextLine) -> np.ndarray:
@@ -79,8 +80,14 @@ async def test_photo_without_text_gives_few_or_no_lines(stub: ocr_pb2_grpc.OcrSe
 
 
 async def _score(stub: ocr_pb2_grpc.OcrServiceStub, images: list[RenderedImage]) -> Score:
-    # All images at once: recognition crops of concurrent requests share batches.
-    responses = await asyncio.gather(*(recognize(stub, rgb_to_image(im.rgb)) for im in images))
+    # Four images in flight: recognition crops of concurrent requests share batches.
+    gate = asyncio.Semaphore(4)
+
+    async def read(image: RenderedImage) -> ocr_pb2.RecognizeResponse:
+        async with gate:
+            return await recognize(stub, rgb_to_image(image.rgb))
+
+    responses = await asyncio.gather(*(read(im) for im in images))
     score = Score()
     for image, response in zip(images, responses, strict=True):
         score_image(image, [Prediction(line.text, polygon(line)) for line in response.lines], score)
@@ -88,9 +95,9 @@ async def _score(stub: ocr_pb2_grpc.OcrServiceStub, images: list[RenderedImage])
 
 
 async def test_rendered_subset_character_error_rate(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
-    """A fixed-seed subset (40 clean + 40 hard lines); the full 300-line set is bench.bench_ocr."""
-    clean = await _score(stub, render_set(40, seed=2026, hard=False))
-    hard = await _score(stub, render_set(40, seed=2026, hard=True))
+    """A fixed-seed subset (32 clean + 32 hard lines); the full 300-line set is bench.bench_ocr."""
+    clean = await _score(stub, render_set(32, seed=2026, hard=False))
+    hard = await _score(stub, render_set(32, seed=2026, hard=True))
     assert clean.cer <= 0.02, clean.summary()
     assert clean.line_recall >= 0.97, clean.summary()
     assert hard.cer <= 0.06, hard.summary()
@@ -99,7 +106,7 @@ async def test_rendered_subset_character_error_rate(stub: ocr_pb2_grpc.OcrServic
 
 async def test_at_least_as_accurate_as_rapidocr(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
     """Same models, same images: rapidocr's own pipeline is the reference to match."""
-    images = render_set(24, seed=99, hard=True)
+    images = render_set(16, seed=99, hard=True)
     ours = await _score(stub, images)
     reference = rapidocr_reference(ensure_ocr_models())
     theirs = Score()

@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -109,7 +110,7 @@ def rapidocr_reference(repository: Path) -> Callable[[np.ndarray], list[Predicti
 
     def run(rgb: np.ndarray) -> list[Prediction]:
         # rapidocr takes numpy images as OpenCV BGR.
-        out = engine(np.ascontiguousarray(rgb[..., ::-1]))
+        out: Any = engine(np.ascontiguousarray(rgb[..., ::-1]))
         if out.boxes is None or out.txts is None:
             return []
         return [Prediction(text, np.asarray(box, np.float32)) for box, text in zip(out.boxes, out.txts, strict=True)]

@@ -96,10 +96,9 @@ def _unclip(quad: np.ndarray, ratio: float) -> np.ndarray | None:
 
 def boxes_from_probability(prob: np.ndarray, det: DetInput, image_hw: tuple[int, int], cfg: DetectionConfig) -> list[TextBox]:
     """DB post-processing of one ``H x W`` probability map -> text boxes in image pixels."""
-    bitmap = (prob > cfg.threshold).astype(np.uint8)
     # A 2x2 dilation joins characters split by thin gaps (PaddleOCR's use_dilation).
-    bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
-    contours, _ = cv2.findContours(bitmap * 255, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    bitmap = cv2.dilate((prob > cfg.threshold).astype(np.uint8) * 255, np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     if len(contours) > cfg.max_candidates:
         # Bound the work on images with thousands of specks: keep the largest regions.
         contours = sorted(contours, key=cv2.contourArea, reverse=True)[: cfg.max_candidates]
