@@ -29,10 +29,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
         log_dir=tmp_path_factory.mktemp("logs"),
         extra_args={"hash": ["--set", f"storage.data_dir={data_dir}"]},
     )
-    mesh.start()
-    assert not mesh.failed, mesh.failed
-    yield mesh
-    mesh.stop()
+    try:
+        mesh.start()
+        assert not mesh.failed, mesh.failed
+        yield mesh
+    finally:
+        mesh.stop()
 
 
 async def _load(stub: gateway_pb2_grpc.GatewayServiceStub, image: bytes, stop: asyncio.Event, log: list[tuple[float, gateway_pb2.AnalyzeResponse | BaseException]]) -> None:

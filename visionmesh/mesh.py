@@ -70,7 +70,17 @@ class LocalMesh:
         return proc
 
     def start(self, timeout_s: float = 120.0) -> str:
-        """Start services, wait until healthy, then the gateway; returns the gateway address."""
+        """Start services, wait until healthy, then the gateway; returns the gateway address.
+
+        On failure everything already started is stopped again.
+        """
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> str:
         for name in self.services:
             self.start_service(name)
         deadline = time.monotonic() + timeout_s
