@@ -277,7 +277,9 @@ def decode_keyframes(data: bytes, num_frames: int = 3, limits: VideoLimits | Non
         frames.update(_fill(data, missing, index, limits))
     if not frames:
         raise InvalidInput("video has no frame that could be decoded")
-    ordered = sorted(frames.values(), key=lambda f: f.timestamp_s)
+    # A filled target can land on a keyframe another target already took: analyse each frame once.
+    unique = {round(f.timestamp_s, 6): f for f in frames.values()}
+    ordered = [unique[t] for t in sorted(unique)]
     return DecodedVideo(index.duration_s, width, height, codec, fps, keyframes_decoded, ordered)
 
 
