@@ -20,6 +20,8 @@ ONNX Runtime on the same batches. ``--write`` puts the figures into the
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import statistics
 import sys
 import threading
@@ -81,7 +83,7 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, war
 
 def batch_table(models: list[str], batches: list[int], variants: list[Variant], rounds: int) -> str:
     base = variants[0].label
-    header = "| model | batch | " + " | ".join(f"{v.label} ms/batch (img/s)" for v in variants) + " | " + " | ".join(f"{v.label} / {base}" for v in variants[1:]) + " |"
+    header = "| model | batch | " + " | ".join(f"{v.label} ms/batch (img/s)" for v in variants) + " | " + " | ".join(f"{v.label} speed vs {base}" for v in variants[1:]) + " |"
     lines = [header, "|" + "---|" * (2 + 2 * len(variants) - 1)]
     for name in models:
         entry = load_entry(name)
@@ -91,7 +93,7 @@ def batch_table(models: list[str], batches: list[int], variants: list[Variant], 
             if entry.max_batch_size and batch > entry.max_batch_size:
                 continue
             feeds = make_batch(first, batch)
-            medians = interleaved_medians({label: (lambda e=e: e.infer(feeds)) for label, e in engines.items()}, rounds)
+            medians = interleaved_medians({label: functools.partial(e.infer, feeds) for label, e in engines.items()}, rounds)
             cells = [f"{medians[v.label] * 1e3:.2f} ({batch / medians[v.label]:.0f})" for v in variants]
             ratios = [f"{medians[base] / medians[v.label]:.2f}x" for v in variants[1:]]
             lines.append(f"| {name} | {batch} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
@@ -106,13 +108,16 @@ def streams_table(model: str, config: EngineConfig, batch: int, batches_each: in
     engines = [create_engine(entry, config), create_engine(entry, config)]
     feeds = make_batch(engines[0], batch)
 
+    def run_many(engine: Engine) -> None:
+        for _ in range(batches_each):
+            engine.infer(feeds)
+
     def back_to_back() -> None:
         for engine in engines:
-            for _ in range(batches_each):
-                engine.infer(feeds)
+            run_many(engine)
 
     def concurrent() -> None:
-        threads = [threading.Thread(target=lambda e=e: [e.infer(feeds) for _ in range(batches_each)]) for e in engines]
+        threads = [threading.Thread(target=run_many, args=(e,)) for e in engines]
         for t in threads:
             t.start()
         for t in threads:
@@ -160,10 +165,13 @@ def cpu_section(args: argparse.Namespace) -> str:
         Variant("onnxruntime", EngineConfig(threads=args.threads)),
         Variant("torch", EngineConfig(backend="torch", threads=args.threads)),
     ]
+    load_before = os.getloadavg()[0]
     table = batch_table(args.cpu_models, args.cpu_batches, variants, args.rounds)
+    load_after = os.getloadavg()[0]
     return (
-        f"Torch backend vs ONNX Runtime on CPU, measured on a shared 2-core machine ({machine()}, torch {torch.__version__}), "
-        f"{args.threads} intra-op threads each, median of {args.rounds} interleaved rounds through `Engine.infer`, random inputs. "
+        f"Torch backend vs ONNX Runtime on CPU, measured on a shared 2-core machine ({machine()}, torch {torch.__version__}; "
+        f"1-minute load average {load_before:.1f} before and {load_after:.1f} after the run: other engineers' jobs share the cores, so absolute times are noisy), "
+        f"{args.threads} intra-op threads each, median of {args.rounds} interleaved rounds through `Engine.infer`, random inputs; `speed vs` is throughput relative to ONNX Runtime. "
         "Both run the same repository ONNX; the torch backend exists for CUDA, so ONNX Runtime staying the CPU default is the expected outcome.\n\n"
         f"{table}"
     )
