@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.video.stream
 import numpy as np
 import skimage.data
 from PIL import Image
@@ -75,6 +76,8 @@ def make_video(
     with av.open(str(out), mode="w", options=container_options) as container:
         x264 = {"preset": "veryfast", "crf": str(crf), "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
         stream = container.add_stream(codec, rate=Fraction(fps), options=x264 if codec == "libx264" else {})
+        if not isinstance(stream, av.video.stream.VideoStream):
+            raise ValueError(f"codec {codec!r} is not a video encoder")
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         for index in range(total):
