@@ -41,7 +41,7 @@ lint: setup
 	@[[ -x node_modules/.bin/buf ]] || npm install --no-save --no-audit --no-fund @bufbuild/buf@1.75.0 >/dev/null
 	cd protos && ../node_modules/.bin/buf lint
 	$(PY) -m tools.tensorrt_typings .typings
-	$(PY) -m mypy services gateway visionmesh/cli.py
+	$(PY) -m mypy services gateway visionmesh/cli.py visionmesh/client.py visionmesh/mesh.py visionmesh/models_build.py
 
 bench: setup
 	$(PY) -m bench.run_all

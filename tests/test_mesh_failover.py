@@ -75,9 +75,10 @@ async def test_killed_service_fails_its_feature_only_and_recovers(mesh: LocalMes
     before = [r for t, r in log if t < killed_at]
     during = [r for t, r in log if killed_at + 0.5 < t < restarted_at]
     after = [r for _, r in log[-4:]]
-    assert before and all(r.hash.code.bits and not r.errors for r in before)
+    assert before, "load must run before the kill"
+    assert all(r.hash.code.bits and not r.errors for r in before), [list(r.errors) for r in before if r.errors]
     assert during, "load must continue while hash is down"
     for r in during:
         assert r.classify.labels, "classify must keep answering while hash is down"
         assert [(e.feature, e.code) for e in r.errors] == [(common_pb2.FEATURE_HASH, "UNAVAILABLE")]
-    assert all(r.hash.code.bits and not r.errors for r in after), "hash must recover after the restart"
+    assert all(r.hash.code.bits and not r.errors for r in after), ("hash must recover after the restart", [list(r.errors) for r in after])

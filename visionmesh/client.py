@@ -13,10 +13,10 @@ from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv"}
 CHUNK_BYTES = 1024 * 1024
-FEATURES = {"classify": common_pb2.FEATURE_CLASSIFY, "ocr": common_pb2.FEATURE_OCR, "face": common_pb2.FEATURE_FACE, "hash": common_pb2.FEATURE_HASH}
+FEATURES: dict[str, common_pb2.Feature] = {"classify": common_pb2.FEATURE_CLASSIFY, "ocr": common_pb2.FEATURE_OCR, "face": common_pb2.FEATURE_FACE, "hash": common_pb2.FEATURE_HASH}
 
 
-def parse_features(text: str) -> list[int]:
+def parse_features(text: str) -> list[common_pb2.Feature]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in FEATURES]
     if unknown:
@@ -44,7 +44,7 @@ def channel(address: str) -> grpc.Channel:
 
 
 def analyze_path(
-    stub: gateway_pb2_grpc.GatewayServiceStub, path: Path, features: list[int], options: gateway_pb2.AnalyzeOptions, frames: int, timeout_s: float
+    stub: gateway_pb2_grpc.GatewayServiceStub, path: Path, features: list[common_pb2.Feature], options: gateway_pb2.AnalyzeOptions, frames: int, timeout_s: float
 ) -> gateway_pb2.AnalyzeResponse | gateway_pb2.AnalyzeVideoResponse:
     if is_video(path):
         header = gateway_pb2.VideoUploadHeader(features=features, options=options, num_frames=frames)

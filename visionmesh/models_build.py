@@ -48,7 +48,8 @@ def package_provenance(*dists: str) -> dict[str, Any]:
     sources = []
     for dist in dists:
         meta = importlib.metadata.metadata(dist)
-        sources.append({"package": dist, "version": importlib.metadata.version(dist), "license": meta.get("License-Expression") or meta.get("License") or "see package"})
+        licence = meta["License-Expression"] or meta["License"] or "see package"
+        sources.append({"package": dist, "version": importlib.metadata.version(dist), "license": licence})
     return {"sources": sources}
 
 

@@ -91,7 +91,7 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
     if len(data) > limits.max_bytes:
         raise InvalidInput(f"image is {len(data)} bytes: over the {limits.max_bytes}-byte limit")
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise InvalidInput("bytes are not a recognised image format (JPEG, PNG, WebP, BMP, GIF, TIFF)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -46,7 +46,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(definition: ServiceDefinition, args: argparse.Namespace) -> Any:
-    cfg = cfgmod.load(definition.config_cls, yaml_path=args.config, assignments=args.assignments)
+    cfg: Any = cfgmod.load(definition.config_cls, yaml_path=args.config, assignments=args.assignments)
     server: ServerConfig = cfg.server
     if server.port == 0:
         server = dataclasses.replace(server, port=definition.default_port)
