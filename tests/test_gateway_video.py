@@ -68,7 +68,7 @@ def test_one_frame_takes_the_middle_keyframe(clip: bytes) -> None:
 def test_keyframe_frames_match_a_full_decode(clip: bytes) -> None:
     """The keyframe-only path returns exactly the pixels a normal decode gives at that time."""
     video = decode_keyframes(clip, num_frames=2)
-    with av.open(io.BytesIO(clip)) as container:
+    with av.open(io.BytesIO(clip), mode="r") as container:
         stream = container.streams.video[0]
         full = {round(float(f.time), 3): f.to_ndarray(format="rgb24") for f in container.decode(stream)}
     for frame in video.frames:
@@ -108,7 +108,7 @@ def test_raw_elementary_stream_is_refused_clearly() -> None:
     """A bare H.264 stream carries no timestamps: sampling by time is impossible, so say so."""
     mp4 = video_bytes(seconds=1, size=SIZE, fps=FPS, gop=5)
     raw = io.BytesIO()
-    with av.open(io.BytesIO(mp4)) as source, av.open(raw, mode="w", format="h264") as sink:
+    with av.open(io.BytesIO(mp4), mode="r") as source, av.open(raw, mode="w", format="h264") as sink:
         out = sink.add_stream_from_template(source.streams.video[0])
         for packet in source.demux(source.streams.video[0]):
             if packet.size:
