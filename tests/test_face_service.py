@@ -7,6 +7,7 @@ ignored); the tests that need it skip, saying why, when it cannot be fetched.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import tempfile
@@ -164,3 +165,23 @@ async def test_bad_input_is_invalid_argument(stub: face_pb2_grpc.FaceServiceStub
 async def test_tiny_image_has_no_face(stub: face_pb2_grpc.FaceServiceStub) -> None:
     response = await detect(stub, np.full((8, 8, 3), 128, np.uint8))
     assert list(response.faces) == []
+
+
+async def test_attribute_heads_batch_faces_of_concurrent_calls(group_photo: np.ndarray) -> None:
+    """Four concurrent group-photo calls (6 faces each): the gender head runs them in fewer, larger batches."""
+    from prometheus_client import REGISTRY
+
+    def batches(model: str) -> tuple[float, float]:
+        labels = {"model": model}
+        return (REGISTRY.get_sample_value("visionmesh_batcher_batch_size_count", labels) or 0.0, REGISTRY.get_sample_value("visionmesh_batcher_batch_size_sum", labels) or 0.0)
+
+    # A long batching window so calls that finish detection at different times still meet.
+    window = {"batcher": {"max_queue_delay_us": 1_500_000, "max_batch_size": 64}}
+    async with running_service(DEFINITION, {"age": window, "gender": window, "emotion": window}) as server, grpc.aio.insecure_channel(server.address) as channel:
+        stub = face_pb2_grpc.FaceServiceStub(channel)
+        count0, rows0 = batches("face_gender")
+        replies = await asyncio.gather(*(detect(stub, group_photo) for _ in range(4)))
+        count1, rows1 = batches("face_gender")
+    assert [len(r.faces) for r in replies] == [6, 6, 6, 6]
+    assert rows1 - rows0 == 24
+    assert count1 - count0 < 4, f"{count1 - count0:.0f} batches for 4 calls: no cross-call batching"
