@@ -54,7 +54,7 @@ class Variant:
 
 
 def repository_models() -> list[str]:
-    return sorted(p.parent.parent.name for p in default_root().glob("*/1/config.yaml"))
+    return sorted(p.parent.parent.name for p in default_root().glob("*/1/model.onnx"))
 
 
 def make_batch(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ DYNAMIC_DIM = 64
 
 def repository_models() -> list[str]:
     root = default_root()
-    return sorted(p.parent.parent.name for p in root.glob("*/1/config.yaml")) if root.is_dir() else []
+    return sorted(p.parent.parent.name for p in root.glob("*/1/model.onnx")) if root.is_dir() else []
 
 
 def random_inputs(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -65,7 +65,7 @@ def test_every_repository_model_matches_onnxruntime(model: str) -> None:
     ort_engine = create_engine(entry, EngineConfig())
     assert [s.name for s in torch_engine.inputs] == [s.name for s in ort_engine.inputs]
     assert [s.name for s in torch_engine.outputs] == [s.name for s in ort_engine.outputs]
-    feeds = random_inputs(ort_engine, batch=3)
+    feeds = random_inputs(ort_engine, batch=2)
     ours, theirs = torch_engine.infer(feeds), ort_engine.infer(feeds)
     for name, expected in theirs.items():
         assert ours[name].shape == expected.shape and ours[name].dtype == expected.dtype, name
@@ -128,6 +128,12 @@ def test_bad_settings_fail_at_load_with_a_clear_message(lite0: ModelEntry, confi
             pytest.skip("this machine has a cuda:7")
     with pytest.raises(EngineError, match=message):
         create_engine(lite0, config)
+
+
+def test_a_model_without_an_onnx_graph_is_refused(tmp_path: Path) -> None:
+    entry = ModelEntry("projection_only", 1, tmp_path, [], [], 0)
+    with pytest.raises(EngineError, match="no ONNX graph"):
+        create_engine(entry, EngineConfig(backend="torch"))
 
 
 def test_bad_inputs_are_refused(torch_lite0: Engine) -> None:

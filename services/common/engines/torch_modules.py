@@ -46,6 +46,8 @@ def load_onnx_module(onnx_path: Path) -> tuple[torch.nn.Module, list[TensorSpec]
     """
     from onnx2fx import convert
 
+    if not onnx_path.is_file():
+        raise ConversionFailed(f"{onnx_path} does not exist: this model has no ONNX graph for an engine to run")
     model = onnx.load(str(onnx_path))
     inputs, outputs = onnx_specs(model)
     try:
