@@ -168,6 +168,8 @@ async def test_classify_service_on_torch_backend_names_the_cat(chelsea_jpeg: byt
     from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 
     async with running_service(DEFINITION, {"classifier": {"engine": {"backend": "torch"}}}) as server:
+        classifier = server.registrations[0].servicer.classifier
+        assert classifier.batcher.engines and all(isinstance(e, TorchEngine) for e in classifier.batcher.engines)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = classify_pb2_grpc.ClassifyServiceStub(channel)
             reply = await stub.Classify(classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=chelsea_jpeg), top_k=5), timeout=60)
