@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,18 @@ def build_plan(onnx_path: Path, profile: list[ProfileShape], precision: str, wor
     return bytes(memoryview(serialized))
 
 
+# Plan file -> (runtime, engine), shared by the instances of a model in this process.
+_ENGINES: dict[Path, tuple[trt.Runtime, trt.ICudaEngine]] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _shared_engine(plan_file: Path, load: Callable[[], tuple[trt.Runtime, trt.ICudaEngine]]) -> tuple[trt.Runtime, trt.ICudaEngine]:
+    with _ENGINES_LOCK:
+        if plan_file not in _ENGINES:
+            _ENGINES[plan_file] = load()
+        return _ENGINES[plan_file]
+
+
 class TensorRTEngine(Engine):
     def load(self) -> None:
         _require_tensorrt()
@@ -101,7 +113,9 @@ class TensorRTEngine(Engine):
             raise EngineError(f"model {self.entry.name}: {exc}") from exc
         with torch.cuda.device(self.device):
             self.plan_file = plan_path(self.entry.onnx_path, self._plan_key(), self.config.plan_cache_dir)
-            self._engine = self._deserialize()
+            self._runtime, self._engine = _shared_engine(self.plan_file, self._deserialize)
+            # Instances share the deserialised engine (its weights live once on the GPU);
+            # each has its own execution context, buffers and stream.
             self._context = self._engine.create_execution_context()
         self._lock = threading.Lock()
         self._stream = torch.cuda.Stream(self.device)
@@ -120,9 +134,8 @@ class TensorRTEngine(Engine):
             profile=profile_fingerprint(self.profile),
         )
 
-    def _deserialize(self) -> trt.ICudaEngine:
-        runtime = trt.Runtime(_logger())
-        self._runtime = runtime  # the engine must not outlive its runtime
+    def _deserialize(self) -> tuple[trt.Runtime, trt.ICudaEngine]:
+        runtime = trt.Runtime(_logger())  # the engine must not outlive its runtime: kept beside it
 
         def build() -> bytes:
             log.info("model %s: building TensorRT plan %s (first start on this GPU; minutes)", self.entry.name, self.plan_file.name)
@@ -138,7 +151,7 @@ class TensorRTEngine(Engine):
             engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineError(f"model {self.entry.name}: TensorRT could not deserialise {self.plan_file}")
-        return engine
+        return runtime, engine
 
     def _spec(self, name: str) -> TensorSpec:
         dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))).name
