@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from gateway.config import DEFAULT_PORT, GatewayConfig
 from gateway.discovery import ConsulResolver, DnsResolver, Resolver, StaticResolver
@@ -18,16 +19,21 @@ from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
 def make_resolver(config: GatewayConfig) -> Resolver:
     limit = config.server.max_message_bytes
     options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-    interceptors = tracing.client_interceptors()
+    common: dict[str, Any] = {
+        "channel_options": options,
+        "interceptors": tracing.client_interceptors(),
+        "breaker_failures": config.breaker_failures,
+        "breaker_reset_s": config.breaker_reset_s,
+    }
     if config.discovery == "static":
-        return StaticResolver(config.services, channel_options=options, interceptors=interceptors)
+        return StaticResolver(config.services, **common)
     if config.discovery == "dns":
-        return DnsResolver(config.dns_targets, channel_options=options, interceptors=interceptors)
+        return DnsResolver(config.dns_targets, **common)
     if config.discovery == "consul":
         consul_addr = config.server.consul_addr or os.environ.get("CONSUL_HTTP_ADDR", "")
         if not consul_addr:
             raise InvalidInput("discovery=consul needs server.consul_addr or CONSUL_HTTP_ADDR")
-        return ConsulResolver(consul_addr, list(config.services), channel_options=options, interceptors=interceptors)
+        return ConsulResolver(consul_addr, list(config.services), **common)
     raise InvalidInput(f"unknown discovery {config.discovery!r} (static, consul, dns)")
 
 
