@@ -17,14 +17,17 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import consul
 
 from services.common.server import MeshServer
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +149,33 @@ def _query(agent_addr: str, service_name: str, index: str | None, wait: str) -> 
     return (str(idx) if idx is not None else None), _addresses(entries)
 
 
+async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call on a daemon thread: a long-poll still waiting at exit never delays shutdown
+    (``asyncio.to_thread`` uses the default pool, which ``asyncio.run`` joins)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], object]) -> None:
+        try:
+            loop.call_soon_threadsafe(lambda: future.done() or outcome())
+        except RuntimeError:  # the loop closed while we waited: nobody is listening
+            pass
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            settle(lambda: future.set_exception(exc))
+        else:
+            settle(lambda: future.set_result(result))
+
+    threading.Thread(target=run, name="consul-query", daemon=True).start()
+    return await future
+
+
 async def passing_instances(consul_addr: str, service_name: str) -> list[str]:
     """``host:port`` of every instance of ``service_name`` whose checks pass, sorted."""
-    _, addresses = await asyncio.to_thread(_query, consul_addr, service_name, None, WATCH_WAIT)
+    _, addresses = await _in_daemon_thread(_query, consul_addr, service_name, None, WATCH_WAIT)
     return addresses
 
 
@@ -166,7 +193,7 @@ async def watch_passing(
     last: list[str] | None = None
     while True:
         try:
-            new_index, addresses = await asyncio.to_thread(_query, consul_addr, service_name, index, wait)
+            new_index, addresses = await _in_daemon_thread(_query, consul_addr, service_name, index, wait)
         except Exception as exc:
             log.warning("consul watch failed; retrying", extra={"fields": {"service": service_name, "error": str(exc)}})
             index = None
