@@ -62,11 +62,14 @@ def report(name: str, rate: float, latencies: list[float]) -> dict[str, float]:
     return row
 
 
-async def throughput(images: list[RenderedImage], concurrency: int, rounds: int) -> None:
+async def throughput(images: list[RenderedImage], concurrency: int, rounds: int, engine_threads: int) -> None:
     reference = rapidocr_reference(default_root())
     pool = ThreadPoolExecutor(concurrency)
     loop = asyncio.get_running_loop()
-    async with running_service(DEFINITION) as server, grpc.aio.insecure_channel(server.address) as channel:
+    # ORT intra-op threads per model (0 = library default, as rapidocr's own sessions use).
+    threads = {"engine": {"threads": engine_threads}}
+    overrides = {"detector": threads, "direction": threads, "recognizer": threads}
+    async with running_service(DEFINITION, overrides) as server, grpc.aio.insecure_channel(server.address) as channel:
         stub = ocr_pb2_grpc.OcrServiceStub(channel)
         requests = {id(im): ocr_pb2.RecognizeRequest(image=rgb_to_image(im.rgb)) for im in images}
 
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=300, help="text lines per accuracy set")
     parser.add_argument("--images", type=int, default=12, help="images timed per throughput run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--engine-threads", type=int, default=0, help="ORT intra-op threads per OCR model (0 = default)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
@@ -137,7 +141,7 @@ def main() -> None:
         asyncio.run(accuracy(args.lines, args.seed))
     else:
         images = render_set(args.images * 4, seed=args.seed + 1, hard=True)
-        asyncio.run(throughput(images, args.concurrency, args.rounds))
+        asyncio.run(throughput(images, args.concurrency, args.rounds, args.engine_threads))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ class OcrPipeline:
 
     async def recognise(self, rgb: np.ndarray, min_confidence: float, max_lines: int, context: grpc.aio.ServicerContext | None = None) -> list[RecognizedLine]:
         limits = self.config.limits
-        if min(rgb.shape[:2]) < limits.min_image_side or float(rgb.std()) < BLANK_STD:
+        # Every 4th pixel is plenty to tell a flat image, at 1/16 of the cost on big ones.
+        if min(rgb.shape[:2]) < limits.min_image_side or float(rgb[::4, ::4].std()) < BLANK_STD:
             return []
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         boxes = await self.detect(bgr, context)
