@@ -1,0 +1,59 @@
+"""Settings of the hash service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+
+DEFAULT_PORT = 50054
+SUPPORTED_BITS = (64, 128, 256)
+
+
+@dataclass
+class ProjectionConfig:
+    # Model-repository entry holding the learned projections (services/hash/export.py).
+    model: str = "hash_itq"
+    version: int = 1
+    # "itq" (learned) or "lsh" (random hyperplanes, the baseline) -- codes of the two never mix.
+    method: str = "itq"
+    # Bits of a code when a request does not say (64, 128 or 256).
+    default_bits: int = 128
+
+
+@dataclass
+class IndexConfig:
+    # Collections switch from exact IndexBinaryFlat to IndexBinaryIVF past this many items.
+    ivf_threshold: int = 200_000
+    # IVF cells (0 = about 1 per 1000 items at the switch, a power of two, at least 256).
+    nlist: int = 0
+    # Cells visited per query.
+    nprobe: int = 32
+    # Results when SearchRequest.k is 0, and the most a request may ask for.
+    default_k: int = 10
+    max_k: int = 1000
+    # Most matches a radius search returns (nearest first).
+    max_radius_results: int = 10_000
+
+
+@dataclass
+class StorageConfig:
+    # Write-ahead log segments and snapshots live here.
+    data_dir: str = "var/hash"
+    # A snapshot is taken after this many logged operations (and on clean shutdown).
+    snapshot_every: int = 50_000
+    # False skips fsync: only for benchmarks of the in-memory path, never in production.
+    fsync: bool = True
+
+
+@dataclass
+class HashConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    features: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="efficientnet_lite0", batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000))
+    )
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    # Most frames one item (a video) may carry.
+    max_frames: int = 32

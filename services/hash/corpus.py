@@ -1,0 +1,122 @@
+"""Photos and image transforms for training the projection and evaluating copy detection.
+
+Only what scikit-image ships: ``EVALUATION_PHOTOS`` (natural photos, the
+copy-detection queries) and ``OTHER_PHOTOS`` (textures, microscopy, astronomy,
+documents). The served projection is learned from random augmentations of all
+of them (``ALL_PHOTOS``). The copy-detection benchmark never scores a photo
+with a projection that saw it: it trains one projection per fold of the
+evaluation photos, leaving that fold out (``training_photos(held_out)``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+
+OTHER_PHOTOS = (
+    "brick", "grass", "gravel", "moon", "coins", "page", "text", "cell", "clock",
+    "colorwheel", "logo", "immunohistochemistry", "hubble_deep_field", "retina", "checkerboard",
+)
+EVALUATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "stereo_motorcycle")
+ALL_PHOTOS = EVALUATION_PHOTOS + OTHER_PHOTOS
+
+
+def training_photos(held_out: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(p for p in ALL_PHOTOS if p not in held_out)
+
+
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image sample as ``H x W x 3`` uint8 RGB (grey and RGBA converted)."""
+    import skimage.data
+
+    data = getattr(skimage.data, name)()
+    if isinstance(data, tuple):  # stereo_motorcycle: (left, right, disparity) -- the left view
+        data = data[0]
+    img = Image.fromarray(np.asarray(data, dtype=np.uint8))
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        img = background
+    return np.asarray(img.convert("RGB"))
+
+
+def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def resize(rgb: np.ndarray, factor: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR))
+
+
+def center_fraction(rgb: np.ndarray, fraction: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    ch, cw = round(h * fraction), round(w * fraction)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(rgb[top : top + ch, left : left + cw])
+
+
+def brightness(rgb: np.ndarray, factor: float) -> np.ndarray:
+    return np.asarray(ImageEnhance.Brightness(Image.fromarray(rgb)).enhance(factor))
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(ImageOps.grayscale(Image.fromarray(rgb)).convert("RGB"))
+
+
+def text_overlay(rgb: np.ndarray, text: str = "VisionMesh @user 2026") -> np.ndarray:
+    """A watermark-like caption across the lower part of the image."""
+    img = Image.fromarray(rgb).copy()
+    h, w = rgb.shape[:2]
+    font = ImageFont.load_default(size=max(10, h // 12))
+    draw = ImageDraw.Draw(img)
+    draw.text((w // 20, h * 3 // 4), text, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+# The copies a platform sees re-uploaded: name -> transform.
+COPY_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "jpeg_q30": lambda x: jpeg(x, 30),
+    "resize_x0.5": lambda x: resize(x, 0.5),
+    "crop_90": lambda x: center_fraction(x, 0.9),
+    "hflip": lambda x: np.ascontiguousarray(x[:, ::-1]),
+    "brightness_x1.3": lambda x: brightness(x, 1.3),
+    "grey": grey,
+    "text_overlay": text_overlay,
+}
+
+
+def random_augmentation(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random crop (8-100 % of the area), maybe flipped, colour-jittered, grey, JPEG-compressed."""
+    h, w = rgb.shape[:2]
+    area = rng.uniform(0.08, 1.0)
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    ch = int(min(h, max(16, round(np.sqrt(area * h * w / aspect)))))
+    cw = int(min(w, max(16, round(np.sqrt(area * h * w * aspect)))))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    img = Image.fromarray(rgb[top : top + ch, left : left + cw])
+    if rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.6, 1.4))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.6, 1.4))
+    img = ImageEnhance.Color(img).enhance(rng.uniform(0.5, 1.5))
+    if rng.random() < 0.1:
+        img = ImageOps.grayscale(img).convert("RGB")
+    out = np.asarray(img.convert("RGB"))
+    return jpeg(out, int(rng.integers(30, 96))) if rng.random() < 0.7 else out
+
+
+def augmented_corpus(photos: tuple[str, ...], per_photo: int, seed: int) -> list[np.ndarray]:
+    """``per_photo`` random augmentations of each photo (the photo itself first), reproducible."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for name in photos:
+        rgb = load_photo(name)
+        images.append(rgb)
+        images.extend(random_augmentation(rgb, rng) for _ in range(per_photo - 1))
+    return images

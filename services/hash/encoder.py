@@ -1,0 +1,43 @@
+"""Frames -> one code: EfficientNet-Lite0 pooled features (through the batcher) -> projection.
+
+A video is several frames of one item: each frame's features are L2-normalised
+and averaged, and the mean is projected -- one video-level code that sits near
+the codes of its frames' content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+
+from services.common.models import ServedModel
+from services.common.repository import load_entry
+from services.hash.config import HashConfig
+from services.hash.preprocess import to_batch
+from services.hash.projection import Projection, l2_normalise
+
+
+class Encoder:
+    def __init__(self, config: HashConfig) -> None:
+        self.model = ServedModel(config.features)
+        entry = load_entry(config.projection.model, config.projection.version)
+        self.projection = Projection.load(entry.file(str(entry.extra.get("projection", "projection.npz"))))
+        self.method = config.projection.method
+
+    async def start(self) -> None:
+        await self.model.start()
+
+    async def close(self) -> None:
+        await self.model.close()
+
+    async def features(self, frames: list[np.ndarray], context: grpc.aio.ServicerContext | None = None) -> np.ndarray:
+        """The item's aggregated feature vector (mean of its frames' L2-normalised features)."""
+        # Preprocessing is CPU work: keep it off the event loop.
+        batch = await asyncio.to_thread(to_batch, frames, self.model.entry.preprocessing)
+        out = await self.model.infer({"images": batch}, context)
+        return l2_normalise(out["features"]).mean(axis=0)
+
+    def code(self, features: np.ndarray, bits: int) -> np.ndarray:
+        return self.projection.encode(features.reshape(1, -1), self.method, bits)[0]

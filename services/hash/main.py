@@ -1,0 +1,23 @@
+"""Entry point of the hash service: ``visionmesh serve hash`` or ``python -m services.hash``."""
+
+from __future__ import annotations
+
+import sys
+
+from services.common.runner import ServiceDefinition, run_service
+from services.common.server import Registration
+from services.hash.config import DEFAULT_PORT, HashConfig
+from services.hash.servicer import HashServicer
+from visionmesh.v1 import hash_pb2, hash_pb2_grpc
+
+
+def build(config: HashConfig) -> list[Registration]:
+    servicer = HashServicer(config)
+    full_name = hash_pb2.DESCRIPTOR.services_by_name["HashService"].full_name
+    return [Registration(full_name, servicer, hash_pb2_grpc.add_HashServiceServicer_to_server)]
+
+
+DEFINITION = ServiceDefinition("hash", HashConfig, build, DEFAULT_PORT)
+
+if __name__ == "__main__":
+    run_service(DEFINITION, sys.argv[1:])

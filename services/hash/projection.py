@@ -1,0 +1,103 @@
+"""Features -> binary codes: PCA-ITQ (learned) and random-hyperplane LSH (the baseline).
+
+Both start the same way: L2-normalise the 1280-d pooled features, subtract the
+training mean. ITQ then projects onto the top ``bits`` principal components and
+rotates them (Gong & Lazebnik, "Iterative Quantization", 2011) so that taking
+the sign loses as little as possible; LSH projects onto random Gaussian
+directions. A code bit is 1 where the projection is positive; bits are packed
+most significant bit first (``np.packbits``), as HashCode.code documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("itq", "lsh")
+
+
+def l2_normalise(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=-1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
+
+
+def pack(projected: np.ndarray) -> np.ndarray:
+    """``N x bits`` real projections -> ``N x bits/8`` uint8 codes."""
+    return np.packbits(projected > 0, axis=-1)
+
+
+def hamming(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Hamming distances between one packed code and each row of ``codes``."""
+    return np.bitwise_count(np.bitwise_xor(codes, query[None, :])).sum(axis=-1).astype(np.int32)
+
+
+def train_itq(centred: np.ndarray, bits: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """``features(dim) -> bits`` matrix: top-``bits`` PCA directions times the ITQ rotation."""
+    if centred.shape[0] < bits:
+        raise ValueError(f"ITQ with {bits} bits needs at least {bits} training samples, got {centred.shape[0]}")
+    # PCA from the SVD of the centred data (rows = samples).
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    pca = vt[:bits].T.astype(np.float64)
+    v = centred @ pca
+    # Start from a random orthogonal rotation, then alternate: fix R -> codes B = sign(VR);
+    # fix B -> R is the orthogonal Procrustes solution minimising ||B - VR||.
+    rotation, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
+    for _ in range(iterations):
+        b = np.where(v @ rotation >= 0, 1.0, -1.0)
+        u, _, wt = np.linalg.svd(b.T @ v)
+        rotation = (u @ wt).T
+    return (pca @ rotation).astype(np.float32)
+
+
+def random_hyperplanes(dim: int, bits: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((dim, bits)).astype(np.float32)
+
+
+@dataclass
+class Projection:
+    """The learned mean plus one ``dim x bits`` matrix per (method, bits)."""
+
+    mean: np.ndarray
+    matrices: dict[tuple[str, int], np.ndarray]
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def supports(self, method: str, bits: int) -> bool:
+        return (method, bits) in self.matrices
+
+    def encode(self, features: np.ndarray, method: str, bits: int) -> np.ndarray:
+        """``N x dim`` pooled features -> ``N x bits/8`` packed codes."""
+        matrix = self.matrices[(method, bits)]
+        return pack((l2_normalise(features) - self.mean) @ matrix)
+
+    def save(self, path: Path) -> None:
+        arrays = {"mean": self.mean}
+        arrays.update({f"{method}_{bits}": m for (method, bits), m in self.matrices.items()})
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Projection:
+        with np.load(path) as data:
+            matrices = {}
+            for key in data.files:
+                if key == "mean":
+                    continue
+                method, bits = key.rsplit("_", 1)
+                matrices[(method, int(bits))] = data[key].astype(np.float32)
+            return cls(data["mean"].astype(np.float32), matrices)
+
+
+def fit(features: np.ndarray, bits_list: tuple[int, ...], seed: int, iterations: int = 50) -> Projection:
+    """Fit ITQ and draw LSH matrices for every size in ``bits_list`` (reproducible for a seed)."""
+    normalised = l2_normalise(features.astype(np.float64))
+    mean = normalised.mean(axis=0)
+    centred = normalised - mean
+    matrices: dict[tuple[str, int], np.ndarray] = {}
+    for bits in bits_list:
+        matrices[("itq", bits)] = train_itq(centred, bits, iterations, np.random.default_rng(seed + bits))
+        matrices[("lsh", bits)] = random_hyperplanes(features.shape[1], bits, np.random.default_rng(seed + 10_000 + bits))
+    return Projection(mean.astype(np.float32), matrices)
