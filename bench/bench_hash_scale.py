@@ -1,0 +1,135 @@
+"""Scale of the near-duplicate index: 1M 128-bit codes in one collection.
+
+Synthetic but shaped like a re-upload workload: 100k "originals" (random codes)
+each with 10 near-duplicate variants (every bit flipped with p = 0.05, ~6 bits),
+1M codes in all. Queries are fresh variants of random originals, so a query's
+true 10 nearest neighbours are the 10 variants of its original. Measures: add
+time (through ``Collection.put_many``, the path the store applies logged adds
+with; WAL fsync cost is separate), resident memory per item, single and batched
+search latency of the IVF index at several ``nprobe``, and its recall@10
+against exact search (faiss ``IndexBinaryFlat``).
+
+    .venv/bin/python -m bench.bench_hash_scale [--items 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+
+import faiss
+import numpy as np
+
+from services.hash.collection import Collection
+from services.hash.config import IndexConfig, StorageConfig
+from services.hash.store import HashStore
+
+BITS = 128
+VARIANTS = 10
+FLIP_P = 0.05
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def variants(bases: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each base with every bit flipped independently with probability FLIP_P."""
+    noise = np.packbits(rng.random((len(bases), BITS)) < FLIP_P, axis=1)
+    return bases ^ noise
+
+
+def make_codes(items: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    bases = rng.integers(0, 256, (items // VARIANTS, BITS // 8), dtype=np.uint8)
+    chunks = [variants(bases, rng) for _ in range(VARIANTS)]
+    # Row r of chunk v is variant v of base r; interleave so an id's neighbours are not adjacent.
+    return bases, np.concatenate(chunks)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    arr = np.asarray(samples) * 1000
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+async def durable_adds(count: int, concurrency: int) -> float:
+    """Adds/s through HashStore (log append + fsync + apply, group commit) with ``concurrency`` callers."""
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        store = HashStore(StorageConfig(data_dir=tmp), IndexConfig())
+        await store.start()
+        codes = np.random.default_rng(1).integers(0, 256, (count, BITS // 8), dtype=np.uint8)
+        next_i = iter(range(count))
+
+        async def writer() -> None:
+            for i in next_i:
+                await store.add("bench", f"id-{i}", codes[i], BITS, "itq")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(writer() for _ in range(concurrency)))
+        rate = count / (time.perf_counter() - start)
+        await store.close()
+        return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--nlist", type=int, default=1024)
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(2)
+    rng = np.random.default_rng(0)
+    bases, codes = make_codes(args.items, rng)
+    rss0 = rss_bytes()
+    ids = [f"video-{i}" for i in range(len(codes))]
+    coll = Collection("scale", BITS, "itq", IndexConfig(ivf_threshold=min(200_000, args.items // 2), nlist=args.nlist, nprobe=16))
+    start = time.perf_counter()
+    for s in range(0, len(codes), 10_000):
+        coll.put_many(ids[s : s + 10_000], codes[s : s + 10_000])
+    add_s = time.perf_counter() - start
+    per_item = (rss_bytes() - rss0) / len(codes)
+    print(f"added {len(codes)} codes in {add_s:.1f}s ({add_s / len(codes) * 1e6:.1f} us/item, IVF switch included); memory {per_item:.0f} B/item (RSS delta: id strings, id->label dict, faiss lists, code array)")
+
+    queries = variants(bases[rng.integers(0, len(bases), args.queries)], rng)
+    exact = faiss.IndexBinaryFlat(BITS)
+    exact.add(codes)
+    start = time.perf_counter()
+    _, truth = exact.search(queries, 10)
+    flat_ms = (time.perf_counter() - start) / len(queries) * 1000
+    single_exact = []
+    for q in queries[:100]:
+        t = time.perf_counter()
+        exact.search(q[None], 10)
+        single_exact.append(time.perf_counter() - t)
+    print(f"exact IndexBinaryFlat over all {len(codes)}: single p50 {percentiles(single_exact)[0]:.2f} ms, batched {flat_ms:.2f} ms/query (2 threads)")
+
+    print("| nprobe | single p50 ms | single p99 ms | batched (100) ms/query | recall@10 vs exact |")
+    print("|---:|---:|---:|---:|---:|")
+    index = coll.index
+    for nprobe in (8, 16, 32, 64, 128):
+        index.nprobe = nprobe
+        single = []
+        found = []
+        for q in queries:
+            t = time.perf_counter()
+            hits = coll.search(q[None], 10)[0]
+            single.append(time.perf_counter() - t)
+            found.append({int(h.id[6:]) for h in hits})
+        t = time.perf_counter()
+        for s in range(0, len(queries), 100):
+            coll.search(queries[s : s + 100], 10)
+        batched_ms = (time.perf_counter() - t) / len(queries) * 1000
+        recall = float(np.mean([len(f & set(truth[i].tolist())) / 10 for i, f in enumerate(found)]))
+        p50, p99 = percentiles(single)
+        print(f"| {nprobe} | {p50:.3f} | {p99:.3f} | {batched_ms:.3f} | {recall:.3f} |")
+    for concurrency in (1, 16):
+        print(f"durable adds (WAL append + fsync + apply), {concurrency} concurrent caller(s): {asyncio.run(durable_adds(2000, concurrency)):.0f} adds/s")
+
+
+if __name__ == "__main__":
+    main()
