@@ -1,18 +1,18 @@
 """Copy detection with hash codes: ITQ vs LSH at 64/128/256 bits (and float cosine for reference).
 
-For each evaluation photo seven transformed copies are the queries (plus four
-harder composed edits, reported apart). No query is scored with a projection
-that saw its photo: the evaluation photos are split in three folds and each
-fold is scored by a projection trained (same recipe and seed as the served
-``hash_itq``) on the augmented corpus of every *other* photo. The database holds every evaluation
-original, plus distractors: the copies and random augmentations of the *other*
-evaluation photos, and the training photos with their augmentations. A query's
+For each of the 21 photos seven transformed copies are the queries (plus four
+harder composed edits, reported apart; "natural photos" are the six
+EVALUATION_PHOTOS). No query is scored with a projection that saw its photo:
+the photos are split in three folds and each fold is scored by a projection
+trained (same recipe and seed as the served ``hash_itq``) on the augmented
+corpus of the *other* two folds' photos. The database holds every original, plus
+distractors: the copies and random augmentations of every *other* photo. A query's
 own copies and augmentations are left out of its ranking, so the only relevant
 item is its original. Ties rank pessimistically (the original after every item
 at the same distance). With one relevant item, AP = 1 / rank, so mAP is the
 mean reciprocal rank.
 
-    .venv/bin/python -m bench.bench_hash_copydetect [--write-doc]
+    .venv/bin/python -m bench.bench_hash_copydetect
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from services.hash.corpus import COPY_TRANSFORMS, ALL_PHOTOS, EVALUATION_PHOTOS,
 from services.hash.projection import Projection, fit, hamming, l2_normalise
 from services.hash.train import ITERATIONS, PER_PHOTO, SEED as TRAIN_SEED, onnx_features
 
-AUGMENTATIONS = 20
+AUGMENTATIONS = 15
 FOLDS = 3
 SEED = 7
 
@@ -57,7 +57,7 @@ def build_sets(transforms: dict[str, Callable[[np.ndarray], np.ndarray]]) -> tup
         db_photo.append(p)
         db_original.append(True)
         derived = [random_augmentation(rgb, rng) for _ in range(AUGMENTATIONS)]
-        if p < len(EVALUATION_PHOTOS):
+        if True:  # every photo is queried (scored by a projection that never saw it)
             for t, transform in transforms.items():
                 copy = transform(rgb)
                 queries.append(copy)
@@ -87,7 +87,7 @@ def fold_projections(query_photo: np.ndarray) -> list[Projection]:
     """One projection per query: trained on the augmented corpus without the query's fold of photos."""
     corpus_features = onnx_features(augmented_corpus(ALL_PHOTOS, PER_PHOTO, TRAIN_SEED))
     source = np.repeat(np.arange(len(ALL_PHOTOS)), PER_PHOTO)
-    fold_of = np.arange(len(EVALUATION_PHOTOS)) % FOLDS
+    fold_of = np.arange(len(ALL_PHOTOS)) % FOLDS
     per_fold = [fit(corpus_features[~np.isin(source, np.flatnonzero(fold_of == f))], (64, 128, 256), TRAIN_SEED, ITERATIONS) for f in range(FOLDS)]
     return [per_fold[fold_of[p]] for p in query_photo]
 
@@ -101,6 +101,7 @@ def evaluate() -> tuple[list[dict[str, object]], dict[str, float], int, int]:
     db_photo, db_original = np.asarray(db_photo_l), np.asarray(db_original_l)
     query_photo = np.asarray([p for p, _ in query_info])
     plain = np.asarray([t in COPY_TRANSFORMS for _, t in query_info])
+    natural = query_photo < len(EVALUATION_PHOTOS)
     projections = fold_projections(query_photo)
 
     def row(method: str, bits: int, dist: np.ndarray) -> tuple[dict[str, object], np.ndarray]:
@@ -108,6 +109,7 @@ def evaluate() -> tuple[list[dict[str, object]], dict[str, float], int, int]:
         return {
             "method": method, "bits": bits,
             "recall@1": float(np.mean(r[plain] == 1)), "mAP": float(np.mean(1.0 / r[plain])),
+            "natural recall@1": float(np.mean(r[plain & natural] == 1)),
             "hard recall@1": float(np.mean(r[~plain] == 1)), "hard mAP": float(np.mean(1.0 / r[~plain])),
         }, r  # fmt: skip
 
@@ -128,9 +130,9 @@ def evaluate() -> tuple[list[dict[str, object]], dict[str, float], int, int]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| method | bits | recall@1 | mAP | hard recall@1 | hard mAP |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | bits | recall@1 | mAP | recall@1, natural photos | hard recall@1 | hard mAP |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['bits'] or 'float'} | {r['recall@1']:.3f} | {r['mAP']:.3f} | {r['hard recall@1']:.3f} | {r['hard mAP']:.3f} |")
+        lines.append(f"| {r['method']} | {r['bits'] or 'float'} | {r['recall@1']:.3f} | {r['mAP']:.3f} | {r['natural recall@1']:.3f} | {r['hard recall@1']:.3f} | {r['hard mAP']:.3f} |")
     return "\n".join(lines)
 
 

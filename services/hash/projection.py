@@ -77,7 +77,7 @@ class Projection:
     def save(self, path: Path) -> None:
         arrays = {"mean": self.mean}
         arrays.update({f"{method}_{bits}": m for (method, bits), m in self.matrices.items()})
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> Projection:

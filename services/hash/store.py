@@ -180,7 +180,7 @@ class HashStore:
         for i, (name, state) in enumerate(states.items()):
             path = staging / f"collection-{i}.npz"
             with path.open("wb") as fh:
-                np.savez(fh, **state)
+                np.savez(fh, **state)  # type: ignore[arg-type]
                 fh.flush()
                 os.fsync(fh.fileno())
             files[name] = {**meta[name], "file": path.name}
