@@ -93,7 +93,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def analyze_pixels(
         self, rgb: np.ndarray, features: list[int], options: gateway_pb2.AnalyzeOptions, timeout_s: float
     ) -> gateway_pb2.AnalyzeResponse:
-        small, scale = await asyncio.to_thread(fit_within, rgb, self.config.fanout_max_side)
+        if max(rgb.shape[:2]) > self.config.fanout_max_side:
+            small, scale = await asyncio.to_thread(fit_within, rgb, self.config.fanout_max_side)
+        else:
+            small, scale = rgb, 1.0  # the common case: no thread hop
         response = gateway_pb2.AnalyzeResponse()
         await self.fanout.run_features(rgb_to_image(small), features, options, timeout_s, response)
         rescale(response, 1.0 / scale)
