@@ -120,3 +120,43 @@ def augmented_corpus(photos: tuple[str, ...], per_photo: int, seed: int) -> list
         images.append(rgb)
         images.extend(random_augmentation(rgb, rng) for _ in range(per_photo - 1))
     return images
+
+
+def video_frames(photos: tuple[str, ...], frames_per_photo: int, seed: int, size: int = 256) -> list[np.ndarray]:
+    """Frames of an H.264 clip made with PyAV: a slow random pan-and-zoom over each photo, encoded and decoded back.
+
+    Adds what uploaded videos look like (codec artefacts, motion between frames) to the training corpus.
+    """
+    import av
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "30", "preset": "veryfast"}
+        for name in photos:
+            rgb = load_photo(name)
+            h, w = rgb.shape[:2]
+            side0, side1 = (min(h, w) * rng.uniform(0.5, 1.0) for _ in range(2))
+            (y0, x0), (y1, x1) = ((rng.uniform(0, h - s), rng.uniform(0, w - s)) for s in (side0, side1))
+            for t in np.linspace(0.0, 1.0, frames_per_photo):
+                side = side0 + t * (side1 - side0)
+                top, left = y0 + t * (y1 - y0), x0 + t * (x1 - x0)
+                crop = Image.fromarray(rgb).crop((round(left), round(top), round(left + side), round(top + side))).resize((size, size))
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(crop), format="rgb24")):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    buf.seek(0)
+    with av.open(buf, "r") as reader:
+        return [frame.to_ndarray(format="rgb24") for frame in reader.decode(video=0)]
+
+
+def training_corpus(photos: tuple[str, ...], per_photo: int, frames_per_photo: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Augmented stills plus video frames of ``photos``; also each image's photo index (for held-out folds)."""
+    images = augmented_corpus(photos, per_photo, seed)
+    frames = video_frames(photos, frames_per_photo, seed)
+    source = np.r_[np.repeat(np.arange(len(photos)), per_photo), np.repeat(np.arange(len(photos)), frames_per_photo)]
+    return images + frames, source[: len(images) + len(frames)]

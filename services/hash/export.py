@@ -41,4 +41,4 @@ def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, provenance
 
 
-MODELS = [ModelExport("hash_itq", 1, 1, build_hash_itq)]
+MODELS = [ModelExport("hash_itq", 1, 2, build_hash_itq)]

@@ -18,12 +18,14 @@ import numpy as np
 
 from services.common.repository import default_root, load_entry
 from services.hash.config import SUPPORTED_BITS
-from services.hash.corpus import ALL_PHOTOS, augmented_corpus
+from services.hash.corpus import ALL_PHOTOS, training_corpus
 from services.hash.preprocess import to_batch
 from services.hash.projection import Projection, fit
 
 SEED = 20261123
 PER_PHOTO = 48
+# Frames per photo of the PyAV-made clip (corpus.video_frames).
+VIDEO_FRAMES = 8
 ITERATIONS = 50
 
 
@@ -45,12 +47,12 @@ def onnx_features(images: list[np.ndarray], model_root: Path | None = None, batc
 def train(out: Path, seed: int = SEED, per_photo: int = PER_PHOTO, model_root: Path | None = None, photos: tuple[str, ...] = ALL_PHOTOS) -> dict[str, Any]:
     """Build the corpus, extract features, fit; write ``projection.npz``; return the training record."""
     start = time.perf_counter()
-    images = augmented_corpus(photos, per_photo, seed)
+    images, _ = training_corpus(photos, per_photo, VIDEO_FRAMES, seed)
     features = onnx_features(images, model_root)
     projection: Projection = fit(features, SUPPORTED_BITS, seed, ITERATIONS)
     projection.save(out / "projection.npz")
     return {
-        "corpus": {"source": "scikit-image sample photos", "photos": list(photos), "augmentations_per_photo": per_photo, "images": len(images)},
+        "corpus": {"source": "scikit-image sample photos", "photos": list(photos), "augmentations_per_photo": per_photo, "video_frames_per_photo": VIDEO_FRAMES, "images": len(images)},
         "feature_model": "efficientnet_lite0 v1 output 'features' (1280-d pooled)",
         "seed": seed,
         "itq_iterations": ITERATIONS,
