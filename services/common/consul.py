@@ -165,7 +165,8 @@ async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
         try:
             result = fn(*args)
         except BaseException as exc:  # handed to the awaiting coroutine
-            settle(lambda: future.set_exception(exc))
+            error = exc  # ``exc`` is unbound when the except block ends; the callback runs later
+            settle(lambda: future.set_exception(error))
         else:
             settle(lambda: future.set_result(result))
 
