@@ -21,7 +21,7 @@ def make_resolver(config: GatewayConfig) -> Resolver:
     options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
     common: dict[str, Any] = {
         "channel_options": options,
-        "interceptors": tracing.client_interceptors(),
+        "interceptors": tracing.client_interceptors() if config.server.tracing else [],
         "breaker_failures": config.breaker_failures,
         "breaker_reset_s": config.breaker_reset_s,
     }

@@ -40,10 +40,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
 async def _load(stub: gateway_pb2_grpc.GatewayServiceStub, image: bytes, stop: asyncio.Event, log: list[tuple[float, gateway_pb2.AnalyzeResponse | BaseException]]) -> None:
     request = gateway_pb2.AnalyzeRequest(image=common_pb2.Image(encoded=image), features=FEATURES, options=gateway_pb2.AnalyzeOptions(no_cache=True))
     while not stop.is_set():
+        # Stamped when the answer arrives (a call started before the kill may end after it).
         try:
-            log.append((time.monotonic(), await stub.Analyze(request, timeout=20)))
+            reply = await stub.Analyze(request, timeout=20)
         except grpc.aio.AioRpcError as exc:
             log.append((time.monotonic(), exc))
+        else:
+            log.append((time.monotonic(), reply))
 
 
 async def test_killed_service_fails_its_feature_only_and_recovers(mesh: LocalMesh, chelsea) -> None:  # type: ignore[no-untyped-def]

@@ -44,6 +44,9 @@ class LocalMesh:
     fixed_ports: bool = False
     log_dir: Path | None = None
     extra_args: dict[str, list[str]] = field(default_factory=dict)
+    # Every service shares this machine: on a small one, one intra-op thread per
+    # engine keeps a dozen models from crowding each other out (None = library default).
+    engine_threads: int | None = field(default_factory=lambda: 1 if (os.cpu_count() or 1) <= 4 else None)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -65,7 +68,8 @@ class LocalMesh:
         """(Re)start one feature service on its address (kept across restarts)."""
         previous = self.processes.get(name)
         port = int(previous.address.rsplit(":", 1)[1]) if previous else self._port(name)
-        proc = self._spawn(name, port, [])
+        args = [] if self.engine_threads is None else ["--engine-threads", str(self.engine_threads)]
+        proc = self._spawn(name, port, args)
         self.processes[name] = proc
         return proc
 

@@ -84,6 +84,8 @@ class ServerConfig:
     log_json: bool = True
     # "none", "console", or "memory" (tests).
     trace_exporter: str = "none"
+    # gRPC tracing interceptors (context propagation + spans); off saves their per-call cost.
+    tracing: bool = True
     # Register with Consul when set (or from CONSUL_HTTP_ADDR).
     consul_addr: str = ""
     # Address other hosts use to reach us (Consul registration); defaults to host:port.

@@ -42,6 +42,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], help="engine backend for every model")
     parser.add_argument("--device", help="engine device for every model, e.g. cpu or cuda:0")
     parser.add_argument("--precision", choices=["fp32", "fp16"], help="engine precision for every model")
+    parser.add_argument("--engine-threads", dest="threads", type=int, help="intra-op threads per engine instance for every model (0 = library default)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
 
 
@@ -55,7 +56,7 @@ def resolve_config(definition: ServiceDefinition, args: argparse.Namespace) -> A
         if value is not None:
             server = dataclasses.replace(server, **{key: value})
     cfg = dataclasses.replace(cfg, server=server)
-    engine_overrides = {k: getattr(args, k) for k in ("backend", "device", "precision") if getattr(args, k, None)}
+    engine_overrides = {k: getattr(args, k) for k in ("backend", "device", "precision", "threads") if getattr(args, k, None) is not None}
     if engine_overrides:
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)

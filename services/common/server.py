@@ -66,7 +66,7 @@ class MeshServer:
         tracing.setup(self.name, self.config.trace_exporter)
         limit = self.config.max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[tracing.server_interceptor(), MetricsInterceptor()],
+            interceptors=[tracing.server_interceptor(), MetricsInterceptor()] if self.config.tracing else [MetricsInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
