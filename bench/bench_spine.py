@@ -91,8 +91,17 @@ def main() -> None:
         direct, via_gw = asyncio.run(latencies(gateway, classify, args.requests))
     finally:
         mesh.stop()
+    # The same latency pair with the OpenTelemetry interceptors off everywhere.
+    untraced = ["--set", "server.tracing=false"]
+    mesh = LocalMesh(services=["classify"], extra_args={"classify": extra + untraced, "gateway": untraced})
+    try:
+        gateway = mesh.start()
+        direct_nt, via_gw_nt = asyncio.run(latencies(gateway, mesh.processes["classify"].address, args.requests))
+    finally:
+        mesh.stop()
     ratio = service / bare
     overhead = via_gw["p50"] - direct["p50"]
+    overhead_nt = via_gw_nt["p50"] - direct_nt["p50"]
     body = f"""
 Command: `.venv/bin/python -m bench.bench_spine --seconds {args.seconds:g} --batch {args.batch} --concurrency {args.concurrency} --requests {args.requests}`
 Machine: {machine()} (shared with other work; figures are medians/ratios of one run).
@@ -106,6 +115,8 @@ Machine: {machine()} (shared with other work; figures are medians/ratios of one 
 | classify direct, p50 / p99 (sequential) | {direct['p50']:.2f} / {direct['p99']:.2f} ms |
 | gateway Analyze (classify only, cache off), p50 / p99 | {via_gw['p50']:.2f} / {via_gw['p99']:.2f} ms |
 | **gateway overhead at p50** (goal <= 2 ms) | **{overhead:.2f} ms** |
+| same pair with tracing interceptors off (`server.tracing=false`): direct / gateway p50 | {direct_nt['p50']:.2f} / {via_gw_nt['p50']:.2f} ms |
+| gateway overhead at p50, tracing off | {overhead_nt:.2f} ms |
 
 The service figure includes gRPC, raw-pixel validation, preprocessing (resize,
 crop, normalise, the NSFW model's JPEG round trip), image quality and batching,
