@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 
@@ -129,3 +130,19 @@ async def test_health_and_reflection(gateway_address: str) -> None:
         replies = [r async for r in reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)]
         names = {s.name for s in replies[0].list_services_response.service}
         assert {"visionmesh.v1.GatewayService", "grpc.health.v1.Health"} <= names
+
+
+async def test_in_flight_limit_answers_resource_exhausted(chelsea_jpeg: bytes) -> None:
+    async with running_service(CLASSIFY) as classify:
+        async with running_service(GATEWAY, {"services": {"classify": [classify.address]}, "max_in_flight": 1}) as gateway:
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+                calls = [stub.Analyze(request(chelsea_jpeg, common_pb2.FEATURE_CLASSIFY, no_cache=True), timeout=30) for _ in range(6)]
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+                assert refused and all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+                assert "in flight" in (refused[0].details() or "")
+                assert any(isinstance(r, gateway_pb2.AnalyzeResponse) and r.classify.labels for r in results)
+                # Nothing is stuck: once the burst is over, calls go through again.
+                ok = await stub.Analyze(request(chelsea_jpeg, common_pb2.FEATURE_CLASSIFY, no_cache=True), timeout=30)
+                assert ok.classify.labels
