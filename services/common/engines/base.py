@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +45,14 @@ class Engine(abc.ABC):
 
     def close(self) -> None:
         """Release resources (sessions, device memory)."""
+
+
+def ordered_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """``inputs`` in the model's input order, contiguous and of the declared dtypes."""
+    missing = [s.name for s in specs if s.name not in inputs]
+    if missing:
+        raise EngineError(f"model {model}: missing input(s) {', '.join(missing)}")
+    return [np.ascontiguousarray(inputs[s.name], dtype=s.dtype) for s in specs]
 
 
 EngineFactory = Callable[[ModelEntry, EngineConfig], Engine]

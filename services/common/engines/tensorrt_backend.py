@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.common.engines.base import Engine, EngineError
+from services.common.engines.base import Engine, EngineError, ordered_inputs
 from services.common.engines.plan_cache import PlanKey, load_or_build, plan_path
 from services.common.engines.shapes import ProfileShape, ShapeError, optimization_profile, profile_fingerprint
 from services.common.engines.torch_backend import PRECISIONS, parse_device
@@ -166,10 +166,7 @@ class TensorRTEngine(Engine):
         return list(self._outputs)
 
     def _arrays(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        missing = [s.name for s in self._inputs if s.name not in inputs]
-        if missing:
-            raise EngineError(f"model {self.entry.name}: missing input(s) {', '.join(missing)}")
-        arrays = [np.ascontiguousarray(inputs[s.name], dtype=s.dtype) for s in self._inputs]
+        arrays = ordered_inputs(self.entry.name, self._inputs, inputs)
         for spec, array in zip(self._inputs, arrays, strict=True):
             profile = self._profile_by_name.get(spec.name)
             if profile is not None and not profile.admits(array.shape):

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from services.common.engines.base import Engine, EngineError
+from services.common.engines.base import Engine, EngineError, ordered_inputs
 from services.common.engines.cuda_graphs import CudaGraphSet
 from services.common.engines.shapes import ShapeError, batch_buckets, has_static_rows
 from services.common.engines.torch_modules import (
@@ -149,10 +149,7 @@ class TorchEngine(Engine):
         return list(self._outputs)
 
     def _arrays(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        missing = [s.name for s in self._inputs if s.name not in inputs]
-        if missing:
-            raise EngineError(f"model {self.entry.name}: missing input(s) {', '.join(missing)}")
-        arrays = [np.ascontiguousarray(inputs[s.name], dtype=s.dtype) for s in self._inputs]
+        arrays = ordered_inputs(self.entry.name, self._inputs, inputs)
         rows = {a.shape[0] if a.ndim else -1 for a in arrays}
         if len(rows) != 1 or -1 in rows:
             raise EngineError(f"model {self.entry.name}: inputs disagree on the batch size ({sorted(rows)})")
