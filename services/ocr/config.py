@@ -16,7 +16,7 @@ class DetectionConfig:
     # ``max_side``: that cap bounds time and memory whatever the input size.
     min_side: int = 736
     max_side: int = 2000
-    # DB post-processing (PaddleOCR's defaults for PP-OCR det).
+    # DB post-processing (PaddleOCR's defaults for PP-OCR det, as rapidocr).
     threshold: float = 0.3
     box_threshold: float = 0.5
     unclip_ratio: float = 1.6
@@ -49,6 +49,19 @@ class LimitsConfig:
     min_confidence: float = 0.5
     # Images with a side below this are answered with no lines (nothing legible).
     min_image_side: int = 8
+    # Short lines carry little evidence: round objects in ordinary photos (a
+    # cat's eye, a cup from above, camera knobs) read as "0", "8", "p" or
+    # "0000" at confidences up to 0.99. A line whose length is at most
+    # ``short_line_weight`` (a Han character counts ``cjk_char_weight``,
+    # anything else 1, spaces 0) is kept only when the recogniser is sure
+    # (>= ``short_line_confidence``, or the request's bar if higher) AND the
+    # detector's box looks clearly like text (mean text probability >=
+    # ``short_line_box_score``). Measured in docs/ocr.md ("Photos without
+    # text"). ``short_line_weight`` 0 turns the rule off.
+    short_line_weight: int = 4
+    cjk_char_weight: int = 2
+    short_line_confidence: float = 0.9
+    short_line_box_score: float = 0.75
 
 
 @dataclass

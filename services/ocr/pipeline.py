@@ -18,6 +18,7 @@ import numpy as np
 from services.common.models import ServedModel
 from services.ocr.config import OcrConfig
 from services.ocr.detection import TextBox, boxes_from_probability, prepare, reading_order
+from services.ocr.line_filter import keep_line
 from services.ocr.recognition import CtcDecoder, crop_quad, direction_input, recognition_input
 
 # Below this pixel standard deviation an image is one flat colour: no text to find.
@@ -102,6 +103,6 @@ class OcrPipeline:
         lines = [
             RecognizedLine(text, conf, box.quad, angle, box.score)
             for box, angle, (text, conf) in zip(boxes, angles, texts, strict=True)
-            if text.strip() and conf >= min_confidence
+            if keep_line(text, conf, box.score, min_confidence, limits)
         ]
         return lines[:max_lines]
