@@ -1,6 +1,7 @@
 """OCR benchmark: our service vs rapidocr's own pipeline, same models, same images, one run.
 
-    .venv/bin/python -m bench.bench_ocr              # throughput + latency (about a minute)
+    .venv/bin/python -m bench.bench_ocr              # throughput + latency, service defaults (a minute or two)
+    .venv/bin/python -m bench.bench_ocr --engine-threads 0   # ... with ORT's library-default threads
     .venv/bin/python -m bench.bench_ocr --accuracy   # CER / line recall on the 300-line sets
 
 Throughput: each rendered image (4 text lines, photo or plain background)
@@ -62,13 +63,14 @@ def report(name: str, rate: float, latencies: list[float]) -> dict[str, float]:
     return row
 
 
-async def throughput(images: list[RenderedImage], concurrency: int, rounds: int, engine_threads: int) -> None:
+async def throughput(images: list[RenderedImage], concurrency: int, rounds: int, engine_threads: int | None) -> None:
     reference = rapidocr_reference(default_root())
     pool = ThreadPoolExecutor(concurrency)
     loop = asyncio.get_running_loop()
-    # ORT intra-op threads per model (0 = library default, as rapidocr's own sessions use).
+    # ORT intra-op threads per model: None = the service's defaults (services/ocr/config.py),
+    # 0 = library default (as rapidocr's own sessions use), N = N for every model.
     threads = {"engine": {"threads": engine_threads}}
-    overrides = {"detector": threads, "direction": threads, "recognizer": threads}
+    overrides = {} if engine_threads is None else {"detector": threads, "direction": threads, "recognizer": threads}
     async with running_service(DEFINITION, overrides) as server, grpc.aio.insecure_channel(server.address) as channel:
         stub = ocr_pb2_grpc.OcrServiceStub(channel)
         requests = {id(im): ocr_pb2.RecognizeRequest(image=rgb_to_image(im.rgb)) for im in images}
@@ -132,7 +134,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=300, help="text lines per accuracy set")
     parser.add_argument("--images", type=int, default=12, help="images timed per throughput run")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--engine-threads", type=int, default=0, help="ORT intra-op threads per OCR model (0 = default)")
+    parser.add_argument("--engine-threads", type=int, default=None, help="ORT intra-op threads for every OCR model (0 = library default; unset = the service's defaults)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from services.common.config import BatcherConfig, EngineConfig, ModelConfig, ServerConfig
 
 DEFAULT_PORT = 50052
+
+# ONNX Runtime intra-op threads per model. Left at the library default, each
+# of the three sessions wants every core, and under concurrent requests they
+# fight each other (on a 2-core box: x0.80 of rapidocr at 8 callers, against
+# x1.19 with one thread each; docs/benchmarks.md). The batchers already
+# overlap detection, direction and recognition of different requests, so the
+# two heavy stages get half the cores each and the tiny direction classifier
+# one thread: the sum stays about the core count. ``--engine-threads N`` (or
+# ``--set detector.engine.threads=N``) overrides; 0 = library default.
+CORES = os.cpu_count() or 1
+HEAVY_STAGE_THREADS = max(1, CORES // 2)
+
+
+def _model(name: str, threads: int, max_batch_size: int, max_queue_delay_us: int) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        engine=EngineConfig(threads=threads),
+        batcher=BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us),
+    )
 
 
 @dataclass
@@ -67,15 +87,9 @@ class LimitsConfig:
 @dataclass
 class OcrConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    detector: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="ppocr_det", batcher=BatcherConfig(max_batch_size=4, max_queue_delay_us=1000))
-    )
-    direction: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="ppocr_cls", batcher=BatcherConfig(max_batch_size=64, max_queue_delay_us=2000))
-    )
-    recognizer: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="ppocr_rec", batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000))
-    )
+    detector: ModelConfig = field(default_factory=lambda: _model("ppocr_det", HEAVY_STAGE_THREADS, 4, 1000))
+    direction: ModelConfig = field(default_factory=lambda: _model("ppocr_cls", 1, 64, 2000))
+    recognizer: ModelConfig = field(default_factory=lambda: _model("ppocr_rec", HEAVY_STAGE_THREADS, 32, 2000))
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
