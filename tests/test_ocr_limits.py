@@ -103,6 +103,10 @@ def test_short_lines_need_a_sure_recogniser_and_detector() -> None:
     assert not keep_line("出口", 0.93, 0.9, 0.95, limits)
     assert not keep_line("  ", 1.0, 1.0, 0.5, limits)
     assert keep_line("0", 0.6, 0.5, 0.5, LimitsConfig(short_line_weight=0))
+    # A split-off piece of a longer line ("03:" beside "50 (2/60)") has the long line as context.
+    assert not keep_line("03:", 0.99, 0.74, 0.5, limits)
+    assert keep_line("03:", 0.99, 0.74, 0.5, limits, beside_long_line=True)
+    assert not keep_line("03:", 0.4, 0.74, 0.5, limits, beside_long_line=True)
 
 
 def test_reading_order_rows_then_columns() -> None:

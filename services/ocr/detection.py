@@ -128,11 +128,11 @@ def boxes_from_probability(prob: np.ndarray, det: DetInput, image_hw: tuple[int,
     return boxes
 
 
-def reading_order(boxes: list[TextBox]) -> list[TextBox]:
-    """Top-to-bottom lines, left-to-right within a line.
+def row_ids(boxes: list[TextBox]) -> list[int]:
+    """The text row of each box, rows numbered top to bottom.
 
     Boxes whose top edges are within half a line height of the previous box
-    belong to the same line, which tolerates small rotations and baselines
+    belong to the same row, which tolerates small rotations and baselines
     that differ by a few pixels.
     """
     if not boxes:
@@ -140,11 +140,18 @@ def reading_order(boxes: list[TextBox]) -> list[TextBox]:
     tops = np.array([b.quad[:, 1].min() for b in boxes])
     heights = np.array([max(1.0, float(b.quad[:, 1].max() - b.quad[:, 1].min())) for b in boxes])
     order = np.argsort(tops, kind="stable")
-    line_ids = np.zeros(len(boxes), int)
+    line_ids = [0] * len(boxes)
     line, line_top, line_height = 0, tops[order[0]], heights[order[0]]
     for i in order[1:]:
         if tops[i] - line_top > 0.5 * min(line_height, heights[i]):
             line, line_top, line_height = line + 1, tops[i], heights[i]
         line_ids[i] = line
+    return line_ids
+
+
+def reading_order(boxes: list[TextBox]) -> list[TextBox]:
+    """Top-to-bottom rows (``row_ids``), left-to-right within a row."""
+    if not boxes:
+        return []
     lefts = np.array([b.quad[:, 0].min() for b in boxes])
-    return [boxes[i] for i in np.lexsort((lefts, line_ids))]
+    return [boxes[i] for i in np.lexsort((lefts, np.array(row_ids(boxes))))]

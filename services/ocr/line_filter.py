@@ -9,7 +9,10 @@ line is kept only when both the recogniser and the detector are sure.
 "Short" weighs characters by how much they tell: a Han character is one of
 thousands of intricate shapes (about 12 bits for the 3,755 common ones,
 against about 5 for a Latin letter or digit) and objects rarely imitate one,
-so it counts double; "出口" is as long as "EXIT". See ``LimitsConfig``.
+so it counts double; "出口" is as long as "EXIT". A short piece on the same
+row as a long line is judged as part of that line: the detector splits lines
+at wide gaps ("03:50" and "(2/60)"), and a long line beside it is the context
+a lone blob lacks. See ``LimitsConfig``.
 """
 
 from __future__ import annotations
@@ -27,10 +30,15 @@ def text_weight(text: str, cjk_char_weight: int) -> int:
     return sum(cjk_char_weight if is_han(ch) else 1 for ch in text if not ch.isspace())
 
 
-def keep_line(text: str, confidence: float, box_score: float, min_confidence: float, limits: LimitsConfig) -> bool:
+def is_long(text: str, limits: LimitsConfig) -> bool:
+    return text_weight(text, limits.cjk_char_weight) > limits.short_line_weight
+
+
+def keep_line(text: str, confidence: float, box_score: float, min_confidence: float, limits: LimitsConfig, beside_long_line: bool = False) -> bool:
+    """``beside_long_line``: another line on the same row is long and passes ``min_confidence``."""
     weight = text_weight(text, limits.cjk_char_weight)
     if weight == 0 or confidence < min_confidence:
         return False
-    if weight <= limits.short_line_weight:
+    if weight <= limits.short_line_weight and not beside_long_line:
         return confidence >= max(min_confidence, limits.short_line_confidence) and box_score >= limits.short_line_box_score
     return True

@@ -17,8 +17,8 @@ import numpy as np
 
 from services.common.models import ServedModel
 from services.ocr.config import OcrConfig
-from services.ocr.detection import TextBox, boxes_from_probability, prepare, reading_order
-from services.ocr.line_filter import keep_line
+from services.ocr.detection import TextBox, boxes_from_probability, prepare, reading_order, row_ids
+from services.ocr.line_filter import is_long, keep_line
 from services.ocr.recognition import CtcDecoder, crop_quad, direction_input, recognition_input
 
 # Below this pixel standard deviation an image is one flat colour: no text to find.
@@ -100,9 +100,11 @@ class OcrPipeline:
         angles = await self._directions(crops, context)
         crops = [cv2.rotate(c, cv2.ROTATE_180) if a == 180 else c for c, a in zip(crops, angles, strict=True)]
         texts = await self._recognise(crops, context)
+        rows = row_ids(boxes)
+        long_rows = {row for row, (text, conf) in zip(rows, texts, strict=True) if conf >= min_confidence and is_long(text, limits)}
         lines = [
             RecognizedLine(text, conf, box.quad, angle, box.score)
-            for box, angle, (text, conf) in zip(boxes, angles, texts, strict=True)
-            if keep_line(text, conf, box.score, min_confidence, limits)
+            for box, angle, row, (text, conf) in zip(boxes, angles, rows, texts, strict=True)
+            if keep_line(text, conf, box.score, min_confidence, limits, beside_long_line=row in long_rows)
         ]
         return lines[:max_lines]
