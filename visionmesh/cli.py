@@ -42,6 +42,8 @@ def _analyze(args: argparse.Namespace) -> int:
     options = gateway_pb2.AnalyzeOptions(no_cache=args.no_cache)
     options.hash.collection = args.collection or ""
     options.hash.k = args.k
+    if args.max_distance is not None:
+        options.hash.max_distance = args.max_distance
     status = 0
     outputs = []
     with client.channel(args.gateway) as channel:
@@ -96,6 +98,11 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+# Near-duplicate radius of the demo at 128 bits: the sign (coffee under a big text panel) is 26 bits from
+# coffee.jpg, unrelated photos about 60 (random codes: 64).
+DEMO_NEAR_DUPLICATE_BITS = 32
+
+
 def _demo(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -105,7 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
     mesh, address = _start_mesh(args)
     try:
         print(f"gateway on {address}; analysing {len(paths)} samples\n", flush=True)
-        ns = argparse.Namespace(paths=[str(p) for p in paths], features="", gateway=address, json=False, collection=f"demo-{os.getpid()}", add_id="{name}", k=3, frames=3, timeout=120.0, no_cache=False)
+        ns = argparse.Namespace(paths=[str(p) for p in paths], features="", gateway=address, json=False, collection=f"demo-{os.getpid()}", add_id="{name}", k=3, max_distance=DEMO_NEAR_DUPLICATE_BITS, frames=3, timeout=120.0, no_cache=False)
         return _analyze(ns)
     finally:
         mesh.stop()
@@ -127,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze.add_argument("--json", action="store_true", help="print JSON (tags, one key per feature, errors)")
     analyze.add_argument("--collection", default="", help="hash: search this collection for near-duplicates")
     analyze.add_argument("--add-id", default="", help="hash: also add the item to --collection under this id ({name} = the file's name)")
-    analyze.add_argument("--k", type=int, default=5, help="hash: near-duplicates to return")
+    analyze.add_argument("--k", type=int, default=5, help="hash: nearest items to return")
+    analyze.add_argument("--max-distance", type=int, default=None, help="hash: instead, every item within this Hamming distance")
     analyze.add_argument("--frames", type=int, default=0, help="video: keyframes to sample (default: gateway's, 3)")
     analyze.add_argument("--timeout", type=float, default=60.0, help="deadline per file in seconds")
     analyze.add_argument("--no-cache", action="store_true", help="bypass the gateway's result cache")
