@@ -24,10 +24,10 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from services.hash.corpus import training_corpus
+from services.hash.corpus import collages, photo_corpus
 from services.hash.corpus import COPY_TRANSFORMS, ALL_PHOTOS, EVALUATION_PHOTOS, brightness, center_fraction, grey, jpeg, load_photo, random_augmentation, resize, text_overlay
 from services.hash.projection import Projection, fit, hamming, l2_normalise
-from services.hash.train import ITERATIONS, PER_PHOTO, SEED as TRAIN_SEED, VIDEO_FRAMES, onnx_features
+from services.hash.train import COLLAGES, ITERATIONS, PER_PHOTO, SEED as TRAIN_SEED, VIDEO_FRAMES, VIEWS_PER_PHOTO, onnx_features
 
 AUGMENTATIONS = 15
 FOLDS = 3
@@ -84,11 +84,20 @@ def ranks(distance_rows: np.ndarray, db_photo: np.ndarray, db_original: np.ndarr
 
 
 def fold_projections(query_photo: np.ndarray) -> list[Projection]:
-    """One projection per query: trained on the augmented corpus without the query's fold of photos."""
-    images, source = training_corpus(ALL_PHOTOS, PER_PHOTO, VIDEO_FRAMES, TRAIN_SEED)
+    """One projection per query: trained on the corpus of the *other* folds' photos only.
+
+    The per-photo part of the corpus is made once and masked by source photo; the collages mix
+    photos, so each fold gets its own, made from its training photos only.
+    """
+    images, source = photo_corpus(ALL_PHOTOS, PER_PHOTO, VIDEO_FRAMES, VIEWS_PER_PHOTO, TRAIN_SEED)
     corpus_features = onnx_features(images)
     fold_of = np.arange(len(ALL_PHOTOS)) % FOLDS
-    per_fold = [fit(corpus_features[~np.isin(source, np.flatnonzero(fold_of == f))], (64, 128, 256), TRAIN_SEED, ITERATIONS) for f in range(FOLDS)]
+    per_fold = []
+    for f in range(FOLDS):
+        train_photos = tuple(p for i, p in enumerate(ALL_PHOTOS) if fold_of[i] != f)
+        mixed = onnx_features(collages(train_photos, COLLAGES, TRAIN_SEED + 2))
+        own = corpus_features[~np.isin(source, np.flatnonzero(fold_of == f))]
+        per_fold.append(fit(np.concatenate([own, mixed]), (64, 128, 256), TRAIN_SEED, ITERATIONS))
     return [per_fold[fold_of[p]] for p in query_photo]
 
 

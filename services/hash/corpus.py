@@ -154,9 +154,89 @@ def video_frames(photos: tuple[str, ...], frames_per_photo: int, seed: int, size
         return [frame.to_ndarray(format="rgb24") for frame in reader.decode(video=0)]
 
 
-def training_corpus(photos: tuple[str, ...], per_photo: int, frames_per_photo: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Augmented stills plus video frames of ``photos``; also each image's photo index (for held-out folds)."""
-    images = augmented_corpus(photos, per_photo, seed)
+def _random_view(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random crop (10-100 % of the area, aspect 1:2-2:1), sometimes rotated up to 20 degrees."""
+    h, w = rgb.shape[:2]
+    area, aspect = rng.uniform(0.1, 1.0), np.exp(rng.uniform(np.log(1 / 2), np.log(2)))
+    ch = int(min(h, max(32, round(np.sqrt(area * h * w / aspect)))))
+    cw = int(min(w, max(32, round(np.sqrt(area * h * w * aspect)))))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    img = Image.fromarray(rgb[top : top + ch, left : left + cw])
+    if rng.random() < 0.3:
+        img = img.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR)
+    return np.asarray(img.convert("RGB"))
+
+
+def _random_edit(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One or two re-upload edits: JPEG, grey, caption, downscale, flip, crop + brightness."""
+    for op in rng.permutation(6)[: rng.integers(1, 3)]:
+        if op == 0:
+            rgb = jpeg(rgb, int(rng.integers(20, 80)))
+        elif op == 1:
+            rgb = grey(rgb)
+        elif op == 2:
+            rgb = text_overlay(rgb)
+        elif op == 3:
+            rgb = resize(rgb, float(rng.uniform(0.25, 0.7)))
+        elif op == 4:
+            rgb = np.ascontiguousarray(rgb[:, ::-1])
+        else:
+            rgb = brightness(center_fraction(rgb, float(rng.uniform(0.7, 0.95))), float(rng.uniform(0.6, 1.4)))
+    return rgb
+
+
+def edited_views(photos: tuple[str, ...], views_per_photo: int, seed: int) -> list[np.ndarray]:
+    """Random views of each photo, each followed by two random edits of it (3 images per view)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for name in photos:
+        rgb = load_photo(name)
+        for _ in range(views_per_photo):
+            view = _random_view(rgb, rng)
+            images.extend((view, _random_edit(view, rng), _random_edit(view, rng)))
+    return images
+
+
+def collages(photos: tuple[str, ...], count: int, seed: int) -> list[np.ndarray]:
+    """``count`` new 256x256 images: 2 or 4 random crops of different photos side by side or in a grid.
+
+    Many distinct images out of few photos, so PCA sees more than the photos' own directions.
+    """
+    rng = np.random.default_rng(seed)
+    loaded = [load_photo(name) for name in photos]
+
+    def crop(rgb: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        scale = rng.uniform(0.3, 1.0)
+        ch, cw = max(16, int(h * scale)), max(16, int(w * scale))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        return np.asarray(Image.fromarray(rgb[top : top + ch, left : left + cw]).resize((out_w, out_h)))
+
+    out = []
+    for _ in range(count):
+        layout = int(rng.integers(0, 3))
+        picks = [loaded[i] for i in rng.choice(len(loaded), 4 if layout == 2 else 2, replace=False)]
+        if layout == 0:
+            out.append(np.concatenate([crop(picks[0], 256, 128), crop(picks[1], 256, 128)], axis=1))
+        elif layout == 1:
+            out.append(np.concatenate([crop(picks[0], 128, 256), crop(picks[1], 128, 256)], axis=0))
+        else:
+            rows = [np.concatenate([crop(picks[r * 2], 128, 128), crop(picks[r * 2 + 1], 128, 128)], axis=1) for r in range(2)]
+            out.append(np.concatenate(rows, axis=0))
+    return out
+
+
+def photo_corpus(photos: tuple[str, ...], per_photo: int, frames_per_photo: int, views_per_photo: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Everything made from one photo at a time (augmentations, video frames, edited views) and each image's photo index."""
+    stills = augmented_corpus(photos, per_photo, seed)
     frames = video_frames(photos, frames_per_photo, seed)
-    source = np.r_[np.repeat(np.arange(len(photos)), per_photo), np.repeat(np.arange(len(photos)), frames_per_photo)]
-    return images + frames, source[: len(images) + len(frames)]
+    views = edited_views(photos, views_per_photo, seed + 1)
+    index = np.arange(len(photos))
+    source = np.r_[np.repeat(index, per_photo), np.repeat(index, frames_per_photo)[: len(frames)], np.repeat(index, 3 * views_per_photo)]
+    return stills + frames + views, source
+
+
+def training_corpus(photos: tuple[str, ...], per_photo: int, frames_per_photo: int, views_per_photo: int, collage_count: int, seed: int) -> list[np.ndarray]:
+    """The whole training corpus of ``photos``: the per-photo images plus collages of them."""
+    images, _ = photo_corpus(photos, per_photo, frames_per_photo, views_per_photo, seed)
+    return images + collages(photos, collage_count, seed + 2)

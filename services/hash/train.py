@@ -20,12 +20,16 @@ from services.common.repository import default_root, load_entry
 from services.hash.config import SUPPORTED_BITS
 from services.hash.corpus import ALL_PHOTOS, training_corpus
 from services.hash.preprocess import to_batch
-from services.hash.projection import Projection, fit
+from services.hash.projection import WHITEN_DIMS, Projection, fit
 
 SEED = 20261123
 PER_PHOTO = 48
 # Frames per photo of the PyAV-made clip (corpus.video_frames).
 VIDEO_FRAMES = 8
+# Random views per photo, each with two edited copies (corpus.edited_views).
+VIEWS_PER_PHOTO = 24
+# Collages of 2-4 crops of different photos (corpus.collages).
+COLLAGES = 250
 ITERATIONS = 50
 
 
@@ -47,15 +51,16 @@ def onnx_features(images: list[np.ndarray], model_root: Path | None = None, batc
 def train(out: Path, seed: int = SEED, per_photo: int = PER_PHOTO, model_root: Path | None = None, photos: tuple[str, ...] = ALL_PHOTOS) -> dict[str, Any]:
     """Build the corpus, extract features, fit; write ``projection.npz``; return the training record."""
     start = time.perf_counter()
-    images, _ = training_corpus(photos, per_photo, VIDEO_FRAMES, seed)
+    images = training_corpus(photos, per_photo, VIDEO_FRAMES, VIEWS_PER_PHOTO, COLLAGES, seed)
     features = onnx_features(images, model_root)
     projection: Projection = fit(features, SUPPORTED_BITS, seed, ITERATIONS)
     projection.save(out / "projection.npz")
     return {
-        "corpus": {"source": "scikit-image sample photos", "photos": list(photos), "augmentations_per_photo": per_photo, "video_frames_per_photo": VIDEO_FRAMES, "images": len(images)},
+        "corpus": {"source": "scikit-image sample photos", "photos": list(photos), "augmentations_per_photo": per_photo, "video_frames_per_photo": VIDEO_FRAMES, "edited_views_per_photo": VIEWS_PER_PHOTO, "images_per_edited_view": 3, "collages": COLLAGES, "images": len(images)},
         "feature_model": "efficientnet_lite0 v1 output 'features' (1280-d pooled)",
         "seed": seed,
         "itq_iterations": ITERATIONS,
+        "itq_whitened_pca_dims": WHITEN_DIMS,
         "bits": list(SUPPORTED_BITS),
         "seconds": round(time.perf_counter() - start, 1),
     }
