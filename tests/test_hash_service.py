@@ -43,7 +43,9 @@ async def test_copies_are_close_and_different_photos_far(stub: hash_pb2_grpc.Has
     near = hamming(chelsea, np.stack(copies))
     far = hamming(chelsea, np.stack(others))
     assert near.max() < far.min(), (near, far)
-    assert near.max() <= 24 and far.min() >= 40, (near, far)
+    # Whitened ITQ spreads information evenly over the bits: unrelated photos land near bits/2 (64),
+    # copies well below it (measured: copies 19-47, others 61-69 of 128).
+    assert near.max() <= 50 and far.min() >= 56, (near, far)
 
 
 async def test_encoded_image_bytes_give_the_same_code_as_raw(stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]) -> None:
