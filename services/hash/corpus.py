@@ -1,11 +1,13 @@
 """Photos and image transforms for training the projection and evaluating copy detection.
 
-Only what scikit-image ships: ``EVALUATION_PHOTOS`` (natural photos, the
-copy-detection queries) and ``OTHER_PHOTOS`` (textures, microscopy, astronomy,
-documents). The served projection is learned from random augmentations of all
-of them (``ALL_PHOTOS``). The copy-detection benchmark never scores a photo
-with a projection that saw it: it trains one projection per fold of the
-evaluation photos, leaving that fold out (``training_photos(held_out)``).
+Only what scikit-image ships: ``EVALUATION_PHOTOS`` (natural photos) and
+``OTHER_PHOTOS`` (textures, microscopy, astronomy, documents). The served
+projection is learned from images made out of all of them (``ALL_PHOTOS``):
+random augmentations, H.264 video frames and edited views of one photo at a
+time (``photo_corpus``, which also returns each image's photo), plus collages
+of crops of several photos (``collages``). The copy-detection benchmark never
+scores a photo with a projection that saw it: per fold it masks the per-photo
+images by source and makes the collages from the training photos only.
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def _random_edit(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def edited_views(photos: tuple[str, ...], views_per_photo: int, seed: int) -> list[np.ndarray]:
     """Random views of each photo, each followed by two random edits of it (3 images per view)."""
     rng = np.random.default_rng(seed)
-    images = []
+    images: list[np.ndarray] = []
     for name in photos:
         rgb = load_photo(name)
         for _ in range(views_per_photo):
