@@ -41,4 +41,5 @@ def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, provenance
 
 
-MODELS = [ModelExport("hash_itq", 1, 2, build_hash_itq)]
+# Revision 3: whitened PCA-512 + random orthogonal map + ITQ; corpus with edited views and collages.
+MODELS = [ModelExport("hash_itq", 1, 3, build_hash_itq)]
