@@ -98,11 +98,6 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-# Near-duplicate radius of the demo at 128 bits: the sign (coffee under a big text panel) is 26 bits from
-# coffee.jpg, unrelated photos about 60 (random codes: 64).
-DEMO_NEAR_DUPLICATE_BITS = 32
-
-
 def _demo(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -112,7 +107,7 @@ def _demo(args: argparse.Namespace) -> int:
     mesh, address = _start_mesh(args)
     try:
         print(f"gateway on {address}; analysing {len(paths)} samples\n", flush=True)
-        ns = argparse.Namespace(paths=[str(p) for p in paths], features="", gateway=address, json=False, collection=f"demo-{os.getpid()}", add_id="{name}", k=3, max_distance=DEMO_NEAR_DUPLICATE_BITS, frames=3, timeout=120.0, no_cache=False)
+        ns = argparse.Namespace(paths=[str(p) for p in paths], features="", gateway=address, json=False, collection=f"demo-{os.getpid()}", add_id="{name}", k=1, max_distance=None, frames=3, timeout=120.0, no_cache=False)
         return _analyze(ns)
     finally:
         mesh.stop()

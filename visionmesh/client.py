@@ -81,8 +81,8 @@ def render_text(path: Path, result: Any, top: int = 10) -> str:
         if result.text_lines:
             lines.append("   text: " + " | ".join(t.line.text for t in result.text_lines))
     if result.HasField("hash") and result.hash.code.bits:
-        found = ", ".join(f"{m.id} (distance {m.distance})" for m in result.hash.near_duplicates) or "none"
-        lines.append(f"   hash: {result.hash.code.bits} bits {result.hash.code.code.hex()}  near-duplicates: {found}")
+        found = ", ".join(f"{m.id} ({m.distance} bits apart)" for m in result.hash.near_duplicates) or "none"
+        lines.append(f"   hash: {result.hash.code.bits} bits {result.hash.code.code.hex()}  most similar indexed: {found}")
     for err in result.errors:
         lines.append(f"   error {common_pb2.Feature.Name(err.feature).removeprefix('FEATURE_').lower()}: {err.code} {err.message}")
     return "\n".join(lines)
