@@ -146,3 +146,14 @@ async def test_in_flight_limit_answers_resource_exhausted(chelsea_jpeg: bytes) -
                 # Nothing is stuck: once the burst is over, calls go through again.
                 ok = await stub.Analyze(request(chelsea_jpeg, common_pb2.FEATURE_CLASSIFY, no_cache=True), timeout=30)
                 assert ok.classify.labels
+
+
+async def test_raw_pixels_and_oversized_images_are_analysed_alike(stub: gateway_pb2_grpc.GatewayServiceStub, chelsea: np.ndarray) -> None:
+    from services.common.protos import rgb_to_image
+
+    raw = await stub.Analyze(gateway_pb2.AnalyzeRequest(image=rgb_to_image(chelsea), features=[common_pb2.FEATURE_CLASSIFY]), timeout=30)
+    assert raw.image.format == "RAW" and raw.classify.labels[0].name in CAT_CLASSES
+    # Past fanout_max_side (2048) the gateway sends downsized pixels instead of the original bytes.
+    big = np.asarray(Image.fromarray(chelsea).resize((2706, 1800)))
+    resized = await stub.Analyze(request(encode(big), common_pb2.FEATURE_CLASSIFY), timeout=30)
+    assert resized.image.width == 2706 and resized.classify.labels[0].name in CAT_CLASSES
