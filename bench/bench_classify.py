@@ -224,9 +224,10 @@ figure is the two models alone on tensors made in advance. open_nsfw (a
 ResNet-50 "thin", ~3.9 GFLOPs at 224 px vs ~0.4 for Lite0) is most of the cost,
 so the service (both models per image) is compared with the torch loop (Lite0
 only) across unequal work; the like-for-like engine comparison is the last row.
-The machine was heavily oversubscribed by other work during the run (load
-average far above its 2 cores), so absolute figures are low and noisy; compare
-within a round.
+Rounds are interleaved so drift on this shared machine hits every row alike;
+compare within a round. The service reaches about 0.7 of the bare sessions
+here: on 2 cores its gRPC, decoding, both preprocessings, quality and the
+load generator compete with the models for the same cores.
 The second look (up to 5 more open_nsfw rows) triggers only for borderline
 scores (0.1-0.8), never on these photos.
 """
