@@ -35,11 +35,10 @@ from bench.common import machine, write_section
 from services.common.config import EngineConfig
 from services.common.engines import create_engine
 from services.common.engines.base import Engine
-from services.common.repository import default_root, load_entry
+from services.common.repository import load_entry
+from services.common.testing import random_inputs, repository_models
 
 SECTION = "GPU engines"
-# Size of a dynamic non-batch dim (OCR) when config.yaml gives no opt value.
-DYNAMIC_DIM = 64
 NOT_MEASURED = (
     "**GPU figures: NOT YET MEASURED.** No GPU was lent to the session that built these engines, "
     "so nothing below was measured on CUDA and no GPU number is estimated. On a GPU machine run "
@@ -51,20 +50,6 @@ NOT_MEASURED = (
 class Variant:
     label: str
     config: EngineConfig
-
-
-def repository_models() -> list[str]:
-    return sorted(p.parent.parent.name for p in default_root().glob("*/1/model.onnx"))
-
-
-def make_batch(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ranges = engine.entry.extra.get("dynamic_dims") or {}
-    feeds = {}
-    for spec in engine.inputs:
-        dims = [batch] + [d if d >= 0 else int((ranges.get(spec.name) or {}).get(axis, [0, DYNAMIC_DIM])[1]) for axis, d in enumerate(spec.shape[1:], 1)]
-        feeds[spec.name] = rng.uniform(-1, 1, dims).astype(spec.dtype)
-    return feeds
 
 
 def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
@@ -92,7 +77,7 @@ def batch_table(models: list[str], batches: list[int], variants: list[Variant], 
         for batch in batches:
             if entry.max_batch_size and batch > entry.max_batch_size:
                 continue
-            feeds = make_batch(first, batch)
+            feeds = random_inputs(first, batch)
             medians = interleaved_medians({label: functools.partial(e.infer, feeds) for label, e in engines.items()}, rounds)
             cells = [f"{medians[v.label] * 1e3:.2f} ({batch / medians[v.label]:.0f})" for v in variants]
             ratios = [f"{medians[base] / medians[v.label]:.2f}x" for v in variants[1:]]
@@ -106,7 +91,7 @@ def batch_table(models: list[str], batches: list[int], variants: list[Variant], 
 def streams_table(model: str, config: EngineConfig, batch: int, batches_each: int, rounds: int) -> str:
     entry = load_entry(model)
     engines = [create_engine(entry, config), create_engine(entry, config)]
-    feeds = make_batch(engines[0], batch)
+    feeds = random_inputs(engines[0], batch)
 
     def run_many(engine: Engine) -> None:
         for _ in range(batches_each):

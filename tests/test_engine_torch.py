@@ -16,27 +16,9 @@ from services.common.engines.base import Engine
 from services.common.engines.torch_backend import TorchEngine
 from services.common.models import ServedModel
 from services.common.repository import ModelEntry, default_root, load_entry
+from services.common.testing import random_inputs, repository_models
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")
-# Size of a dynamic non-batch dim when config.yaml gives no range (a multiple of 32 suits detectors).
-DYNAMIC_DIM = 64
-
-
-def repository_models() -> list[str]:
-    root = default_root()
-    return sorted(p.parent.parent.name for p in root.glob("*/1/model.onnx")) if root.is_dir() else []
-
-
-def random_inputs(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ranges = engine.entry.extra.get("dynamic_dims") or {}
-    feeds = {}
-    for spec in engine.inputs:
-        dims = [batch] + [d if d >= 0 else int((ranges.get(spec.name) or {}).get(axis, [0, DYNAMIC_DIM])[1]) for axis, d in enumerate(spec.shape[1:], 1)]
-        feeds[spec.name] = rng.uniform(-1, 1, dims).astype(spec.dtype)
-    return feeds
-
-
 def photo_batch(entry: ModelEntry) -> np.ndarray:
     from services.classify.preprocess import to_tensor
 
