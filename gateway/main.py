@@ -41,8 +41,7 @@ def build(config: GatewayConfig) -> list[Registration]:
     # Client spans need the tracer provider before the interceptors are made.
     tracing.setup("gateway", config.server.trace_exporter)
     servicer = GatewayServicer(config, make_resolver(config))
-    full_name = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
-    return [Registration(full_name, servicer, gateway_pb2_grpc.add_GatewayServiceServicer_to_server)]
+    return [Registration.of(gateway_pb2, gateway_pb2_grpc, "GatewayService", servicer)]
 
 
 DEFINITION = ServiceDefinition("gateway", GatewayConfig, build, DEFAULT_PORT)

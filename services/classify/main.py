@@ -13,8 +13,7 @@ from visionmesh.v1 import classify_pb2, classify_pb2_grpc
 
 def build(config: ClassifyConfig) -> list[Registration]:
     servicer = ClassifyServicer(config)
-    full_name = classify_pb2.DESCRIPTOR.services_by_name["ClassifyService"].full_name
-    return [Registration(full_name, servicer, classify_pb2_grpc.add_ClassifyServiceServicer_to_server)]
+    return [Registration.of(classify_pb2, classify_pb2_grpc, "ClassifyService", servicer)]
 
 
 DEFINITION = ServiceDefinition("classify", ClassifyConfig, build, DEFAULT_PORT)

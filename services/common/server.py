@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Protocol
 
 import grpc
@@ -41,6 +42,12 @@ class Registration:
     full_name: str
     servicer: Any
     add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+    @classmethod
+    def of(cls, pb2: ModuleType, pb2_grpc: ModuleType, service: str, servicer: Any) -> Registration:
+        """The registration of ``service`` (e.g. "ClassifyService") from its generated modules."""
+        full_name = pb2.DESCRIPTOR.services_by_name[service].full_name
+        return cls(full_name, servicer, getattr(pb2_grpc, f"add_{service}Servicer_to_server"))
 
 
 @dataclass

@@ -13,8 +13,7 @@ from visionmesh.v1 import face_pb2, face_pb2_grpc
 
 def build(config: FaceConfig) -> list[Registration]:
     servicer = FaceServicer(config)
-    full_name = face_pb2.DESCRIPTOR.services_by_name["FaceService"].full_name
-    return [Registration(full_name, servicer, face_pb2_grpc.add_FaceServiceServicer_to_server)]
+    return [Registration.of(face_pb2, face_pb2_grpc, "FaceService", servicer)]
 
 
 DEFINITION = ServiceDefinition("face", FaceConfig, build, DEFAULT_PORT)

@@ -13,8 +13,7 @@ from visionmesh.v1 import hash_pb2, hash_pb2_grpc
 
 def build(config: HashConfig) -> list[Registration]:
     servicer = HashServicer(config)
-    full_name = hash_pb2.DESCRIPTOR.services_by_name["HashService"].full_name
-    return [Registration(full_name, servicer, hash_pb2_grpc.add_HashServiceServicer_to_server)]
+    return [Registration.of(hash_pb2, hash_pb2_grpc, "HashService", servicer)]
 
 
 DEFINITION = ServiceDefinition("hash", HashConfig, build, DEFAULT_PORT)

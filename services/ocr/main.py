@@ -13,8 +13,7 @@ from visionmesh.v1 import ocr_pb2, ocr_pb2_grpc
 
 def build(config: OcrConfig) -> list[Registration]:
     servicer = OcrServicer(config)
-    full_name = ocr_pb2.DESCRIPTOR.services_by_name["OcrService"].full_name
-    return [Registration(full_name, servicer, ocr_pb2_grpc.add_OcrServiceServicer_to_server)]
+    return [Registration.of(ocr_pb2, ocr_pb2_grpc, "OcrService", servicer)]
 
 
 DEFINITION = ServiceDefinition("ocr", OcrConfig, build, DEFAULT_PORT)

@@ -55,6 +55,21 @@ def ordered_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str,
     return [np.ascontiguousarray(inputs[s.name], dtype=s.dtype) for s in specs]
 
 
+class SpecsFromLoad(Engine):
+    """An engine whose ``load`` fills ``_inputs`` / ``_outputs`` itself (torch, TensorRT)."""
+
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+
 EngineFactory = Callable[[ModelEntry, EngineConfig], Engine]
 
 # Backend name -> "module:attribute" imported on first use, so optional

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.common.engines.base import Engine, EngineError, ordered_inputs
+from services.common.engines.base import EngineError, ordered_inputs, SpecsFromLoad
 from services.common.engines.plan_cache import PlanKey, load_or_build, plan_path
 from services.common.engines.shapes import ProfileShape, ShapeError, optimization_profile, profile_fingerprint
 from services.common.engines.torch_backend import PRECISIONS, parse_device
@@ -96,7 +96,7 @@ def _shared_engine(plan_file: Path, load: Callable[[], tuple[trt.Runtime, trt.IC
         return _ENGINES[plan_file]
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(SpecsFromLoad):
     def load(self) -> None:
         _require_tensorrt()
         if self.config.precision not in PRECISIONS:
@@ -156,14 +156,6 @@ class TensorRTEngine(Engine):
     def _spec(self, name: str) -> TensorSpec:
         dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))).name
         return TensorSpec(name, dtype, tuple(int(d) for d in self._engine.get_tensor_shape(name)[:]))
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return list(self._outputs)
 
     def _arrays(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         arrays = ordered_inputs(self.entry.name, self._inputs, inputs)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from services.common.engines.base import Engine, EngineError, ordered_inputs
+from services.common.engines.base import EngineError, ordered_inputs, SpecsFromLoad
 from services.common.engines.cuda_graphs import CudaGraphSet
 from services.common.engines.shapes import ShapeError, batch_buckets, has_static_rows
 from services.common.engines.torch_modules import (
@@ -33,7 +33,6 @@ from services.common.engines.torch_modules import (
     to_compute,
     to_float32,
 )
-from services.common.repository import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def _torch_dtype(numpy_dtype: str) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype=numpy_dtype)).dtype
 
 
-class TorchEngine(Engine):
+class TorchEngine(SpecsFromLoad):
     module: torch.nn.Module
 
     def load(self) -> None:
@@ -139,14 +138,6 @@ class TorchEngine(Engine):
         log.info("model %s: captured CUDA graphs for batch buckets %s", self.entry.name, buckets)
 
     # -- interface --------------------------------------------------------
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return list(self._outputs)
 
     def _arrays(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         arrays = ordered_inputs(self.entry.name, self._inputs, inputs)
