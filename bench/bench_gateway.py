@@ -42,13 +42,17 @@ def main() -> None:
     clip = make_video(work / "clip720.mp4", seconds=10, size=(1280, 720))
     photo = encode(np.asarray(Image.fromarray(skimage.data.astronaut()).resize((1280, 720))))
     options = gateway_pb2.AnalyzeOptions(no_cache=True)
-    mesh = LocalMesh(log_dir=work / "logs", extra_args={"hash": ["--set", f"storage.data_dir={work / 'hash'}"]})
+    mesh = LocalMesh(
+        log_dir=work / "logs", extra_args={"hash": ["--set", f"storage.data_dir={work / 'hash'}"]}
+    )
     image_s, video_s = [], []
     try:
         address = mesh.start()
         with client.channel(address) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-            image_req = gateway_pb2.AnalyzeRequest(image=common_pb2.Image(encoded=photo), options=options)
+            image_req = gateway_pb2.AnalyzeRequest(
+                image=common_pb2.Image(encoded=photo), options=options
+            )
             header = gateway_pb2.VideoUploadHeader(options=options, num_frames=3)
             for i in range(args.runs + 1):
                 t = time.perf_counter()

@@ -29,8 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from bench.common import machine, write_section
 from services.common.config import EngineConfig
 from services.common.engines import create_engine
@@ -52,7 +50,9 @@ class Variant:
     config: EngineConfig
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
+def interleaved_medians(
+    calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 2
+) -> dict[str, float]:
     """Median seconds per call; the variants take turns each round so drift hits all alike."""
     for call in calls.values():
         for _ in range(warmup):
@@ -68,7 +68,13 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, war
 
 def batch_table(models: list[str], batches: list[int], variants: list[Variant], rounds: int) -> str:
     base = variants[0].label
-    header = "| model | batch | " + " | ".join(f"{v.label} ms/batch (img/s)" for v in variants) + " | " + " | ".join(f"{v.label} speed vs {base}" for v in variants[1:]) + " |"
+    header = (
+        "| model | batch | "
+        + " | ".join(f"{v.label} ms/batch (img/s)" for v in variants)
+        + " | "
+        + " | ".join(f"{v.label} speed vs {base}" for v in variants[1:])
+        + " |"
+    )
     lines = [header, "|" + "---|" * (2 + 2 * len(variants) - 1)]
     for name in models:
         entry = load_entry(name)
@@ -78,17 +84,25 @@ def batch_table(models: list[str], batches: list[int], variants: list[Variant], 
             if entry.max_batch_size and batch > entry.max_batch_size:
                 continue
             feeds = random_inputs(first, batch)
-            medians = interleaved_medians({label: functools.partial(e.infer, feeds) for label, e in engines.items()}, rounds)
-            cells = [f"{medians[v.label] * 1e3:.2f} ({batch / medians[v.label]:.0f})" for v in variants]
+            medians = interleaved_medians(
+                {label: functools.partial(e.infer, feeds) for label, e in engines.items()}, rounds
+            )
+            cells = [
+                f"{medians[v.label] * 1e3:.2f} ({batch / medians[v.label]:.0f})" for v in variants
+            ]
             ratios = [f"{medians[base] / medians[v.label]:.2f}x" for v in variants[1:]]
-            lines.append(f"| {name} | {batch} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+            lines.append(
+                f"| {name} | {batch} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |"
+            )
             print(lines[-1], flush=True)
         for engine in engines.values():
             engine.close()
     return "\n".join(lines)
 
 
-def streams_table(model: str, config: EngineConfig, batch: int, batches_each: int, rounds: int) -> str:
+def streams_table(
+    model: str, config: EngineConfig, batch: int, batches_each: int, rounds: int
+) -> str:
     entry = load_entry(model)
     engines = [create_engine(entry, config), create_engine(entry, config)]
     feeds = random_inputs(engines[0], batch)
@@ -108,7 +122,9 @@ def streams_table(model: str, config: EngineConfig, batch: int, batches_each: in
         for t in threads:
             t.join()
 
-    medians = interleaved_medians({"back to back": back_to_back, "concurrent": concurrent}, rounds, warmup=1)
+    medians = interleaved_medians(
+        {"back to back": back_to_back, "concurrent": concurrent}, rounds, warmup=1
+    )
     images = 2 * batches_each * batch
     lines = [
         "| two instances, own streams | wall ms | img/s |",
@@ -118,22 +134,36 @@ def streams_table(model: str, config: EngineConfig, batch: int, batches_each: in
     ]
     for engine in engines:
         engine.close()
-    return f"{model}, {config.precision}, batch {batch}, {batches_each} batches per instance:\n\n" + "\n".join(lines)
+    return (
+        f"{model}, {config.precision}, batch {batch}, {batches_each} batches per instance:\n\n"
+        + "\n".join(lines)
+    )
 
 
 def gpu_section(args: argparse.Namespace) -> str:
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit("bench_gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine, or use --mode cpu")
+        sys.exit(
+            "bench_gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine, or use --mode cpu"
+        )
     device = args.device
     variants = [
         Variant("fp32", EngineConfig(backend="torch", device=device)),
         Variant("fp16", EngineConfig(backend="torch", device=device, precision="fp16")),
-        Variant("fp16+graphs", EngineConfig(backend="torch", device=device, precision="fp16", cuda_graphs=True)),
+        Variant(
+            "fp16+graphs",
+            EngineConfig(backend="torch", device=device, precision="fp16", cuda_graphs=True),
+        ),
     ]
     table = batch_table(args.models, args.batches, variants, args.rounds)
-    streams = streams_table(args.stream_model, EngineConfig(backend="torch", device=device, precision="fp16"), 32, 8, max(3, args.rounds // 4))
+    streams = streams_table(
+        args.stream_model,
+        EngineConfig(backend="torch", device=device, precision="fp16"),
+        32,
+        8,
+        max(3, args.rounds // 4),
+    )
     gpu = torch.cuda.get_device_name(torch.device(device))
     return (
         f"GPU: {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}. Host: {machine()}.\n"
@@ -165,19 +195,39 @@ def cpu_section(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["gpu", "cpu", "both"], default="gpu")
-    parser.add_argument("--models", type=lambda s: s.split(","), default=None, help="GPU mode: models (default: every repository model)")
-    parser.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 8, 32, 128])
+    parser.add_argument(
+        "--models",
+        type=lambda s: s.split(","),
+        default=None,
+        help="GPU mode: models (default: every repository model)",
+    )
+    parser.add_argument(
+        "--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 8, 32, 128]
+    )
     parser.add_argument("--stream-model", default="efficientnet_lite0")
     parser.add_argument("--device", default="cuda:0")
-    parser.add_argument("--cpu-models", type=lambda s: s.split(","), default=["efficientnet_lite0", "open_nsfw"])
-    parser.add_argument("--cpu-batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 8, 32])
+    parser.add_argument(
+        "--cpu-models", type=lambda s: s.split(","), default=["efficientnet_lite0", "open_nsfw"]
+    )
+    parser.add_argument(
+        "--cpu-batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 8, 32]
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
+    parser.add_argument(
+        "--write", action="store_true", help="write the figures into docs/benchmarks.md"
+    )
     args = parser.parse_args(argv)
     args.models = args.models or repository_models()
-    command = "`.venv/bin/python -m bench.bench_gpu " + " ".join(sys.argv[1:] if argv is None else argv) + "`"
-    parts = [f"Command: {command}", "Engines: `services/common/engines/torch_backend.py`, `tensorrt_backend.py`; how to run them: docs/gpu.md."]
+    command = (
+        "`.venv/bin/python -m bench.bench_gpu "
+        + " ".join(sys.argv[1:] if argv is None else argv)
+        + "`"
+    )
+    parts = [
+        f"Command: {command}",
+        "Engines: `services/common/engines/torch_backend.py`, `tensorrt_backend.py`; how to run them: docs/gpu.md.",
+    ]
     if args.mode in ("gpu", "both"):
         parts.append("### torch on CUDA\n\n" + gpu_section(args))
     else:

@@ -24,10 +24,33 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from services.hash.corpus import collages, photo_corpus
-from services.hash.corpus import COPY_TRANSFORMS, ALL_PHOTOS, EVALUATION_PHOTOS, brightness, center_fraction, grey, jpeg, load_photo, random_augmentation, resize, text_overlay
+from services.hash.corpus import (
+    ALL_PHOTOS,
+    COPY_TRANSFORMS,
+    EVALUATION_PHOTOS,
+    brightness,
+    center_fraction,
+    collages,
+    grey,
+    jpeg,
+    load_photo,
+    photo_corpus,
+    random_augmentation,
+    resize,
+    text_overlay,
+)
 from services.hash.projection import Projection, fit, hamming, l2_normalise
-from services.hash.train import COLLAGES, ITERATIONS, PER_PHOTO, SEED as TRAIN_SEED, VIDEO_FRAMES, VIEWS_PER_PHOTO, onnx_features
+from services.hash.train import (
+    COLLAGES,
+    ITERATIONS,
+    PER_PHOTO,
+    VIDEO_FRAMES,
+    VIEWS_PER_PHOTO,
+    onnx_features,
+)
+from services.hash.train import (
+    SEED as TRAIN_SEED,
+)
 
 AUGMENTATIONS = 15
 FOLDS = 3
@@ -35,7 +58,9 @@ SEED = 7
 
 
 def _rotate(rgb: np.ndarray, degrees: float) -> np.ndarray:
-    return np.asarray(Image.fromarray(rgb).rotate(degrees, resample=Image.Resampling.BILINEAR, expand=False))
+    return np.asarray(
+        Image.fromarray(rgb).rotate(degrees, resample=Image.Resampling.BILINEAR, expand=False)
+    )
 
 
 # Harder, composed edits (not part of the goal; they separate methods once the plain copies saturate).
@@ -43,11 +68,15 @@ HARD_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "crop_70+jpeg_q30": lambda x: jpeg(center_fraction(x, 0.7), 30),
     "resize_x0.25+grey": lambda x: grey(resize(x, 0.25)),
     "rotate_8+brightness_x0.7": lambda x: brightness(_rotate(x, 8), 0.7),
-    "hflip+crop_75+text": lambda x: text_overlay(center_fraction(np.ascontiguousarray(x[:, ::-1]), 0.75)),
+    "hflip+crop_75+text": lambda x: text_overlay(
+        center_fraction(np.ascontiguousarray(x[:, ::-1]), 0.75)
+    ),
 }
 
 
-def build_sets(transforms: dict[str, Callable[[np.ndarray], np.ndarray]]) -> tuple[list[np.ndarray], list[int], list[bool], list[np.ndarray], list[tuple[int, str]]]:
+def build_sets(
+    transforms: dict[str, Callable[[np.ndarray], np.ndarray]],
+) -> tuple[list[np.ndarray], list[int], list[bool], list[np.ndarray], list[tuple[int, str]]]:
     """Database images with their source photo and whether each is an original; queries with (photo, transform)."""
     rng = np.random.default_rng(SEED)
     db, db_photo, db_original, queries, query_info = [], [], [], [], []
@@ -69,7 +98,12 @@ def build_sets(transforms: dict[str, Callable[[np.ndarray], np.ndarray]]) -> tup
     return db, db_photo, db_original, queries, query_info
 
 
-def ranks(distance_rows: np.ndarray, db_photo: np.ndarray, db_original: np.ndarray, query_photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ranks(
+    distance_rows: np.ndarray,
+    db_photo: np.ndarray,
+    db_original: np.ndarray,
+    query_photo: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pessimistic rank (1 = first) of each query's original among the allowed items, and its margin
     (nearest distractor's distance minus the original's)."""
     out = np.empty(len(query_photo), np.int64)
@@ -127,21 +161,33 @@ def evaluate() -> tuple[list[dict[str, object]], dict[str, float], int, int]:
     per_transform: dict[str, float] = {}
     for method in ("itq", "lsh"):
         for bits in (64, 128, 256):
-            dist = np.stack([hamming(P.encode(q[None], method, bits)[0], P.encode(db_features, method, bits)) for P, q in zip(projections, query_features)])
+            dist = np.stack(
+                [
+                    hamming(P.encode(q[None], method, bits)[0], P.encode(db_features, method, bits))
+                    for P, q in zip(projections, query_features)
+                ]
+            )
             result, r = row(method, bits, dist)
             rows.append(result)
             if method == "itq" and bits == 128:
                 for t in transforms:
                     mask = np.asarray([info[1] == t for info in query_info])
                     per_transform[t] = float(np.mean(r[mask] == 1))
-    print(f"evaluated in {time.perf_counter() - start:.1f}s: {len(queries)} queries, {len(db)} database images")
+    print(
+        f"evaluated in {time.perf_counter() - start:.1f}s: {len(queries)} queries, {len(db)} database images"
+    )
     return rows, per_transform, int(plain.sum()), len(db)
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| method | bits | recall@1 | mAP | recall@1, natural photos | hard recall@1 | hard mAP |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | bits | recall@1 | mAP | recall@1, natural photos | hard recall@1 | hard mAP |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['bits'] or 'float'} | {r['recall@1']:.3f} | {r['mAP']:.3f} | {r['natural recall@1']:.3f} | {r['hard recall@1']:.3f} | {r['hard mAP']:.3f} |")
+        lines.append(
+            f"| {r['method']} | {r['bits'] or 'float'} | {r['recall@1']:.3f} | {r['mAP']:.3f} | {r['natural recall@1']:.3f} | {r['hard recall@1']:.3f} | {r['hard mAP']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -151,7 +197,10 @@ def main() -> None:
     rows, per_transform, nq, ndb = evaluate()
     print(f"{nq} plain-copy queries, {ndb} database images")
     print(table(rows))
-    print("ITQ-128 recall@1 per transform: " + ", ".join(f"{t} {v:.2f}" for t, v in per_transform.items()))
+    print(
+        "ITQ-128 recall@1 per transform: "
+        + ", ".join(f"{t} {v:.2f}" for t, v in per_transform.items())
+    )
 
 
 if __name__ == "__main__":

@@ -87,13 +87,20 @@ def main() -> None:
     bases, codes = make_codes(args.items, rng)
     rss0 = rss_bytes()
     ids = [f"video-{i}" for i in range(len(codes))]
-    coll = Collection("scale", BITS, "itq", IndexConfig(ivf_threshold=min(200_000, args.items // 2), nlist=args.nlist, nprobe=16))
+    coll = Collection(
+        "scale",
+        BITS,
+        "itq",
+        IndexConfig(ivf_threshold=min(200_000, args.items // 2), nlist=args.nlist, nprobe=16),
+    )
     start = time.perf_counter()
     for s in range(0, len(codes), 10_000):
         coll.put_many(ids[s : s + 10_000], codes[s : s + 10_000])
     add_s = time.perf_counter() - start
     per_item = (rss_bytes() - rss0) / len(codes)
-    print(f"added {len(codes)} codes in {add_s:.1f}s ({add_s / len(codes) * 1e6:.1f} us/item, IVF switch included); memory {per_item:.0f} B/item (RSS delta: id strings, id->label dict, faiss lists, code array)")
+    print(
+        f"added {len(codes)} codes in {add_s:.1f}s ({add_s / len(codes) * 1e6:.1f} us/item, IVF switch included); memory {per_item:.0f} B/item (RSS delta: id strings, id->label dict, faiss lists, code array)"
+    )
 
     queries = variants(bases[rng.integers(0, len(bases), args.queries)], rng)
     exact = faiss.IndexBinaryFlat(BITS)
@@ -106,9 +113,13 @@ def main() -> None:
         t = time.perf_counter()
         exact.search(q[None], 10)
         single_exact.append(time.perf_counter() - t)
-    print(f"exact IndexBinaryFlat over all {len(codes)}: single p50 {percentiles(single_exact)[0]:.2f} ms, batched {flat_ms:.2f} ms/query (2 threads)")
+    print(
+        f"exact IndexBinaryFlat over all {len(codes)}: single p50 {percentiles(single_exact)[0]:.2f} ms, batched {flat_ms:.2f} ms/query (2 threads)"
+    )
 
-    print("| nprobe | single p50 ms | single p99 ms | batched (100) ms/query | recall@10 vs exact |")
+    print(
+        "| nprobe | single p50 ms | single p99 ms | batched (100) ms/query | recall@10 vs exact |"
+    )
     print("|---:|---:|---:|---:|---:|")
     index = coll.index
     for nprobe in (8, 16, 32, 64, 128):
@@ -128,7 +139,9 @@ def main() -> None:
         p50, p99 = percentiles(single)
         print(f"| {nprobe} | {p50:.3f} | {p99:.3f} | {batched_ms:.3f} | {recall:.3f} |")
     for concurrency in (1, 16):
-        print(f"durable adds (WAL append + fsync + apply), {concurrency} concurrent caller(s): {asyncio.run(durable_adds(2000, concurrency)):.0f} adds/s")
+        print(
+            f"durable adds (WAL append + fsync + apply), {concurrency} concurrent caller(s): {asyncio.run(durable_adds(2000, concurrency)):.0f} adds/s"
+        )
 
 
 if __name__ == "__main__":

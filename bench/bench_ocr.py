@@ -19,7 +19,6 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -40,7 +39,11 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-async def timed_run(images: list[RenderedImage], call: Callable[[RenderedImage], Awaitable[object]], concurrency: int) -> tuple[float, list[float]]:
+async def timed_run(
+    images: list[RenderedImage],
+    call: Callable[[RenderedImage], Awaitable[object]],
+    concurrency: int,
+) -> tuple[float, list[float]]:
     """Images/s and per-image latencies with ``concurrency`` calls in flight."""
     latencies: list[float] = []
     queue = list(images)
@@ -58,20 +61,35 @@ async def timed_run(images: list[RenderedImage], call: Callable[[RenderedImage],
 
 
 def report(name: str, rate: float, latencies: list[float]) -> dict[str, float]:
-    row = {"images_s": rate, "p50_ms": statistics.median(latencies) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3}
-    print(f"  {name:<28} {row['images_s']:7.2f} img/s   p50 {row['p50_ms']:7.1f} ms   p99 {row['p99_ms']:7.1f} ms")
+    row = {
+        "images_s": rate,
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+    }
+    print(
+        f"  {name:<28} {row['images_s']:7.2f} img/s   p50 {row['p50_ms']:7.1f} ms   p99 {row['p99_ms']:7.1f} ms"
+    )
     return row
 
 
-async def throughput(images: list[RenderedImage], concurrency: int, rounds: int, engine_threads: int | None) -> None:
+async def throughput(
+    images: list[RenderedImage], concurrency: int, rounds: int, engine_threads: int | None
+) -> None:
     reference = rapidocr_reference(default_root())
     pool = ThreadPoolExecutor(concurrency)
     loop = asyncio.get_running_loop()
     # ORT intra-op threads per model: None = the service's defaults (services/ocr/config.py),
     # 0 = library default (as rapidocr's own sessions use), N = N for every model.
     threads = {"engine": {"threads": engine_threads}}
-    overrides = {} if engine_threads is None else {"detector": threads, "direction": threads, "recognizer": threads}
-    async with running_service(DEFINITION, overrides) as server, grpc.aio.insecure_channel(server.address) as channel:
+    overrides = (
+        {}
+        if engine_threads is None
+        else {"detector": threads, "direction": threads, "recognizer": threads}
+    )
+    async with (
+        running_service(DEFINITION, overrides) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         stub = ocr_pb2_grpc.OcrServiceStub(channel)
         requests = {id(im): ocr_pb2.RecognizeRequest(image=rgb_to_image(im.rgb)) for im in images}
 
@@ -90,12 +108,22 @@ async def throughput(images: list[RenderedImage], concurrency: int, rounds: int,
         for round_no in range(rounds):
             for level in (1, concurrency):
                 print(f"round {round_no + 1}, concurrency {level}, {len(images)} images:")
-                runs.setdefault(("ours", level), []).append(report("ocr service (gRPC)", *await timed_run(images, ours, level)))
-                runs.setdefault(("rapidocr", level), []).append(report("rapidocr (in-process)", *await timed_run(images, theirs, level)))
+                runs.setdefault(("ours", level), []).append(
+                    report("ocr service (gRPC)", *await timed_run(images, ours, level))
+                )
+                runs.setdefault(("rapidocr", level), []).append(
+                    report("rapidocr (in-process)", *await timed_run(images, theirs, level))
+                )
         print(f"medians over {rounds} rounds:")
         for level in (1, concurrency):
-            a = {k: statistics.median(r[k] for r in runs[("ours", level)]) for k in runs[("ours", level)][0]}
-            b = {k: statistics.median(r[k] for r in runs[("rapidocr", level)]) for k in runs[("rapidocr", level)][0]}
+            a = {
+                k: statistics.median(r[k] for r in runs[("ours", level)])
+                for k in runs[("ours", level)][0]
+            }
+            b = {
+                k: statistics.median(r[k] for r in runs[("rapidocr", level)])
+                for k in runs[("rapidocr", level)][0]
+            }
             print(
                 f"  concurrency {level}: service {a['images_s']:.2f} img/s p50 {a['p50_ms']:.0f} ms p99 {a['p99_ms']:.0f} ms | "
                 f"rapidocr {b['images_s']:.2f} img/s p50 {b['p50_ms']:.0f} ms p99 {b['p99_ms']:.0f} ms | "
@@ -106,35 +134,56 @@ async def throughput(images: list[RenderedImage], concurrency: int, rounds: int,
 
 async def accuracy(lines: int, seed: int) -> None:
     reference = rapidocr_reference(default_root())
-    async with running_service(DEFINITION) as server, grpc.aio.insecure_channel(server.address) as channel:
+    async with (
+        running_service(DEFINITION) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         stub = ocr_pb2_grpc.OcrServiceStub(channel)
         for hard in (False, True):
             images = render_set(lines, seed=seed, hard=hard)
-            gate = asyncio.Semaphore(4)  # a few in flight: crops share batches, deadlines stay realistic
+            gate = asyncio.Semaphore(
+                4
+            )  # a few in flight: crops share batches, deadlines stay realistic
 
             async def read(image: RenderedImage) -> ocr_pb2.RecognizeResponse:
                 async with gate:
-                    return await stub.Recognize(ocr_pb2.RecognizeRequest(image=rgb_to_image(image.rgb)), timeout=300)
+                    return await stub.Recognize(
+                        ocr_pb2.RecognizeRequest(image=rgb_to_image(image.rgb)), timeout=300
+                    )
 
             responses = await asyncio.gather(*(read(im) for im in images))
             ours, theirs = Score(), Score()
             for image, response in zip(images, responses, strict=True):
-                quads = [Prediction(line.text, np.array([[p.x, p.y] for p in line.polygon.points], np.float32)) for line in response.lines]
+                quads = [
+                    Prediction(
+                        line.text, np.array([[p.x, p.y] for p in line.polygon.points], np.float32)
+                    )
+                    for line in response.lines
+                ]
                 score_image(image, quads, ours)
                 score_image(image, await asyncio.to_thread(reference, image.rgb), theirs)
             label = "hard" if hard else "clean"
-            print(f"{label} ({len(images)} images, {lines} lines):\n  ocr service: {ours.summary()}\n  rapidocr:    {theirs.summary()}")
+            print(
+                f"{label} ({len(images)} images, {lines} lines):\n  ocr service: {ours.summary()}\n  rapidocr:    {theirs.summary()}"
+            )
             for want, got in ours.errors[:5]:
                 print(f"    ours misread {want!r} as {got!r}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--accuracy", action="store_true", help="score CER / line recall instead of timing")
+    parser.add_argument(
+        "--accuracy", action="store_true", help="score CER / line recall instead of timing"
+    )
     parser.add_argument("--lines", type=int, default=300, help="text lines per accuracy set")
     parser.add_argument("--images", type=int, default=12, help="images timed per throughput run")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--engine-threads", type=int, default=None, help="ORT intra-op threads for every OCR model (0 = library default; unset = the service's defaults)")
+    parser.add_argument(
+        "--engine-threads",
+        type=int,
+        default=None,
+        help="ORT intra-op threads for every OCR model (0 = library default; unset = the service's defaults)",
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()

@@ -18,8 +18,8 @@ import time
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 import skimage.data
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.bench_classify import bare_sessions
 from bench.common import machine, percentiles_ms, write_section
@@ -70,11 +70,20 @@ def decode_ms(data: bytes, n: int = 100) -> float:
     return (time.perf_counter() - t) / n * 1000
 
 
-async def latencies(gateway: str, classify: str, n: int) -> tuple[dict[str, float], dict[str, float]]:
+async def latencies(
+    gateway: str, classify: str, n: int
+) -> tuple[dict[str, float], dict[str, float]]:
     data = encode(skimage.data.chelsea())
     direct_req = classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=data))
-    gw_req = gateway_pb2.AnalyzeRequest(image=common_pb2.Image(encoded=data), features=[common_pb2.FEATURE_CLASSIFY], options=gateway_pb2.AnalyzeOptions(no_cache=True))
-    async with grpc.aio.insecure_channel(gateway) as gch, grpc.aio.insecure_channel(classify) as cch:
+    gw_req = gateway_pb2.AnalyzeRequest(
+        image=common_pb2.Image(encoded=data),
+        features=[common_pb2.FEATURE_CLASSIFY],
+        options=gateway_pb2.AnalyzeOptions(no_cache=True),
+    )
+    async with (
+        grpc.aio.insecure_channel(gateway) as gch,
+        grpc.aio.insecure_channel(classify) as cch,
+    ):
         gw = gateway_pb2_grpc.GatewayServiceStub(gch)
         direct = classify_pb2_grpc.ClassifyServiceStub(cch)
         for _ in range(5):
@@ -101,8 +110,14 @@ def main() -> None:
 
     bare, bare_lite = bare_sessions(args.batch, args.seconds)
     settings = [
-        f"{model}.{key}" for model in ("classifier", "safety_model")
-        for key in (f"batcher.max_batch_size={args.batch}", "batcher.max_queue_delay_us=5000", "batcher.max_queue_size=1024", "engine.threads=1")
+        f"{model}.{key}"
+        for model in ("classifier", "safety_model")
+        for key in (
+            f"batcher.max_batch_size={args.batch}",
+            "batcher.max_queue_delay_us=5000",
+            "batcher.max_queue_size=1024",
+            "engine.threads=1",
+        )
     ]
     extra = [a for s in settings for a in ("--set", s)]
     mesh = LocalMesh(services=["classify"], extra_args={"classify": extra})
@@ -116,10 +131,14 @@ def main() -> None:
         mesh.stop()
     # The same latency pair with the OpenTelemetry interceptors off everywhere.
     untraced = ["--set", "server.tracing=false"]
-    mesh = LocalMesh(services=["classify"], extra_args={"classify": extra + untraced, "gateway": untraced})
+    mesh = LocalMesh(
+        services=["classify"], extra_args={"classify": extra + untraced, "gateway": untraced}
+    )
     try:
         gateway = mesh.start()
-        direct_nt, via_gw_nt = asyncio.run(latencies(gateway, mesh.processes["classify"].address, args.requests))
+        direct_nt, via_gw_nt = asyncio.run(
+            latencies(gateway, mesh.processes["classify"].address, args.requests)
+        )
     finally:
         mesh.stop()
     ratio = service / bare
@@ -136,10 +155,10 @@ Machine: {machine()} (shared with other work; figures are medians/ratios of one 
 | (EfficientNet-Lite0 session alone, same batch) | ({bare_lite:.1f} images/s) |
 | classify service at saturation (both models + quality; {args.concurrency} concurrent clients, max_batch_size {args.batch}, 1 ORT thread per model) | {service:.1f} images/s |
 | **service / bare engine** (goal >= 0.9) | **{ratio:.2f}** |
-| classify direct, p50 / p99 (sequential) | {direct['p50']:.2f} / {direct['p99']:.2f} ms |
-| gateway Analyze (classify only, cache off), p50 / p99 | {via_gw['p50']:.2f} / {via_gw['p99']:.2f} ms |
+| classify direct, p50 / p99 (sequential) | {direct["p50"]:.2f} / {direct["p99"]:.2f} ms |
+| gateway Analyze (classify only, cache off), p50 / p99 | {via_gw["p50"]:.2f} / {via_gw["p99"]:.2f} ms |
 | **gateway overhead at p50** (goal <= 2 ms) | **{overhead:.2f} ms** |
-| same pair with tracing interceptors off (`server.tracing=false`): direct / gateway p50 | {direct_nt['p50']:.2f} / {via_gw_nt['p50']:.2f} ms |
+| same pair with tracing interceptors off (`server.tracing=false`): direct / gateway p50 | {direct_nt["p50"]:.2f} / {via_gw_nt["p50"]:.2f} ms |
 | gateway overhead at p50, tracing off | {overhead_nt:.2f} ms |
 | of which, at least: one bare gRPC round trip to the gateway (health check, p50) | {hop:.2f} ms |
 | and the gateway's validating decode of this JPEG (in a worker thread) | {validate:.2f} ms |

@@ -55,18 +55,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--frames", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone"
+    )
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
 
     with tempfile.TemporaryDirectory() as tmp:
         path = make_video(Path(tmp) / "clip.mp4", seconds=args.seconds, size=(width, height))
         data = path.read_bytes()
-        one_key = make_video(Path(tmp) / "one_key.mp4", seconds=args.seconds, size=(width, height), gop=10_000).read_bytes()
+        one_key = make_video(
+            Path(tmp) / "one_key.mp4", seconds=args.seconds, size=(width, height), gop=10_000
+        ).read_bytes()
     clip = decode_keyframes(data, args.frames)
     total_frames = decode_only(data)
-    print(f"clip: {len(data)} bytes, {clip.width}x{clip.height} {clip.codec} {clip.fps:g} fps, {clip.duration_s:.1f} s, "
-          f"{total_frames} frames, {clip.keyframes_decoded} keyframes; samples at {[round(f.timestamp_s, 2) for f in clip.frames]}")
+    print(
+        f"clip: {len(data)} bytes, {clip.width}x{clip.height} {clip.codec} {clip.fps:g} fps, {clip.duration_s:.1f} s, "
+        f"{total_frames} frames, {clip.keyframes_decoded} keyframes; samples at {[round(f.timestamp_s, 2) for f in clip.frames]}"
+    )
 
     cases: dict[str, Callable[[], object]] = {
         "keyframes": lambda: decode_keyframes(data, args.frames),
@@ -87,12 +93,16 @@ def main() -> None:
     med = {name: statistics.median(values) for name, values in runs.items()}
     med_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     for name, values in runs.items():
-        print(f"{name:16s} median {med[name] * 1000:8.1f} ms wall, {med_cpu[name] * 1000:8.1f} ms CPU; wall runs {[round(v * 1000, 1) for v in values]}")
+        print(
+            f"{name:16s} median {med[name] * 1000:8.1f} ms wall, {med_cpu[name] * 1000:8.1f} ms CPU; wall runs {[round(v * 1000, 1) for v in values]}"
+        )
     ratio_rgb = med["all_rgb"] / med["keyframes"]
     ratio_dec = med["all_decode_only"] / med["keyframes"]
     cpu_rgb = med_cpu["all_rgb"] / med_cpu["keyframes"]
     cpu_dec = med_cpu["all_decode_only"] / med_cpu["keyframes"]
-    print(f"full decode + RGB / keyframes: {ratio_rgb:.1f}x wall, {cpu_rgb:.1f}x CPU; full decode only / keyframes: {ratio_dec:.1f}x wall, {cpu_dec:.1f}x CPU")
+    print(
+        f"full decode + RGB / keyframes: {ratio_rgb:.1f}x wall, {cpu_rgb:.1f}x CPU; full decode only / keyframes: {ratio_dec:.1f}x wall, {cpu_dec:.1f}x CPU"
+    )
     if args.no_write:
         return
 

@@ -20,9 +20,15 @@ def check(port: int, timeout_s: float = 2.0) -> bool | None:
     """True = SERVING, False = answered otherwise, None = nothing there."""
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
     except grpc.RpcError as exc:
-        return None if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else False
+        return (
+            None
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            else False
+        )
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 

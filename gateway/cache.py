@@ -17,7 +17,9 @@ CACHE_BYTES = Gauge("visionmesh_gateway_cache_bytes", "Bytes held by the result 
 
 
 class ResultCache:
-    def __init__(self, max_bytes: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_bytes: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._clock = clock

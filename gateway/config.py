@@ -29,7 +29,9 @@ class GatewayConfig:
     # "static" (addresses below), "consul" (server.consul_addr / CONSUL_HTTP_ADDR) or "dns".
     discovery: str = "static"
     # Static discovery: service -> instance addresses.
-    services: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SERVICES.items()})
+    services: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_SERVICES.items()}
+    )
     # DNS discovery (Kubernetes headless services): service -> "host:port".
     dns_targets: dict[str, str] = field(default_factory=dict)
     # Deadline when the caller sets none, and the share of the caller's remaining

@@ -94,11 +94,17 @@ class _PooledResolver:
         self._pools: dict[str, _Pool] = {}
         self._started = False
 
-    def _endpoint(self, address: str, target: str | None = None, extra_options: ChannelOptions = ()) -> Endpoint:
+    def _endpoint(
+        self, address: str, target: str | None = None, extra_options: ChannelOptions = ()
+    ) -> Endpoint:
         channel = grpc.aio.insecure_channel(
-            target or address, options=[*self.channel_options, *extra_options], interceptors=self.interceptors or None
+            target or address,
+            options=[*self.channel_options, *extra_options],
+            interceptors=self.interceptors or None,
         )
-        return Endpoint(address, channel, CircuitBreaker(self.breaker_failures, self.breaker_reset_s))
+        return Endpoint(
+            address, channel, CircuitBreaker(self.breaker_failures, self.breaker_reset_s)
+        )
 
     def addresses(self, service: str) -> list[str]:
         """Addresses currently known for ``service`` (for logs, status pages and tests)."""
@@ -110,7 +116,9 @@ class _PooledResolver:
             raise Unavailable(f"{self.kind} resolver not started: no channel to {service!r} yet")
         pool = self._pools.get(service)
         if pool is None or not pool.endpoints:
-            raise Unavailable(f"no healthy instance of service {service!r} is known ({self.kind} discovery)")
+            raise Unavailable(
+                f"no healthy instance of service {service!r} is known ({self.kind} discovery)"
+            )
         count = len(pool.endpoints)
         for step in range(count):
             endpoint = pool.endpoints[(pool.cursor + step) % count]
@@ -118,12 +126,17 @@ class _PooledResolver:
                 pool.cursor = (pool.cursor + step + 1) % count
                 return endpoint
         addresses = ", ".join(e.address for e in pool.endpoints)
-        raise BreakerOpen(f"every instance of service {service!r} has an open circuit breaker ({addresses}); retry shortly")
+        raise BreakerOpen(
+            f"every instance of service {service!r} has an open circuit breaker ({addresses}); retry shortly"
+        )
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}
         self._started = False
-        await asyncio.gather(*(e.channel.close() for pool in pools.values() for e in pool.endpoints), return_exceptions=True)
+        await asyncio.gather(
+            *(e.channel.close() for pool in pools.values() for e in pool.endpoints),
+            return_exceptions=True,
+        )
 
 
 class StaticResolver(_PooledResolver):
@@ -131,15 +144,26 @@ class StaticResolver(_PooledResolver):
 
     kind = "static"
 
-    def __init__(self, addresses: Mapping[str, Sequence[str]], channel_options: ChannelOptions | None = None,
-                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None, breaker_failures: int = 5, breaker_reset_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        addresses: Mapping[str, Sequence[str]],
+        channel_options: ChannelOptions | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+        breaker_failures: int = 5,
+        breaker_reset_s: float = 5.0,
+    ) -> None:
         super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s)
-        self.configured = {service: list(dict.fromkeys(addrs)) for service, addrs in addresses.items()}
+        self.configured = {
+            service: list(dict.fromkeys(addrs)) for service, addrs in addresses.items()
+        }
 
     async def start(self) -> None:
         if self._started:
             return
-        self._pools = {service: _Pool([self._endpoint(a) for a in addrs]) for service, addrs in self.configured.items()}
+        self._pools = {
+            service: _Pool([self._endpoint(a) for a in addrs])
+            for service, addrs in self.configured.items()
+        }
         self._started = True
 
 
@@ -148,8 +172,14 @@ class DnsResolver(_PooledResolver):
 
     kind = "dns"
 
-    def __init__(self, targets: Mapping[str, str], channel_options: ChannelOptions | None = None,
-                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None, breaker_failures: int = 5, breaker_reset_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        targets: Mapping[str, str],
+        channel_options: ChannelOptions | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+        breaker_failures: int = 5,
+        breaker_reset_s: float = 5.0,
+    ) -> None:
         super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s)
         self.targets = {service: dns_target(host_port) for service, host_port in targets.items()}
 
@@ -157,7 +187,10 @@ class DnsResolver(_PooledResolver):
         if self._started:
             return
         options = [("grpc.service_config", ROUND_ROBIN_CONFIG)]
-        self._pools = {service: _Pool([self._endpoint(target, target, options)]) for service, target in self.targets.items()}
+        self._pools = {
+            service: _Pool([self._endpoint(target, target, options)])
+            for service, target in self.targets.items()
+        }
         self._started = True
 
 
@@ -175,9 +208,17 @@ class ConsulResolver(_PooledResolver):
 
     kind = "consul"
 
-    def __init__(self, consul_addr: str, service_names: Sequence[str], channel_options: ChannelOptions | None = None,
-                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None, breaker_failures: int = 5, breaker_reset_s: float = 5.0,
-                 watch_wait: str = WATCH_WAIT, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        consul_addr: str,
+        service_names: Sequence[str],
+        channel_options: ChannelOptions | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+        breaker_failures: int = 5,
+        breaker_reset_s: float = 5.0,
+        watch_wait: str = WATCH_WAIT,
+        retry_s: float = 1.0,
+    ) -> None:
         super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s)
         self.consul_addr = consul_addr
         self.service_names = list(dict.fromkeys(service_names))
@@ -191,23 +232,36 @@ class ConsulResolver(_PooledResolver):
     async def start(self) -> None:
         if self._started:
             return
-        from services.common import consul  # imported here: py-consul is only needed when Consul is used
+        from services.common import (
+            consul,
+        )  # imported here: py-consul is only needed when Consul is used
 
         self._pools = {service: _Pool() for service in self.service_names}
         self._started = True
         # Fill every pool before serving so the first requests have somewhere to go.
-        initial = await asyncio.gather(*(consul.passing_instances(self.consul_addr, s) for s in self.service_names), return_exceptions=True)
+        initial = await asyncio.gather(
+            *(consul.passing_instances(self.consul_addr, s) for s in self.service_names),
+            return_exceptions=True,
+        )
         for service, found in zip(self.service_names, initial, strict=True):
             if isinstance(found, BaseException):
-                log.warning("consul lookup failed; watching for instances", extra={"fields": {"service": service, "error": str(found)}})
+                log.warning(
+                    "consul lookup failed; watching for instances",
+                    extra={"fields": {"service": service, "error": str(found)}},
+                )
             else:
                 self.update(service, found)
-        self._watches = [asyncio.create_task(self._watch(service), name=f"consul-watch-{service}") for service in self.service_names]
+        self._watches = [
+            asyncio.create_task(self._watch(service), name=f"consul-watch-{service}")
+            for service in self.service_names
+        ]
 
     async def _watch(self, service: str) -> None:
         from services.common import consul
 
-        async for addresses in consul.watch_passing(self.consul_addr, service, wait=self.watch_wait, retry_s=self.retry_s):
+        async for addresses in consul.watch_passing(
+            self.consul_addr, service, wait=self.watch_wait, retry_s=self.retry_s
+        ):
             self.update(service, addresses)
 
     def update(self, service: str, addresses: Sequence[str]) -> None:
@@ -225,7 +279,17 @@ class ConsulResolver(_PooledResolver):
             task = asyncio.create_task(endpoint.channel.close(grace=CLOSE_GRACE_S))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        log.info("instances changed", extra={"fields": {"service": service, "added": added, "removed": [e.address for e in gone], "now": wanted}})
+        log.info(
+            "instances changed",
+            extra={
+                "fields": {
+                    "service": service,
+                    "added": added,
+                    "removed": [e.address for e in gone],
+                    "now": wanted,
+                }
+            },
+        )
         self.changed.set()
 
     async def close(self) -> None:
@@ -250,16 +314,25 @@ def make_resolver(
     breaker_reset_s: float = 5.0,
 ) -> Resolver:
     """A resolver by name: "static" (``addresses``), "dns" (``dns_targets``) or "consul" (``consul_addr``)."""
-    common: dict[str, Any] = {"channel_options": channel_options, "interceptors": interceptors, "breaker_failures": breaker_failures, "breaker_reset_s": breaker_reset_s}
+    common: dict[str, Any] = {
+        "channel_options": channel_options,
+        "interceptors": interceptors,
+        "breaker_failures": breaker_failures,
+        "breaker_reset_s": breaker_reset_s,
+    }
     if kind == "static":
         return StaticResolver(addresses or {}, **common)
     if kind == "dns":
         if not dns_targets:
-            raise ValueError("dns discovery needs dns_targets (service -> host:port of its headless Service)")
+            raise ValueError(
+                "dns discovery needs dns_targets (service -> host:port of its headless Service)"
+            )
         return DnsResolver(dns_targets, **common)
     if kind == "consul":
         if not consul_addr:
-            raise ValueError("consul discovery needs a Consul agent address (server.consul_addr or CONSUL_HTTP_ADDR)")
+            raise ValueError(
+                "consul discovery needs a Consul agent address (server.consul_addr or CONSUL_HTTP_ADDR)"
+            )
         names = list(service_names or (addresses or {}).keys())
         if not names:
             raise ValueError("consul discovery needs the service names to watch")

@@ -39,8 +39,12 @@ FEATURE_SECONDS = Histogram(
     ["feature"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-FEATURE_ERRORS = Counter("visionmesh_gateway_feature_errors_total", "Feature calls that failed", ["feature", "code"])
-FANOUT_WIDTH = Histogram("visionmesh_gateway_fanout_width", "Features fanned out per image", buckets=(1, 2, 3, 4))
+FEATURE_ERRORS = Counter(
+    "visionmesh_gateway_feature_errors_total", "Feature calls that failed", ["feature", "code"]
+)
+FANOUT_WIDTH = Histogram(
+    "visionmesh_gateway_fanout_width", "Features fanned out per image", buckets=(1, 2, 3, 4)
+)
 
 _STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
     "classify": classify_pb2_grpc.ClassifyServiceStub,
@@ -81,7 +85,9 @@ class FanOut:
             endpoint.breaker.record_success()
             return reply
 
-        return await call_with_retry(attempt, timeout_s=timeout_s, attempts=self.config.retry_attempts)
+        return await call_with_retry(
+            attempt, timeout_s=timeout_s, attempts=self.config.retry_attempts
+        )
 
     async def run_features(
         self,
@@ -93,13 +99,19 @@ class FanOut:
     ) -> None:
         """Fan ``image`` out to ``features`` concurrently, filling ``response`` (results + errors)."""
         runners: dict[int, Callable[[], Awaitable[None]]] = {
-            common_pb2.FEATURE_CLASSIFY: lambda: self._classify(image, options, timeout_s, response),
+            common_pb2.FEATURE_CLASSIFY: lambda: self._classify(
+                image, options, timeout_s, response
+            ),
             common_pb2.FEATURE_OCR: lambda: self._ocr(image, options, timeout_s, response),
             common_pb2.FEATURE_FACE: lambda: self._face(image, options, timeout_s, response),
-            common_pb2.FEATURE_HASH: lambda: self.hash_item([image], options.hash, timeout_s, response.hash),
+            common_pb2.FEATURE_HASH: lambda: self.hash_item(
+                [image], options.hash, timeout_s, response.hash
+            ),
         }
         FANOUT_WIDTH.observe(len(features))
-        results = await asyncio.gather(*(self._timed(f, runners[f]) for f in features), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._timed(f, runners[f]) for f in features), return_exceptions=True
+        )
         for feature, result in zip(features, results, strict=True):
             if isinstance(result, BaseException):
                 err = feature_error(feature, result)
@@ -111,27 +123,60 @@ class FanOut:
         try:
             await run()
         finally:
-            FEATURE_SECONDS.labels(common_pb2.Feature.Name(feature)).observe(time.perf_counter() - start)
+            FEATURE_SECONDS.labels(common_pb2.Feature.Name(feature)).observe(
+                time.perf_counter() - start
+            )
 
-    async def _classify(self, image: common_pb2.Image, options: gateway_pb2.AnalyzeOptions, timeout_s: float | None, response: gateway_pb2.AnalyzeResponse) -> None:
-        reply = await self.call("classify", "Classify", classify_pb2.ClassifyRequest(image=image, top_k=options.classify.top_k), timeout_s)
+    async def _classify(
+        self,
+        image: common_pb2.Image,
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float | None,
+        response: gateway_pb2.AnalyzeResponse,
+    ) -> None:
+        reply = await self.call(
+            "classify",
+            "Classify",
+            classify_pb2.ClassifyRequest(image=image, top_k=options.classify.top_k),
+            timeout_s,
+        )
         response.classify.CopyFrom(reply)
         response.tags.extend(reply.tags)
 
-    async def _ocr(self, image: common_pb2.Image, options: gateway_pb2.AnalyzeOptions, timeout_s: float | None, response: gateway_pb2.AnalyzeResponse) -> None:
-        request = ocr_pb2.RecognizeRequest(image=image, max_lines=options.ocr.max_lines, min_confidence=options.ocr.min_confidence)
+    async def _ocr(
+        self,
+        image: common_pb2.Image,
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float | None,
+        response: gateway_pb2.AnalyzeResponse,
+    ) -> None:
+        request = ocr_pb2.RecognizeRequest(
+            image=image, max_lines=options.ocr.max_lines, min_confidence=options.ocr.min_confidence
+        )
         reply = await self.call("ocr", "Recognize", request, timeout_s)
         response.ocr.CopyFrom(reply)
         response.tags.extend(text_tags(reply))
 
-    async def _face(self, image: common_pb2.Image, options: gateway_pb2.AnalyzeOptions, timeout_s: float | None, response: gateway_pb2.AnalyzeResponse) -> None:
-        request = face_pb2.DetectRequest(image=image, max_faces=options.face.max_faces, min_face_size=options.face.min_face_size)
+    async def _face(
+        self,
+        image: common_pb2.Image,
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float | None,
+        response: gateway_pb2.AnalyzeResponse,
+    ) -> None:
+        request = face_pb2.DetectRequest(
+            image=image, max_faces=options.face.max_faces, min_face_size=options.face.min_face_size
+        )
         reply = await self.call("face", "Detect", request, timeout_s)
         response.face.CopyFrom(reply)
         response.tags.extend(reply.tags)
 
     async def hash_item(
-        self, frames: list[common_pb2.Image], options: gateway_pb2.HashOptions, timeout_s: float | None, result: gateway_pb2.HashResult
+        self,
+        frames: list[common_pb2.Image],
+        options: gateway_pb2.HashOptions,
+        timeout_s: float | None,
+        result: gateway_pb2.HashResult,
     ) -> None:
         """Encode one item (image or video frames); search its collection, then add it if asked."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -139,11 +184,15 @@ class FanOut:
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-        encoded = await self.call("hash", "Encode", hash_pb2.EncodeRequest(frames=frames, bits=options.bits), left())
+        encoded = await self.call(
+            "hash", "Encode", hash_pb2.EncodeRequest(frames=frames, bits=options.bits), left()
+        )
         result.code.CopyFrom(encoded.code)
         if not options.collection:
             return
-        search = hash_pb2.SearchRequest(collection=options.collection, code=encoded.code, k=options.k)
+        search = hash_pb2.SearchRequest(
+            collection=options.collection, code=encoded.code, k=options.k
+        )
         if options.HasField("max_distance"):
             search.max_distance = options.max_distance
         try:
@@ -154,5 +203,12 @@ class FanOut:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
         if options.add_id:
-            await self.call("hash", "Add", hash_pb2.AddRequest(collection=options.collection, id=options.add_id, code=encoded.code), left())
+            await self.call(
+                "hash",
+                "Add",
+                hash_pb2.AddRequest(
+                    collection=options.collection, id=options.add_id, code=encoded.code
+                ),
+                left(),
+            )
             result.added = True

@@ -44,12 +44,20 @@ def rescale(response: gateway_pb2.AnalyzeResponse, factor: float) -> None:
             _scale_box(tag.box, factor)
 
 
-def text_tags(ocr: "gateway_pb2.RecognizeResponse") -> list[common_pb2.Tag]:  # type: ignore[name-defined]
+def text_tags(ocr: gateway_pb2.RecognizeResponse) -> list[common_pb2.Tag]:  # type: ignore[name-defined]
     """A ``text/present`` tag when OCR found lines (score: the best line's confidence)."""
     if not ocr.lines:
         return []
     best = max(line.confidence for line in ocr.lines)
-    return [common_pb2.Tag(name="text/present", score=best, source="ocr", display_name_en="contains text", display_name_zh="含文字")]
+    return [
+        common_pb2.Tag(
+            name="text/present",
+            score=best,
+            source="ocr",
+            display_name_en="contains text",
+            display_name_zh="含文字",
+        )
+    ]
 
 
 def ranked(tags: Iterable[common_pb2.Tag]) -> list[common_pb2.Tag]:

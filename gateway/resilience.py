@@ -30,7 +30,9 @@ from services.common.errors import Overloaded, Unavailable
 T = TypeVar("T")
 
 # Outcomes that say the server (not the request) is unwell.
-BREAKER_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL})
+BREAKER_FAILURES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
+)
 # The only status worth a retry: nothing was processed, another attempt (maybe another instance) can succeed.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
@@ -48,7 +50,12 @@ class BreakerOpen(Unavailable):
 class CircuitBreaker:
     """Closed -> open after N consecutive failures -> half-open after a timeout -> closed on a success."""
 
-    def __init__(self, failure_threshold: int = 5, reset_timeout_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
         self.failure_threshold = failure_threshold
@@ -71,12 +78,17 @@ class CircuitBreaker:
 
     @property
     def _probe_in_flight(self) -> bool:
-        return self._probe_started_at is not None and self._clock() - self._probe_started_at < self.reset_timeout_s
+        return (
+            self._probe_started_at is not None
+            and self._clock() - self._probe_started_at < self.reset_timeout_s
+        )
 
     def available(self) -> bool:
         """Whether a call would be admitted now (no side effect)."""
         state = self.state
-        return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self._probe_in_flight)
+        return state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and not self._probe_in_flight
+        )
 
     def allow(self) -> bool:
         """Admit a call? Half-open admits one probe and refuses the rest until it reports."""
@@ -114,7 +126,9 @@ class CircuitBreaker:
         return f"CircuitBreaker(state={self.state.value}, failures={self._failures})"
 
 
-def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base_s: float, max_s: float, rng: random.Random | None = None
+) -> float:
     """Full-jitter exponential backoff before retry number ``attempt`` (1-based): U(0, min(max, base * 2^(attempt-1)))."""
     ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
     return (rng or random).uniform(0.0, ceiling)
@@ -151,7 +165,7 @@ async def call_with_retry(
         attempt += 1
         remaining = None if deadline is None else deadline - clock()
         if remaining is not None and remaining <= 0:
-            raise asyncio.TimeoutError("deadline passed before the call could be attempted")
+            raise TimeoutError("deadline passed before the call could be attempted")
         if breaker is not None and not breaker.allow():
             raise BreakerOpen(f"circuit breaker open ({breaker!r}): not calling")
         try:
@@ -183,9 +197,16 @@ class InFlightLimiter:
     async def __aenter__(self) -> InFlightLimiter:
         # Single-threaded event loop: check-and-increment cannot interleave, so no lock is needed.
         if self.in_flight >= self.max_in_flight:
-            raise Overloaded(f"gateway is at its limit of {self.max_in_flight} requests in flight; retry with backoff")
+            raise Overloaded(
+                f"gateway is at its limit of {self.max_in_flight} requests in flight; retry with backoff"
+            )
         self.in_flight += 1
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.in_flight -= 1

@@ -34,7 +34,9 @@ def requested_features(features: Sequence[int]) -> list[int]:
         return list(ALL_FEATURES)
     unknown = [f for f in features if f not in FEATURE_NAMES]
     if unknown:
-        raise InvalidInput(f"unknown feature value(s) {unknown}; use FEATURE_CLASSIFY, FEATURE_OCR, FEATURE_FACE or FEATURE_HASH")
+        raise InvalidInput(
+            f"unknown feature value(s) {unknown}; use FEATURE_CLASSIFY, FEATURE_OCR, FEATURE_FACE or FEATURE_HASH"
+        )
     return sorted(set(features), key=list(features).index)
 
 
@@ -50,7 +52,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.cache = ResultCache(config.cache_max_bytes, config.cache_ttl_s)
         self.limiter = InFlightLimiter(config.max_in_flight)
         lim = config.images
-        self.image_limits = ImageLimits(max_bytes=lim.max_bytes, max_pixels=lim.max_pixels, max_side=lim.max_side)
+        self.image_limits = ImageLimits(
+            max_bytes=lim.max_bytes, max_pixels=lim.max_pixels, max_side=lim.max_side
+        )
         self.video_limits = video.VideoLimits(max_bytes=config.video_max_bytes)
 
     async def start(self) -> None:
@@ -73,7 +77,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return DecodedImage(rgb, "RAW", hashlib.sha256(image.raw.rgb).hexdigest())
         raise InvalidInput("request has no image (set image.encoded or image.raw)")
 
-    def _cache_key(self, decoded: DecodedImage, features: list[int], options: gateway_pb2.AnalyzeOptions) -> str | None:
+    def _cache_key(
+        self, decoded: DecodedImage, features: list[int], options: gateway_pb2.AnalyzeOptions
+    ) -> str | None:
         if options.no_cache or options.hash.add_id:
             return None  # adds have side effects: never answered from the cache
         opts = gateway_pb2.AnalyzeOptions()
@@ -81,7 +87,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return f"{decoded.sha256}:{decoded.width}x{decoded.height}:{','.join(map(str, sorted(features)))}:{opts.SerializeToString(deterministic=True).hex()}"
 
     async def analyze_decoded(
-        self, decoded: DecodedImage, features: list[int], options: gateway_pb2.AnalyzeOptions, timeout_s: float, encoded: bytes | None = None
+        self,
+        decoded: DecodedImage,
+        features: list[int],
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float,
+        encoded: bytes | None = None,
     ) -> gateway_pb2.AnalyzeResponse:
         key = self._cache_key(decoded, features, options)
         if key is not None and (hit := self.cache.get(key)) is not None:
@@ -89,13 +100,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             cached.cached = True
             return cached
         response = await self.analyze_pixels(decoded.rgb, features, options, timeout_s, encoded)
-        response.image.CopyFrom(common_pb2.ImageInfo(width=decoded.width, height=decoded.height, format=decoded.format, sha256=decoded.sha256))
+        response.image.CopyFrom(
+            common_pb2.ImageInfo(
+                width=decoded.width,
+                height=decoded.height,
+                format=decoded.format,
+                sha256=decoded.sha256,
+            )
+        )
         if key is not None and not response.errors:
             self.cache.put(key, response.SerializeToString())
         return response
 
     async def analyze_pixels(
-        self, rgb: np.ndarray, features: list[int], options: gateway_pb2.AnalyzeOptions, timeout_s: float, encoded: bytes | None = None
+        self,
+        rgb: np.ndarray,
+        features: list[int],
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float,
+        encoded: bytes | None = None,
     ) -> gateway_pb2.AnalyzeResponse:
         """Fan ``rgb`` out; ``encoded`` is the validated original, forwarded instead when no resize was needed.
 
@@ -109,7 +132,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             image = rgb_to_image(small)
         else:
             scale = 1.0
-            image = common_pb2.Image(encoded=encoded) if encoded is not None and len(encoded) < rgb.nbytes else rgb_to_image(rgb)
+            image = (
+                common_pb2.Image(encoded=encoded)
+                if encoded is not None and len(encoded) < rgb.nbytes
+                else rgb_to_image(rgb)
+            )
         response = gateway_pb2.AnalyzeResponse()
         await self.fanout.run_features(image, features, options, timeout_s, response)
         rescale(response, 1.0 / scale)
@@ -119,37 +146,67 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return response
 
     @grpc_method
-    async def Analyze(self, request: gateway_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.AnalyzeResponse:
+    async def Analyze(
+        self, request: gateway_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.AnalyzeResponse:
         async with self.limiter:
             features = requested_features(request.features)
             decoded = await self._decode(request.image)
-            return await self.analyze_decoded(decoded, features, request.options, self._timeout(context), _encoded(request.image))
+            return await self.analyze_decoded(
+                decoded, features, request.options, self._timeout(context), _encoded(request.image)
+            )
 
     async def _batch_item(
-        self, index: int, image: common_pb2.Image, features: list[int], options: gateway_pb2.AnalyzeOptions, timeout_s: float, gate: asyncio.Semaphore
+        self,
+        index: int,
+        image: common_pb2.Image,
+        features: list[int],
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float,
+        gate: asyncio.Semaphore,
     ) -> gateway_pb2.BatchItem:
         async with gate:
             try:
                 decoded = await self._decode(image)
-                response = await self.analyze_decoded(decoded, features, options, timeout_s, _encoded(image))
+                response = await self.analyze_decoded(
+                    decoded, features, options, timeout_s, _encoded(image)
+                )
                 return gateway_pb2.BatchItem(index=index, response=response)
             except InvalidInput as exc:
-                return gateway_pb2.BatchItem(index=index, error=gateway_pb2.ItemError(code=exc.code.name, message=exc.message))
+                return gateway_pb2.BatchItem(
+                    index=index,
+                    error=gateway_pb2.ItemError(code=exc.code.name, message=exc.message),
+                )
 
-    def _batch_tasks(self, images: Sequence[common_pb2.Image], features: Sequence[int], options: gateway_pb2.AnalyzeOptions, context: grpc.aio.ServicerContext) -> list[asyncio.Task[gateway_pb2.BatchItem]]:
+    def _batch_tasks(
+        self,
+        images: Sequence[common_pb2.Image],
+        features: Sequence[int],
+        options: gateway_pb2.AnalyzeOptions,
+        context: grpc.aio.ServicerContext,
+    ) -> list[asyncio.Task[gateway_pb2.BatchItem]]:
         if not images:
             raise InvalidInput("batch has no images")
         if len(images) > self.config.max_batch_images:
-            raise InvalidInput(f"batch has {len(images)} images: over the limit of {self.config.max_batch_images}")
+            raise InvalidInput(
+                f"batch has {len(images)} images: over the limit of {self.config.max_batch_images}"
+            )
         wanted = requested_features(features)
         gate = asyncio.Semaphore(self.config.batch_concurrency)
         timeout_s = self._timeout(context)
-        return [asyncio.create_task(self._batch_item(i, img, wanted, options, timeout_s, gate)) for i, img in enumerate(images)]
+        return [
+            asyncio.create_task(self._batch_item(i, img, wanted, options, timeout_s, gate))
+            for i, img in enumerate(images)
+        ]
 
     @grpc_method
-    async def AnalyzeBatch(self, request: gateway_pb2.AnalyzeBatchRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.AnalyzeBatchResponse:
+    async def AnalyzeBatch(
+        self, request: gateway_pb2.AnalyzeBatchRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.AnalyzeBatchResponse:
         async with self.limiter:
-            items = await asyncio.gather(*self._batch_tasks(request.images, request.features, request.options, context))
+            items = await asyncio.gather(
+                *self._batch_tasks(request.images, request.features, request.options, context)
+            )
             return gateway_pb2.AnalyzeBatchResponse(items=items)
 
     async def AnalyzeBatchStream(
@@ -157,7 +214,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> AsyncIterator[gateway_pb2.AnalyzeBatchStreamResponse]:
         try:
             async with self.limiter:
-                tasks = self._batch_tasks(request.images, request.features, request.options, context)
+                tasks = self._batch_tasks(
+                    request.images, request.features, request.options, context
+                )
                 try:
                     for done in asyncio.as_completed(tasks):
                         yield gateway_pb2.AnalyzeBatchStreamResponse(item=await done)
@@ -174,18 +233,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @grpc_method
     async def AnalyzeVideo(
-        self, request_iterator: AsyncIterator[gateway_pb2.AnalyzeVideoRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.AnalyzeVideoRequest],
+        context: grpc.aio.ServicerContext,
     ) -> gateway_pb2.AnalyzeVideoResponse:
         async with self.limiter:
             header, data = await self._collect_upload(request_iterator)
             features = requested_features(header.features)
             wanted_frames = header.num_frames or self.config.video_frames
             if not 1 <= wanted_frames <= self.config.video_max_frames:
-                raise InvalidInput(f"num_frames must be between 1 and {self.config.video_max_frames}, got {wanted_frames}")
-            clip = await asyncio.to_thread(video.decode_keyframes, data, wanted_frames, self.video_limits)
+                raise InvalidInput(
+                    f"num_frames must be between 1 and {self.config.video_max_frames}, got {wanted_frames}"
+                )
+            clip = await asyncio.to_thread(
+                video.decode_keyframes, data, wanted_frames, self.video_limits
+            )
             return await self._analyze_clip(clip, features, header.options, self._timeout(context))
 
-    async def _collect_upload(self, request_iterator: AsyncIterator[gateway_pb2.AnalyzeVideoRequest]) -> tuple[gateway_pb2.VideoUploadHeader, bytes]:
+    async def _collect_upload(
+        self, request_iterator: AsyncIterator[gateway_pb2.AnalyzeVideoRequest]
+    ) -> tuple[gateway_pb2.VideoUploadHeader, bytes]:
         header: gateway_pb2.VideoUploadHeader | None = None
         chunks: list[bytes] = []
         size = 0
@@ -195,12 +262,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     raise InvalidInput("video upload sent a second header")
                 header = message.header
                 if header.total_size > self.video_limits.max_bytes:
-                    raise InvalidInput(f"video is {header.total_size} bytes: over the {self.video_limits.max_bytes}-byte limit")
+                    raise InvalidInput(
+                        f"video is {header.total_size} bytes: over the {self.video_limits.max_bytes}-byte limit"
+                    )
             elif header is None:
                 raise InvalidInput("video upload must start with a header")
             size += len(message.chunk)
             if size > self.video_limits.max_bytes:
-                raise InvalidInput(f"video upload exceeds the {self.video_limits.max_bytes}-byte limit")
+                raise InvalidInput(
+                    f"video upload exceeds the {self.video_limits.max_bytes}-byte limit"
+                )
             chunks.append(message.chunk)
         if header is None:
             raise InvalidInput("video upload was empty (no header)")
@@ -209,15 +280,36 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return header, b"".join(chunks)
 
     async def _analyze_clip(
-        self, clip: video.DecodedVideo, features: list[int], options: gateway_pb2.AnalyzeOptions, timeout_s: float
+        self,
+        clip: video.DecodedVideo,
+        features: list[int],
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float,
     ) -> gateway_pb2.AnalyzeVideoResponse:
         per_frame = [f for f in features if f != common_pb2.FEATURE_HASH]
-        frame_results = await asyncio.gather(*(self.analyze_pixels(frame.rgb, per_frame, options, timeout_s) for frame in clip.frames)) if per_frame else []
-        timed = [(frame.timestamp_s, result) for frame, result in zip(clip.frames, frame_results, strict=False)]
+        frame_results = (
+            await asyncio.gather(
+                *(
+                    self.analyze_pixels(frame.rgb, per_frame, options, timeout_s)
+                    for frame in clip.frames
+                )
+            )
+            if per_frame
+            else []
+        )
+        timed = [
+            (frame.timestamp_s, result)
+            for frame, result in zip(clip.frames, frame_results, strict=False)
+        ]
         response = gateway_pb2.AnalyzeVideoResponse(
             video=common_pb2.VideoInfo(
-                duration_s=clip.duration_s, width=clip.width, height=clip.height, codec=clip.codec, fps=clip.fps,
-                keyframes_decoded=clip.keyframes_decoded, frames_analyzed=len(clip.frames),
+                duration_s=clip.duration_s,
+                width=clip.width,
+                height=clip.height,
+                codec=clip.codec,
+                fps=clip.fps,
+                keyframes_decoded=clip.keyframes_decoded,
+                frames_analyzed=len(clip.frames),
             )
         )
         if timed:
@@ -231,7 +323,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         seen.add((err.feature, err.code))
                         response.errors.append(err)
         if common_pb2.FEATURE_HASH in features:
-            frames = [rgb_to_image(fit_within(frame.rgb, _HASH_FRAME_SIDE)[0]) for frame in clip.frames]
+            frames = [
+                rgb_to_image(fit_within(frame.rgb, _HASH_FRAME_SIDE)[0]) for frame in clip.frames
+            ]
             try:
                 await self.fanout.hash_item(frames, options.hash, timeout_s, response.hash)
             except Exception as exc:

@@ -86,15 +86,21 @@ def _open(data: bytes, limits: VideoLimits) -> av.container.InputContainer:
     try:
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as exc:
-        raise InvalidInput(f"bytes are not a readable video container (truncated or not a video?): {exc}") from exc
+        raise InvalidInput(
+            f"bytes are not a readable video container (truncated or not a video?): {exc}"
+        ) from exc
     fmt = container.format.name
     if any(marker in fmt for marker in _IMAGE_DEMUXERS):
         container.close()
-        raise InvalidInput(f"bytes are a still image ({fmt.removesuffix('_pipe')}), not a video: send it to Analyze")
+        raise InvalidInput(
+            f"bytes are a still image ({fmt.removesuffix('_pipe')}), not a video: send it to Analyze"
+        )
     return container
 
 
-def _stream_facts(container: av.container.InputContainer, limits: VideoLimits) -> av.video.stream.VideoStream:
+def _stream_facts(
+    container: av.container.InputContainer, limits: VideoLimits
+) -> av.video.stream.VideoStream:
     """The clip's video stream, validated against the limits."""
     if not container.streams.video:
         kinds: list[str] = sorted({str(s.type) for s in container.streams}) or ["none"]
@@ -102,9 +108,13 @@ def _stream_facts(container: av.container.InputContainer, limits: VideoLimits) -
     stream = container.streams.video[0]
     ctx = stream.codec_context
     if ctx.width <= 0 or ctx.height <= 0:
-        raise InvalidInput(f"video stream has no frame size ({ctx.width}x{ctx.height}): corrupt header?")
+        raise InvalidInput(
+            f"video stream has no frame size ({ctx.width}x{ctx.height}): corrupt header?"
+        )
     if ctx.width * ctx.height > limits.max_pixels:
-        raise InvalidInput(f"video frames are {ctx.width}x{ctx.height}: over the {limits.max_pixels}-pixel limit")
+        raise InvalidInput(
+            f"video frames are {ctx.width}x{ctx.height}: over the {limits.max_pixels}-pixel limit"
+        )
     if not stream.time_base:
         raise InvalidInput("video stream has no time base: cannot place frames in time")
     return stream
@@ -125,7 +135,9 @@ class _PacketIndex:
     keyframe_s: list[float]
 
 
-def _index_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream, limits: VideoLimits) -> _PacketIndex:
+def _index_packets(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, limits: VideoLimits
+) -> _PacketIndex:
     """Walk the packets (cheap: no decoding) for keyframe times and the real duration.
 
     Container metadata can lie or be missing (raw H.264, some MPEG-TS); the
@@ -148,20 +160,28 @@ def _index_packets(container: av.container.InputContainer, stream: av.video.stre
             if packet.is_keyframe:
                 key_pts.append(packet.pts)
                 if len(key_pts) > limits.max_keyframes:
-                    raise InvalidInput(f"video has more than {limits.max_keyframes} keyframes: over the limit")
+                    raise InvalidInput(
+                        f"video has more than {limits.max_keyframes} keyframes: over the limit"
+                    )
     except av.error.FFmpegError as exc:
         raise InvalidInput(f"video is corrupt or truncated: {exc}") from exc
     if first is None:
         if untimed:
-            raise InvalidInput("video stream has no timestamps (a raw elementary stream?): send it in a container such as MP4, MKV or MPEG-TS")
+            raise InvalidInput(
+                "video stream has no timestamps (a raw elementary stream?): send it in a container such as MP4, MKV or MPEG-TS"
+            )
         raise InvalidInput("video stream has no packets (empty or truncated clip)")
     if not key_pts:
-        raise InvalidInput("video stream has no keyframe (corrupt, or cut from the middle of a stream)")
+        raise InvalidInput(
+            "video stream has no keyframe (corrupt, or cut from the middle of a stream)"
+        )
     duration = end - first
     if not math.isfinite(duration) or duration < 0:
         raise InvalidInput(f"video has an invalid duration ({duration})")
     if duration > limits.max_duration_s:
-        raise InvalidInput(f"video is {duration:.0f} s long: over the {limits.max_duration_s:.0f}-second limit")
+        raise InvalidInput(
+            f"video is {duration:.0f} s long: over the {limits.max_duration_s:.0f}-second limit"
+        )
     key_pts.sort()
     return _PacketIndex(first, duration, key_pts, [_seconds(p, stream) - first for p in key_pts])
 
@@ -178,7 +198,9 @@ def _assign(keyframe_times: list[float], targets: list[float]) -> dict[int, int]
     fewer keyframes than targets the keyframes go to the targets they are
     nearest to and the remaining targets stay unassigned (filled or dropped).
     """
-    pairs = sorted((abs(k - t), ti, ki) for ti, t in enumerate(targets) for ki, k in enumerate(keyframe_times))
+    pairs = sorted(
+        (abs(k - t), ti, ki) for ti, t in enumerate(targets) for ki, k in enumerate(keyframe_times)
+    )
     chosen: dict[int, int] = {}
     used: set[int] = set()
     for _, ti, ki in pairs:
@@ -189,7 +211,10 @@ def _assign(keyframe_times: list[float], targets: list[float]) -> dict[int, int]
 
 
 def _decode_keyframes(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: float, wanted: dict[int, int]
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    start: float,
+    wanted: dict[int, int],
 ) -> tuple[int, dict[int, SampledFrame]]:
     """Decode keyframes only; convert to RGB those whose pts is in ``wanted`` (pts -> target index).
 
@@ -210,13 +235,19 @@ def _decode_keyframes(
                 pts = frame.pts
                 ti = wanted.get(pts) if pts is not None else None
                 if pts is not None and ti is not None:
-                    out[ti] = SampledFrame(_seconds(pts, stream) - start, frame.to_ndarray(format="rgb24"))
+                    out[ti] = SampledFrame(
+                        _seconds(pts, stream) - start, frame.to_ndarray(format="rgb24")
+                    )
     except av.error.FFmpegError as exc:
-        raise InvalidInput(f"video is corrupt or truncated (after {decoded} keyframe(s)): {exc}") from exc
+        raise InvalidInput(
+            f"video is corrupt or truncated (after {decoded} keyframe(s)): {exc}"
+        ) from exc
     return decoded, out
 
 
-def _fill(data: bytes, targets: dict[int, float], index: _PacketIndex, limits: VideoLimits) -> dict[int, SampledFrame]:
+def _fill(
+    data: bytes, targets: dict[int, float], index: _PacketIndex, limits: VideoLimits
+) -> dict[int, SampledFrame]:
     """Decode the real frames at ``targets`` (target index -> seconds), within the fill budget.
 
     Targets are visited in time order; the decoder seeks to the keyframe before a
@@ -251,7 +282,9 @@ def _fill(data: bytes, targets: dict[int, float], index: _PacketIndex, limits: V
     return found
 
 
-def decode_keyframes(data: bytes, num_frames: int = 3, limits: VideoLimits | None = None) -> DecodedVideo:
+def decode_keyframes(
+    data: bytes, num_frames: int = 3, limits: VideoLimits | None = None
+) -> DecodedVideo:
     """Validate ``data`` and sample up to ``num_frames`` frames across it (keyframes first; see module doc)."""
     limits = limits or VideoLimits()
     if num_frames < 1:
@@ -294,5 +327,7 @@ def decode_all_frames(data: bytes, limits: VideoLimits | None = None) -> int:
                 frame.to_ndarray(format="rgb24")
                 count += 1
         except av.error.FFmpegError as exc:
-            raise InvalidInput(f"video is corrupt or truncated (after {count} frame(s)): {exc}") from exc
+            raise InvalidInput(
+                f"video is corrupt or truncated (after {count} frame(s)): {exc}"
+            ) from exc
     return count

@@ -43,13 +43,19 @@ _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 def _classified(results: Sequence[TimedResult]) -> list[gateway_pb2.AnalyzeResponse]:
     """Frames that have a classify answer (no classify error)."""
-    return [r for _, r in results if not any(e.feature == common_pb2.FEATURE_CLASSIFY for e in r.errors)]
+    return [
+        r for _, r in results if not any(e.feature == common_pb2.FEATURE_CLASSIFY for e in r.errors)
+    ]
 
 
 def _bare(tag: common_pb2.Tag, score: float) -> common_pb2.Tag:
     """A copy of ``tag`` with a new score and no box."""
     return common_pb2.Tag(
-        name=tag.name, score=score, source=tag.source, display_name_en=tag.display_name_en, display_name_zh=tag.display_name_zh
+        name=tag.name,
+        score=score,
+        source=tag.source,
+        display_name_en=tag.display_name_en,
+        display_name_zh=tag.display_name_zh,
     )
 
 
@@ -167,9 +173,14 @@ def dedupe_text_lines(results: Sequence[TimedResult]) -> list[gateway_pb2.VideoT
                 match.best, match.key = line, key
             match.timestamps.add(timestamp)
     groups.sort(key=lambda g: (g.first_seen, g.order))
-    return [gateway_pb2.VideoTextLine(line=g.best, timestamps_s=sorted(g.timestamps)) for g in groups]
+    return [
+        gateway_pb2.VideoTextLine(line=g.best, timestamps_s=sorted(g.timestamps)) for g in groups
+    ]
 
 
 def frame_results(results: Sequence[TimedResult]) -> list[gateway_pb2.VideoFrameResult]:
     """``AnalyzeVideoResponse.frames``: each frame's full answer with its timestamp, in time order."""
-    return [gateway_pb2.VideoFrameResult(timestamp_s=t, result=r) for t, r in sorted(results, key=lambda item: item[0])]
+    return [
+        gateway_pb2.VideoFrameResult(timestamp_s=t, result=r)
+        for t, r in sorted(results, key=lambda item: item[0])
+    ]

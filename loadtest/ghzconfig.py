@@ -104,7 +104,9 @@ def require_loopback(host: str) -> None:
     addresses = {str(info[4][0]) for info in infos}
     outside = [a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback]
     if outside:
-        raise ConfigError(f"refusing non-loopback target {host!r} (resolves to {', '.join(sorted(outside))}); this runner only loads a local mesh")
+        raise ConfigError(
+            f"refusing non-loopback target {host!r} (resolves to {', '.join(sorted(outside))}); this runner only loads a local mesh"
+        )
 
 
 def _schedule(raw: dict[str, Any]) -> LoadSchedule:
@@ -121,7 +123,9 @@ def _schedule(raw: dict[str, Any]) -> LoadSchedule:
         start=float(raw["load-start"]),
         end=float(raw.get("load-end", 0) or 0),
         step=float(raw.get("load-step", 0) or 0),
-        step_duration_s=parse_duration(raw.get("load-step-duration") or "0s") if kind == "step" else 0.0,
+        step_duration_s=parse_duration(raw.get("load-step-duration") or "0s")
+        if kind == "step"
+        else 0.0,
         max_duration_s=parse_duration(raw.get("load-max-duration") or "0s"),
     )
 

@@ -44,7 +44,12 @@ def _nearest_rank(sorted_ns: list[int], pct: float) -> int:
 
 
 def build(
-    name: str, results: list[CallResult], wall_ns: int, end_reason: str, options: dict[str, Any], started: datetime | None = None
+    name: str,
+    results: list[CallResult],
+    wall_ns: int,
+    end_reason: str,
+    options: dict[str, Any],
+    started: datetime | None = None,
 ) -> dict[str, Any]:
     ok = sorted(r.latency_ns for r in results if r.code == "OK")
     report: dict[str, Any] = {
@@ -60,7 +65,11 @@ def build(
         "rps": len(results) / (wall_ns / 1e9) if wall_ns > 0 else 0.0,
         "errorDistribution": dict(Counter(r.error for r in results if r.code != "OK")),
         "statusCodeDistribution": dict(Counter(r.code for r in results)),
-        "latencyDistribution": [{"percentage": p, "latency": _nearest_rank(ok, p)} for p in PERCENTILES] if ok else None,
+        "latencyDistribution": [
+            {"percentage": p, "latency": _nearest_rank(ok, p)} for p in PERCENTILES
+        ]
+        if ok
+        else None,
         "histogram": _histogram(ok),
     }
     return report
@@ -71,12 +80,19 @@ def _histogram(ok: list[int]) -> list[dict[str, Any]] | None:
         return None
     fastest, slowest = ok[0], ok[-1]
     width = (slowest - fastest) / HISTOGRAM_BUCKETS
-    marks = [fastest + width * i for i in range(1, HISTOGRAM_BUCKETS + 1)] if width > 0 else [float(slowest)]
+    marks = (
+        [fastest + width * i for i in range(1, HISTOGRAM_BUCKETS + 1)]
+        if width > 0
+        else [float(slowest)]
+    )
     counts = [0] * len(marks)
     for latency in ok:
         index = min(int((latency - fastest) / width), len(marks) - 1) if width > 0 else 0
         counts[index] += 1
-    return [{"mark": m / 1e9, "count": c, "frequency": c / len(ok)} for m, c in zip(marks, counts, strict=True)]
+    return [
+        {"mark": m / 1e9, "count": c, "frequency": c / len(ok)}
+        for m, c in zip(marks, counts, strict=True)
+    ]
 
 
 def percentile_ns(report: dict[str, Any], pct: int) -> int | None:

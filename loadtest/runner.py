@@ -49,7 +49,9 @@ def message_classes(full_method: str) -> tuple[type[Message], type[Message]]:
         method = descriptor_pool.Default().FindMethodByName(full_method)
     except KeyError as exc:
         raise ghzconfig.ConfigError(f"unknown call {full_method!r}") from exc
-    return message_factory.GetMessageClass(method.input_type), message_factory.GetMessageClass(method.output_type)
+    return message_factory.GetMessageClass(method.input_type), message_factory.GetMessageClass(
+        method.output_type
+    )
 
 
 def requests_of(cfg: ghzconfig.RunConfig) -> list[bytes]:
@@ -61,7 +63,9 @@ def requests_of(cfg: ghzconfig.RunConfig) -> list[bytes]:
     try:
         return [json_format.ParseDict(item, request_cls()).SerializeToString() for item in cfg.data]
     except json_format.ParseError as exc:
-        raise ghzconfig.ConfigError(f"data does not match {request_cls.DESCRIPTOR.full_name}: {exc}") from exc
+        raise ghzconfig.ConfigError(
+            f"data does not match {request_cls.DESCRIPTOR.full_name}: {exc}"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,10 @@ async def _run_worker(plan: WorkerPlan) -> tuple[list[CallResult], str]:
     results: list[CallResult] = []
     issued = 0
     end_reason = "normal"
-    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    options = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
     async with grpc.aio.insecure_channel(plan.host, options=options) as channel:
         call = channel.unary_unary(plan.method_path)  # bytes in, bytes out: no re-encoding per call
 
@@ -128,7 +135,13 @@ async def _run_worker(plan: WorkerPlan) -> tuple[list[CallResult], str]:
                     results.append(CallResult(time.perf_counter_ns() - sent, "OK"))
                 except grpc.aio.AioRpcError as exc:
                     name = report.ghz_code_name(exc.code())
-                    results.append(CallResult(time.perf_counter_ns() - sent, name, report.ghz_error_text(name, exc.details() or "")))
+                    results.append(
+                        CallResult(
+                            time.perf_counter_ns() - sent,
+                            name,
+                            report.ghz_error_text(name, exc.details() or ""),
+                        )
+                    )
 
         await asyncio.gather(*(one_worker() for _ in range(plan.concurrency)))
     return results, end_reason
@@ -146,12 +159,27 @@ def run(cfg: ghzconfig.RunConfig, processes: int | None = None) -> dict[str, Any
     """Run the load described by ``cfg``; return the ghz-shaped report."""
     ghzconfig.require_loopback(cfg.host)  # also checked on load; cheap insurance for direct callers
     payloads = requests_of(cfg)
-    workers = max(1, min(processes or os.cpu_count() or 1, cfg.concurrency, cfg.total or cfg.concurrency))
+    workers = max(
+        1, min(processes or os.cpu_count() or 1, cfg.concurrency, cfg.total or cfg.concurrency)
+    )
     concurrency = _split(cfg.concurrency, workers)
-    totals: list[int | None] = list(_split(cfg.total, workers)) if cfg.total is not None else [None] * workers
+    totals: list[int | None] = (
+        list(_split(cfg.total, workers)) if cfg.total is not None else [None] * workers
+    )
     start_at = time.time() + 0.5 + 0.3 * workers  # spawn start-up, so all begin together
     plans = [
-        WorkerPlan(cfg.host, cfg.method_path, payloads, concurrency[i], totals[i], cfg.duration_s, cfg.timeout_s, cfg.schedule, 1.0 / workers, start_at)
+        WorkerPlan(
+            cfg.host,
+            cfg.method_path,
+            payloads,
+            concurrency[i],
+            totals[i],
+            cfg.duration_s,
+            cfg.timeout_s,
+            cfg.schedule,
+            1.0 / workers,
+            start_at,
+        )
         for i in range(workers)
     ]
     started = datetime.now(UTC)
@@ -165,7 +193,9 @@ def run(cfg: ghzconfig.RunConfig, processes: int | None = None) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.runner", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.runner", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("config", help="ghz JSON config file")
     parser.add_argument("--host", help="override the config's host (loopback only)")
     parser.add_argument("--duration", help="override the duration, e.g. 5s")
@@ -175,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, help="client processes (default: CPU count)")
     parser.add_argument("--out", help="write the JSON report here (default: stdout)")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {k: v for k, v in (("host", args.host), ("concurrency", args.concurrency)) if v is not None}
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", args.host), ("concurrency", args.concurrency)) if v is not None
+    }
     if args.duration:
         overrides["duration"] = args.duration
     if args.total:

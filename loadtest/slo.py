@@ -50,7 +50,9 @@ def evaluate(report: dict[str, Any], limits: dict[str, float]) -> list[Check]:
         checks.append(Check("p99_ms", value, limits["p99_ms_max"], value <= limits["p99_ms_max"]))
     if "error_rate_max" in limits:
         rate = error_rate(report)
-        checks.append(Check("error_rate", rate, limits["error_rate_max"], rate <= limits["error_rate_max"]))
+        checks.append(
+            Check("error_rate", rate, limits["error_rate_max"], rate <= limits["error_rate_max"])
+        )
     if "min_rps" in limits:
         rps = float(report.get("rps") or 0.0)
         checks.append(Check("rps", rps, limits["min_rps"], rps >= limits["min_rps"]))
@@ -79,14 +81,20 @@ def table(rows: list[tuple[dict[str, Any], list[Check]]]) -> str:
 
 
 def check_reports(reports: list[dict[str, Any]], slo_doc: dict[str, Any]) -> tuple[bool, str]:
-    rows = [(rep, evaluate(rep, thresholds_for(str(rep.get("name", "")), slo_doc))) for rep in reports]
+    rows = [
+        (rep, evaluate(rep, thresholds_for(str(rep.get("name", "")), slo_doc))) for rep in reports
+    ]
     return all(c.ok for _, checks in rows for c in checks), table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.slo", description="Check ghz JSON reports against SLOs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.slo", description="Check ghz JSON reports against SLOs."
+    )
     parser.add_argument("reports", nargs="+", help="ghz JSON report files")
-    parser.add_argument("--slo", default=str(DEFAULT_SLO_FILE), help="thresholds file (default: loadtest/slo.json)")
+    parser.add_argument(
+        "--slo", default=str(DEFAULT_SLO_FILE), help="thresholds file (default: loadtest/slo.json)"
+    )
     args = parser.parse_args(argv)
     slo_doc = json.loads(Path(args.slo).read_text())
     reports = [json.loads(Path(p).read_text()) for p in args.reports]

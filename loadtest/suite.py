@@ -23,7 +23,13 @@ from loadtest import ghzconfig, runner, slo
 
 HERE = Path(__file__).resolve().parent
 # gRPC service (from a config's call) -> mesh process name.
-SERVICE_PROCESS = {"GatewayService": "gateway", "ClassifyService": "classify", "OcrService": "ocr", "FaceService": "face", "HashService": "hash"}
+SERVICE_PROCESS = {
+    "GatewayService": "gateway",
+    "ClassifyService": "classify",
+    "OcrService": "ocr",
+    "FaceService": "face",
+    "HashService": "hash",
+}
 
 
 def config_files(only: list[str]) -> list[Path]:
@@ -31,7 +37,13 @@ def config_files(only: list[str]) -> list[Path]:
     return [p for p in files if not only or p.stem in only]
 
 
-def run_suite(files: list[Path], addresses: dict[str, str] | None, duration: str, processes: int | None, reports_dir: Path) -> list[dict[str, Any]]:
+def run_suite(
+    files: list[Path],
+    addresses: dict[str, str] | None,
+    duration: str,
+    processes: int | None,
+    reports_dir: Path,
+) -> list[dict[str, Any]]:
     reports_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for path in files:
@@ -52,11 +64,21 @@ def run_suite(files: list[Path], addresses: dict[str, str] | None, duration: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.suite", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--up", action="store_true", help="start a local mesh on free ports for the run, stop it after")
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.suite", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--up",
+        action="store_true",
+        help="start a local mesh on free ports for the run, stop it after",
+    )
     parser.add_argument("--duration", default="5s", help="per test (default 5s)")
-    parser.add_argument("--only", nargs="*", default=[], help="config names (file stems), e.g. classify ocr")
-    parser.add_argument("--processes", type=int, help="client processes per test (default: CPU count)")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="config names (file stems), e.g. classify ocr"
+    )
+    parser.add_argument(
+        "--processes", type=int, help="client processes per test (default: CPU count)"
+    )
     parser.add_argument("--slo", default=str(slo.DEFAULT_SLO_FILE))
     parser.add_argument("--reports", default="var/loadtest", help="folder for the JSON reports")
     args = parser.parse_args(argv)

@@ -21,7 +21,9 @@ def ensure_ocr_models() -> Path:
     return default_root()
 
 
-def draw_lines(lines: list[str], size: int = 32, width: int = 640, font: str = "NotoSansCJK-Regular.ttc") -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+def draw_lines(
+    lines: list[str], size: int = 32, width: int = 640, font: str = "NotoSansCJK-Regular.ttc"
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """Dark text on white paper, one line under the other; returns the image and each line's box."""
     face = ImageFont.truetype(str(FONT_DIR / font), size, index=SC_FACE)
     height = 30 + len(lines) * int(size * 2)

@@ -71,7 +71,9 @@ async def test_requests_in_the_window_share_one_batch_and_get_their_own_rows() -
 
 async def test_full_batch_runs_without_waiting_for_the_delay() -> None:
     engine = RecordingEngine()
-    batcher = await make([engine], max_batch_size=4, max_queue_delay_us=5_000_000, max_queue_size=100)
+    batcher = await make(
+        [engine], max_batch_size=4, max_queue_delay_us=5_000_000, max_queue_size=100
+    )
     start = time.perf_counter()
     await asyncio.gather(*(batcher.infer(rows(1, 1.0)) for _ in range(4)))
     elapsed = time.perf_counter() - start
@@ -82,7 +84,9 @@ async def test_full_batch_runs_without_waiting_for_the_delay() -> None:
 
 async def test_lone_request_waits_at_most_the_delay() -> None:
     engine = RecordingEngine()
-    batcher = await make([engine], max_batch_size=64, max_queue_delay_us=100_000, max_queue_size=100)
+    batcher = await make(
+        [engine], max_batch_size=64, max_queue_delay_us=100_000, max_queue_size=100
+    )
     start = time.perf_counter()
     await batcher.infer(rows(1, 1.0))
     elapsed = time.perf_counter() - start
@@ -94,7 +98,9 @@ async def test_lone_request_waits_at_most_the_delay() -> None:
 async def test_batches_never_exceed_max_batch_size_and_big_requests_are_split() -> None:
     engine = RecordingEngine()
     batcher = await make([engine], max_batch_size=4, max_queue_delay_us=20_000, max_queue_size=100)
-    outs = await asyncio.gather(batcher.infer(rows(10, 3.0)), *(batcher.infer(rows(3, 1.0)) for _ in range(3)))
+    outs = await asyncio.gather(
+        batcher.infer(rows(10, 3.0)), *(batcher.infer(rows(3, 1.0)) for _ in range(3))
+    )
     await batcher.close()
     assert max(engine.batches) <= 4
     assert sum(engine.batches) == 10 + 9
@@ -157,7 +163,9 @@ async def test_several_instances_drain_one_queue_in_parallel() -> None:
     elapsed = time.perf_counter() - start
     await batcher.close()
     assert all(e.batches for e in engines), "both instances must take work"
-    assert elapsed < 0.75, f"two instances should halve the time of four 0.2 s batches, took {elapsed:.2f}s"
+    assert elapsed < 0.75, (
+        f"two instances should halve the time of four 0.2 s batches, took {elapsed:.2f}s"
+    )
 
 
 async def test_engine_error_reaches_every_request_of_the_batch_and_the_batcher_survives() -> None:

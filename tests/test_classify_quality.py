@@ -53,7 +53,11 @@ def test_real_photos_have_no_quality_verdict(name: str) -> None:
 def test_each_degradation_flips_exactly_its_verdict(name: str, degradation: str) -> None:
     transform, expected = DEGRADATIONS[degradation]
     report = assess(transform(getattr(skimage.data, name)()), QualityConfig())
-    assert [v.name for v in report.verdicts] == expected, (report.brightness, report.contrast, report.sharpness)
+    assert [v.name for v in report.verdicts] == expected, (
+        report.brightness,
+        report.contrast,
+        report.sharpness,
+    )
     assert all(0.5 <= v.score <= 1.0 for v in report.verdicts)
 
 

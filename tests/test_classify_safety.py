@@ -40,7 +40,14 @@ def test_repository_model_scores_like_the_reference_classifier(entry) -> None:  
 
 def test_verdict_thresholds() -> None:
     cfg = SafetyConfig(sexy_threshold=0.2, porn_threshold=0.8)
-    assert [verdict(s, cfg) for s in (0.0, 0.19, 0.2, 0.79, 0.8, 1.0)] == ["normal", "normal", "sexy", "sexy", "porn", "porn"]
+    assert [verdict(s, cfg) for s in (0.0, 0.19, 0.2, 0.79, 0.8, 1.0)] == [
+        "normal",
+        "normal",
+        "sexy",
+        "sexy",
+        "porn",
+        "porn",
+    ]
 
 
 @pytest.mark.parametrize("size", [(480, 640), (640, 480), (224, 224), (7, 3)])

@@ -24,12 +24,19 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 @pytest.fixture(scope="module")
 async def stub() -> AsyncIterator[classify_pb2_grpc.ClassifyServiceStub]:
-    async with running_service(DEFINITION) as server, grpc.aio.insecure_channel(server.address) as channel:
+    async with (
+        running_service(DEFINITION) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         yield classify_pb2_grpc.ClassifyServiceStub(channel)
 
 
-async def classify(stub: classify_pb2_grpc.ClassifyServiceStub, rgb: np.ndarray, **kwargs: object) -> classify_pb2.ClassifyResponse:
-    return await stub.Classify(classify_pb2.ClassifyRequest(image=rgb_to_image(rgb), **kwargs), timeout=30)
+async def classify(
+    stub: classify_pb2_grpc.ClassifyServiceStub, rgb: np.ndarray, **kwargs: object
+) -> classify_pb2.ClassifyResponse:
+    return await stub.Classify(
+        classify_pb2.ClassifyRequest(image=rgb_to_image(rgb), **kwargs), timeout=30
+    )
 
 
 def content_tags(response: classify_pb2.ClassifyResponse) -> list[common_pb2.Tag]:
@@ -48,7 +55,9 @@ async def test_chelsea_is_a_cat(stub: classify_pb2_grpc.ClassifyServiceStub) -> 
     # The raw ImageNet top-k is still there, and the cat tag is the sum of its cat classes.
     assert len(response.labels) == 5
     assert response.labels[0].name.split(",")[0] in {"tabby", "tiger cat", "Egyptian cat"}
-    cat_classes = sum(label.score for label in response.labels if label.class_index in range(281, 286))
+    cat_classes = sum(
+        label.score for label in response.labels if label.class_index in range(281, 286)
+    )
     assert top.score == pytest.approx(cat_classes, abs=0.01)
     # Whole response is ranked by score.
     scores = [t.score for t in response.tags]
@@ -67,7 +76,9 @@ async def test_rocket_is_a_rocket(stub: classify_pb2_grpc.ClassifyServiceStub) -
     assert content_tags(response)[0].name == "vehicle/rocket"
 
 
-async def test_astronaut_gets_no_confident_nonsense(stub: classify_pb2_grpc.ClassifyServiceStub) -> None:
+async def test_astronaut_gets_no_confident_nonsense(
+    stub: classify_pb2_grpc.ClassifyServiceStub,
+) -> None:
     # ImageNet has no astronaut: the model must stay unsure and keep to gear-like tags.
     response = await classify(stub, skimage.data.astronaut())
     tags = content_tags(response)
@@ -76,7 +87,9 @@ async def test_astronaut_gets_no_confident_nonsense(stub: classify_pb2_grpc.Clas
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-async def test_photos_are_safe_and_well_exposed(stub: classify_pb2_grpc.ClassifyServiceStub, name: str) -> None:
+async def test_photos_are_safe_and_well_exposed(
+    stub: classify_pb2_grpc.ClassifyServiceStub, name: str
+) -> None:
     response = await classify(stub, getattr(skimage.data, name)())
     assert response.safety.verdict == "normal"
     assert 0.0 <= response.safety.nsfw_score < 0.1
@@ -85,11 +98,17 @@ async def test_photos_are_safe_and_well_exposed(stub: classify_pb2_grpc.Classify
     assert safety_tag.score == pytest.approx(1 - response.safety.nsfw_score, abs=1e-6)
     assert safety_tag.display_name_zh == "正常"
     assert tag_names(response, "quality") == [] and list(response.quality.verdicts) == []
-    assert 0 < response.quality.brightness < 255 and response.quality.contrast > 0 and response.quality.sharpness > 0
+    assert (
+        0 < response.quality.brightness < 255
+        and response.quality.contrast > 0
+        and response.quality.sharpness > 0
+    )
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-async def test_blur_and_darkening_flip_exactly_their_quality_tags(stub: classify_pb2_grpc.ClassifyServiceStub, name: str) -> None:
+async def test_blur_and_darkening_flip_exactly_their_quality_tags(
+    stub: classify_pb2_grpc.ClassifyServiceStub, name: str
+) -> None:
     rgb = getattr(skimage.data, name)()
     blurry, dark = await asyncio.gather(classify(stub, blurred(rgb)), classify(stub, darkened(rgb)))
     assert tag_names(blurry, "quality") == ["quality/blurred"] == list(blurry.quality.verdicts)
@@ -98,21 +117,33 @@ async def test_blur_and_darkening_flip_exactly_their_quality_tags(stub: classify
     assert blurry.safety.verdict == dark.safety.verdict == "normal"
 
 
-async def test_encoded_and_raw_images_agree_and_top_k_is_honoured(stub: classify_pb2_grpc.ClassifyServiceStub) -> None:
+async def test_encoded_and_raw_images_agree_and_top_k_is_honoured(
+    stub: classify_pb2_grpc.ClassifyServiceStub,
+) -> None:
     rgb = skimage.data.chelsea()
     raw = await classify(stub, rgb, top_k=3)
-    png = await stub.Classify(classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=encode(rgb, "PNG")), top_k=3))
-    assert [label.class_index for label in raw.labels] == [label.class_index for label in png.labels]
+    png = await stub.Classify(
+        classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=encode(rgb, "PNG")), top_k=3)
+    )
+    assert [label.class_index for label in raw.labels] == [
+        label.class_index for label in png.labels
+    ]
     assert len(raw.labels) == 3
-    np.testing.assert_allclose([label.score for label in raw.labels], [label.score for label in png.labels], atol=1e-4)
+    np.testing.assert_allclose(
+        [label.score for label in raw.labels], [label.score for label in png.labels], atol=1e-4
+    )
 
 
-async def test_concurrent_requests_are_batched_with_unchanged_answers(stub: classify_pb2_grpc.ClassifyServiceStub) -> None:
+async def test_concurrent_requests_are_batched_with_unchanged_answers(
+    stub: classify_pb2_grpc.ClassifyServiceStub,
+) -> None:
     images = [getattr(skimage.data, name)() for name in PHOTOS]
     alone = [await classify(stub, img) for img in images]
     together = await asyncio.gather(*(classify(stub, images[i % 4]) for i in range(16)))
     for i, response in enumerate(together):
-        assert [t.name for t in content_tags(response)] == [t.name for t in content_tags(alone[i % 4])]
+        assert [t.name for t in content_tags(response)] == [
+            t.name for t in content_tags(alone[i % 4])
+        ]
         assert response.safety.nsfw_score == pytest.approx(alone[i % 4].safety.nsfw_score, abs=1e-4)
 
 
@@ -120,12 +151,33 @@ async def test_concurrent_requests_are_batched_with_unchanged_answers(stub: clas
     ("request_", "message"),
     [
         (classify_pb2.ClassifyRequest(), "no image"),
-        (classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=b"definitely not an image")), ""),
-        (classify_pb2.ClassifyRequest(image=common_pb2.Image(raw=common_pb2.RawImage(width=10, height=10, rgb=b"\0" * 299))), ""),
-        (classify_pb2.ClassifyRequest(image=rgb_to_image(np.zeros((8, 8, 3), np.uint8)), top_k=-1), "top_k"),
+        (
+            classify_pb2.ClassifyRequest(
+                image=common_pb2.Image(encoded=b"definitely not an image")
+            ),
+            "",
+        ),
+        (
+            classify_pb2.ClassifyRequest(
+                image=common_pb2.Image(
+                    raw=common_pb2.RawImage(width=10, height=10, rgb=b"\0" * 299)
+                )
+            ),
+            "",
+        ),
+        (
+            classify_pb2.ClassifyRequest(
+                image=rgb_to_image(np.zeros((8, 8, 3), np.uint8)), top_k=-1
+            ),
+            "top_k",
+        ),
     ],
 )
-async def test_bad_input_is_invalid_argument(stub: classify_pb2_grpc.ClassifyServiceStub, request_: classify_pb2.ClassifyRequest, message: str) -> None:
+async def test_bad_input_is_invalid_argument(
+    stub: classify_pb2_grpc.ClassifyServiceStub,
+    request_: classify_pb2.ClassifyRequest,
+    message: str,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Classify(request_, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -136,10 +188,16 @@ async def test_second_look_scores_crops_in_the_borderline_band() -> None:
     # A band covering every score forces the second look on an ordinary photo.
     overrides = {"safety": {"borderline_low": 0.0, "borderline_high": 1.0}}
     rgb = skimage.data.astronaut()
-    async with running_service(DEFINITION, overrides) as server, grpc.aio.insecure_channel(server.address) as channel:
+    async with (
+        running_service(DEFINITION, overrides) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         looked = await classify(classify_pb2_grpc.ClassifyServiceStub(channel), rgb)
     plain_overrides = {"safety": {"second_look": False}}
-    async with running_service(DEFINITION, plain_overrides) as server, grpc.aio.insecure_channel(server.address) as channel:
+    async with (
+        running_service(DEFINITION, plain_overrides) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         plain = await classify(classify_pb2_grpc.ClassifyServiceStub(channel), rgb)
     assert looked.safety.second_look and not plain.safety.second_look
     # The reported score is the maximum over the whole image and the crops; on the
@@ -147,7 +205,9 @@ async def test_second_look_scores_crops_in_the_borderline_band() -> None:
     assert looked.safety.nsfw_score > plain.safety.nsfw_score
     assert looked.safety.HasField("region")
     r = looked.safety.region
-    assert (int(r.x_min), int(r.y_min), int(r.x_max), int(r.y_max)) in second_look_regions(*rgb.shape[:2], SafetyConfig())
+    assert (int(r.x_min), int(r.y_min), int(r.x_max), int(r.y_max)) in second_look_regions(
+        *rgb.shape[:2], SafetyConfig()
+    )
     safety_tag = next(t for t in looked.tags if t.source == "safety")
     assert safety_tag.HasField("box") and safety_tag.box == r
     assert looked.safety.verdict == "normal"

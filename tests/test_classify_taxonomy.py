@@ -25,7 +25,9 @@ def labels() -> list[str]:
     return load_entry("efficientnet_lite0").labels()
 
 
-def test_every_imagenet_class_is_mapped_or_deliberately_excluded(taxonomy: Taxonomy, labels: list[str]) -> None:
+def test_every_imagenet_class_is_mapped_or_deliberately_excluded(
+    taxonomy: Taxonomy, labels: list[str]
+) -> None:
     assert len(labels) == taxonomy.num_classes == 1000
     mapped = [c for tag in taxonomy.tags for c in tag.classes]
     # Exactly once: no class is in two tags, and none is both mapped and excluded.
@@ -50,10 +52,28 @@ def test_at_least_120_two_level_tags_with_english_and_chinese_names(taxonomy: Ta
 
 def test_short_video_targets_are_covered(taxonomy: Taxonomy, labels: list[str]) -> None:
     names = {t.name for t in taxonomy.tags}
-    for wanted in ("animal/cat", "animal/dog", "food/dessert", "food/fruit", "drink/coffee", "sport/ball_game", "sport/soccer",
-                   "music/string_instrument", "music/guitar", "scene/beach", "scene/mountain", "vehicle/car", "toy/teddy_bear",
-                   "fashion/dress", "beauty/lipstick", "electronics/phone", "indoor/kitchen", "indoor/restaurant"):
+    for wanted in (
+        "animal/cat",
+        "animal/dog",
+        "food/dessert",
+        "food/fruit",
+        "drink/coffee",
+        "sport/ball_game",
+        "sport/soccer",
+        "music/string_instrument",
+        "music/guitar",
+        "scene/beach",
+        "scene/mountain",
+        "vehicle/car",
+        "toy/teddy_bear",
+        "fashion/dress",
+        "beauty/lipstick",
+        "electronics/phone",
+        "indoor/kitchen",
+        "indoor/restaurant",
+    ):
         assert wanted in names
+
     # Spot-check members by class name, not index, so a relabelled model would fail here.
     def members(tag: str) -> set[str]:
         return {labels[c].split(",")[0] for c in taxonomy.tag(tag).classes}
@@ -71,7 +91,11 @@ def test_score_is_the_capped_sum_of_member_probabilities(taxonomy: Taxonomy) -> 
     probs[207] = 0.25  # golden retriever
     probs[999] = 0.15  # toilet tissue
     ranked = taxonomy.rank(probs, min_score=0.05, max_tags=5)
-    assert [(s.tag.name, round(s.score, 4)) for s in ranked] == [("animal/cat", 0.6), ("animal/dog", 0.25), ("indoor/bathroom", 0.15)]
+    assert [(s.tag.name, round(s.score, 4)) for s in ranked] == [
+        ("animal/cat", 0.6),
+        ("animal/dog", 0.25),
+        ("indoor/bathroom", 0.15),
+    ]
     # The cap matters only if a caller feeds un-normalised scores.
     assert taxonomy.scores(np.full(1000, 1.0, np.float32)).max() == 1.0
 
@@ -79,7 +103,15 @@ def test_score_is_the_capped_sum_of_member_probabilities(taxonomy: Taxonomy) -> 
 def test_inconsistent_taxonomies_are_refused(tmp_path: Path) -> None:
     cats = {"animal": ("Animals", "动物")}
     with pytest.raises(TaxonomyError, match="both"):
-        Taxonomy([TaxonomyTag("animal/cat", "Cat", "猫", (1, 2)), TaxonomyTag("animal/dog", "Dog", "狗", (2,))], cats, frozenset(), 10)
+        Taxonomy(
+            [
+                TaxonomyTag("animal/cat", "Cat", "猫", (1, 2)),
+                TaxonomyTag("animal/dog", "Dog", "狗", (2,)),
+            ],
+            cats,
+            frozenset(),
+            10,
+        )
     with pytest.raises(TaxonomyError, match="category"):
         Taxonomy([TaxonomyTag("food/cake", "Cake", "蛋糕", (1,))], cats, frozenset(), 10)
     with pytest.raises(TaxonomyError, match="outside"):

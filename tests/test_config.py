@@ -12,9 +12,20 @@ from services.common import config as cfgmod
 
 def test_precedence(tmp_path: Path) -> None:
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("server:\n  port: 6000\n  log_level: DEBUG\nclassifier:\n  batcher:\n    max_batch_size: 16\n")
-    env = {"VISIONMESH_SERVER__PORT": "7000", "VISIONMESH_CLASSIFIER__ENGINE__THREADS": "2", "VISIONMESH_UNRELATED__X": "1"}
-    cfg = cfgmod.load(ClassifyConfig, yaml_path=yaml_file, environ=env, assignments=["server.port=8000", "top_k=3"])
+    yaml_file.write_text(
+        "server:\n  port: 6000\n  log_level: DEBUG\nclassifier:\n  batcher:\n    max_batch_size: 16\n"
+    )
+    env = {
+        "VISIONMESH_SERVER__PORT": "7000",
+        "VISIONMESH_CLASSIFIER__ENGINE__THREADS": "2",
+        "VISIONMESH_UNRELATED__X": "1",
+    }
+    cfg = cfgmod.load(
+        ClassifyConfig,
+        yaml_path=yaml_file,
+        environ=env,
+        assignments=["server.port=8000", "top_k=3"],
+    )
     assert cfg.server.port == 8000  # flag beats env beats YAML
     assert cfg.server.log_level == "DEBUG"  # YAML beats default
     assert cfg.classifier.batcher.max_batch_size == 16

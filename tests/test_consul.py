@@ -64,7 +64,9 @@ class FakeAgent:
                 continue
             try:
                 with grpc.insecure_channel(target) as channel:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                    )
             except grpc.RpcError:
                 return False
             if reply.status != health_pb2.HealthCheckResponse.SERVING:
@@ -75,7 +77,17 @@ class FakeAgent:
         with self.changed:
             candidates = [s for s in self.services.values() if s["name"] == name]
         return [
-            {"Node": {"Node": "fake", "Address": "127.0.0.1"}, "Service": {"ID": s.get("id"), "Service": s["name"], "Address": s.get("address", ""), "Port": s.get("port", 0), "Tags": s.get("tags", [])}, "Checks": []}
+            {
+                "Node": {"Node": "fake", "Address": "127.0.0.1"},
+                "Service": {
+                    "ID": s.get("id"),
+                    "Service": s["name"],
+                    "Address": s.get("address", ""),
+                    "Port": s.get("port", 0),
+                    "Tags": s.get("tags", []),
+                },
+                "Checks": [],
+            }
             for s in candidates
             if not passing or self.check_passes(s)
         ]
@@ -141,7 +153,13 @@ def fake_agent() -> Iterator[tuple[FakeAgent, str]]:
 
 def _bare_server(consul_addr: str = "", advertise_addr: str = "") -> MeshServer:
     # Health + reflection only: registration does not depend on any model.
-    cfg = ServerConfig(host="127.0.0.1", port=0, consul_addr=consul_addr, advertise_addr=advertise_addr, drain_grace_s=0.5)
+    cfg = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        consul_addr=consul_addr,
+        advertise_addr=advertise_addr,
+        drain_grace_s=0.5,
+    )
     return MeshServer("probe", cfg, [])
 
 
@@ -153,14 +171,20 @@ async def test_attach_is_a_no_op_without_an_agent(monkeypatch: pytest.MonkeyPatc
 
 
 def test_parse_agent_address() -> None:
-    assert consul.parse_agent_address("10.0.0.5:8501") == consul.AgentAddress("http", "10.0.0.5", 8501)
-    assert consul.parse_agent_address("https://consul.local:8443") == consul.AgentAddress("https", "consul.local", 8443)
+    assert consul.parse_agent_address("10.0.0.5:8501") == consul.AgentAddress(
+        "http", "10.0.0.5", 8501
+    )
+    assert consul.parse_agent_address("https://consul.local:8443") == consul.AgentAddress(
+        "https", "consul.local", 8443
+    )
     assert consul.parse_agent_address("consul") == consul.AgentAddress("http", "consul", 8500)
     with pytest.raises(ValueError, match="no host"):
         consul.parse_agent_address("http://")
 
 
-async def test_registers_with_grpc_check_and_deregisters_on_drain(fake_agent: tuple[FakeAgent, str]) -> None:
+async def test_registers_with_grpc_check_and_deregisters_on_drain(
+    fake_agent: tuple[FakeAgent, str],
+) -> None:
     agent, addr = fake_agent
     server = _bare_server(consul_addr=addr)
     consul.attach(server, "classify")
@@ -179,10 +203,14 @@ async def test_registers_with_grpc_check_and_deregisters_on_drain(fake_agent: tu
     finally:
         await server.stop(0.5)
     assert agent.services == {}
-    assert any(r.startswith("PUT /v1/agent/service/deregister/classify-127.0.0.1-") for r in agent.requests)
+    assert any(
+        r.startswith("PUT /v1/agent/service/deregister/classify-127.0.0.1-") for r in agent.requests
+    )
 
 
-async def test_env_address_and_advertise_addr(fake_agent: tuple[FakeAgent, str], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_env_address_and_advertise_addr(
+    fake_agent: tuple[FakeAgent, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     agent, addr = fake_agent
     monkeypatch.setenv("CONSUL_HTTP_ADDR", f"http://{addr}")
     server = _bare_server(advertise_addr="10.1.2.3:6000")
@@ -190,7 +218,11 @@ async def test_env_address_and_advertise_addr(fake_agent: tuple[FakeAgent, str],
     await server.start()
     try:
         (entry,) = agent.services.values()
-        assert (entry["address"], entry["port"], entry["id"]) == ("10.1.2.3", 6000, "hash-10.1.2.3-6000")
+        assert (entry["address"], entry["port"], entry["id"]) == (
+            "10.1.2.3",
+            6000,
+            "hash-10.1.2.3-6000",
+        )
         # Nothing listens on 10.1.2.3:6000 here, so its gRPC check fails: not passing.
         assert await consul.passing_instances(addr, "hash") == []
     finally:
@@ -214,7 +246,9 @@ async def test_unreachable_agent_does_not_stop_the_service() -> None:
     await server.start()
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2.0
+            )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await server.stop(0.1)
@@ -224,7 +258,9 @@ async def _next(watch: AsyncIterator[list[str]], timeout: float = 5.0) -> list[s
     return await asyncio.wait_for(watch.__anext__(), timeout)
 
 
-async def test_watch_follows_registrations_with_blocking_queries(fake_agent: tuple[FakeAgent, str]) -> None:
+async def test_watch_follows_registrations_with_blocking_queries(
+    fake_agent: tuple[FakeAgent, str],
+) -> None:
     agent, addr = fake_agent
     first, second = _bare_server(consul_addr=addr), _bare_server(consul_addr=addr)
     for s in (first, second):

@@ -78,16 +78,24 @@ def test_profile_opt_batch_is_configurable_and_bounded() -> None:
 
 
 def test_dynamic_image_dims_take_their_range_from_config() -> None:
-    ranges: dict[str, dict[int | str, list[int]]] = {"x": {2: [32, 640, 1536], "3": [32, 640, 1536]}}
+    ranges: dict[str, dict[int | str, list[int]]] = {
+        "x": {2: [32, 640, 1536], "3": [32, 640, 1536]}
+    }
     (profile,) = optimization_profile([OCR_DET], max_batch=4, dynamic_dims=ranges)
-    assert profile.min == (1, 3, 32, 32) and profile.opt == (4, 3, 640, 640) and profile.max == (4, 3, 1536, 1536)
+    assert (
+        profile.min == (1, 3, 32, 32)
+        and profile.opt == (4, 3, 640, 640)
+        and profile.max == (4, 3, 1536, 1536)
+    )
 
 
 def test_dynamic_dims_without_a_range_are_refused_with_the_fix() -> None:
     with pytest.raises(ShapeError, match=r"axis 2 is dynamic.*dynamic_dims"):
         optimization_profile([OCR_DET], max_batch=4)
     with pytest.raises(ShapeError, match="min <= opt <= max"):
-        optimization_profile([OCR_DET], max_batch=4, dynamic_dims={"x": {2: [64, 32, 128], 3: [1, 2, 3]}})
+        optimization_profile(
+            [OCR_DET], max_batch=4, dynamic_dims={"x": {2: [64, 32, 128], 3: [1, 2, 3]}}
+        )
 
 
 def test_fingerprint_changes_with_the_profile() -> None:
@@ -100,17 +108,33 @@ def test_fingerprint_changes_with_the_profile() -> None:
 
 
 def key(**changes: str) -> PlanKey:
-    fields = {"gpu_name": "NVIDIA H100 80GB HBM3", "trt_version": "10.13.0.35", "precision": "fp16", "onnx_sha256": "ab" * 32, "profile": "images:1/32/128"}
+    fields = {
+        "gpu_name": "NVIDIA H100 80GB HBM3",
+        "trt_version": "10.13.0.35",
+        "precision": "fp16",
+        "onnx_sha256": "ab" * 32,
+        "profile": "images:1/32/128",
+    }
     fields.update(changes)
     return PlanKey(**fields)
 
 
 def test_plan_name_is_keyed_by_gpu_tensorrt_version_and_precision() -> None:
     name = key().filename()
-    assert name.startswith("model.nvidia-h100-80gb-hbm3.trt10.13.0.35.fp16.") and name.endswith(".plan")
-    variants = {key(gpu_name="NVIDIA L4"), key(trt_version="10.8.0.43"), key(precision="fp32"), key(onnx_sha256="cd" * 32), key(profile="images:1/8/8")}
+    assert name.startswith("model.nvidia-h100-80gb-hbm3.trt10.13.0.35.fp16.") and name.endswith(
+        ".plan"
+    )
+    variants = {
+        key(gpu_name="NVIDIA L4"),
+        key(trt_version="10.8.0.43"),
+        key(precision="fp32"),
+        key(onnx_sha256="cd" * 32),
+        key(profile="images:1/8/8"),
+    }
     names = {v.filename() for v in variants} | {name}
-    assert len(names) == 6  # any change of GPU, TensorRT, precision, model or profile gets its own plan
+    assert (
+        len(names) == 6
+    )  # any change of GPU, TensorRT, precision, model or profile gets its own plan
 
 
 def test_plan_lives_next_to_the_onnx_unless_a_cache_dir_is_set(tmp_path: Path) -> None:
@@ -129,7 +153,10 @@ def test_plan_is_built_once_even_when_instances_start_together(tmp_path: Path) -
         return b"serialized-plan"
 
     results: list[tuple[bytes, bool]] = []
-    threads = [threading.Thread(target=lambda: results.append(load_or_build(path, build))) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(load_or_build(path, build)))
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -172,7 +199,9 @@ needs_tensorrt = pytest.mark.skipif(
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
 def test_without_tensorrt_the_backend_says_why() -> None:
     with pytest.raises(EngineError, match="needs NVIDIA TensorRT"):
-        create_engine(load_entry("efficientnet_lite0"), EngineConfig(backend="tensorrt", device="cuda:0"))
+        create_engine(
+            load_entry("efficientnet_lite0"), EngineConfig(backend="tensorrt", device="cuda:0")
+        )
 
 
 @pytest.mark.gpu
@@ -184,19 +213,30 @@ def test_tensorrt_matches_onnxruntime_and_caches_its_plan(tmp_path: Path, precis
     from services.classify.preprocess import to_tensor
 
     entry = load_entry("efficientnet_lite0")
-    config = EngineConfig(backend="tensorrt", device="cuda:0", precision=precision, plan_cache_dir=str(tmp_path))
+    config = EngineConfig(
+        backend="tensorrt", device="cuda:0", precision=precision, plan_cache_dir=str(tmp_path)
+    )
     engine = create_engine(entry, config)
     plans = list(tmp_path.glob("*.plan"))
     assert len(plans) == 1 and f".{precision}." in plans[0].name
-    images = np.concatenate([to_tensor(getattr(skimage.data, n)(), entry.preprocessing) for n in ("chelsea", "coffee", "astronaut", "rocket")])
+    images = np.concatenate(
+        [
+            to_tensor(getattr(skimage.data, n)(), entry.preprocessing)
+            for n in ("chelsea", "coffee", "astronaut", "rocket")
+        ]
+    )
     reference = create_engine(entry, EngineConfig()).infer({"images": images})
     got = engine.infer({"images": images})
     assert (got["logits"].argmax(1) == reference["logits"].argmax(1)).all()
-    assert float(np.abs(got["logits"] - reference["logits"]).max()) < (1e-2 if precision == "fp32" else 0.2)
+    assert float(np.abs(got["logits"] - reference["logits"]).max()) < (
+        1e-2 if precision == "fp32" else 0.2
+    )
     mtime = plans[0].stat().st_mtime_ns
     again = create_engine(entry, config)  # second start: deserialise, no rebuild
     assert plans[0].stat().st_mtime_ns == mtime
-    np.testing.assert_allclose(again.infer({"images": images[:1]})["logits"], got["logits"][:1], atol=1e-2)
+    np.testing.assert_allclose(
+        again.infer({"images": images[:1]})["logits"], got["logits"][:1], atol=1e-2
+    )
     with pytest.raises(EngineError, match="outside the plan's profile"):
         engine.infer({"images": np.zeros((entry.max_batch_size + 1, 3, 224, 224), np.float32)})
 
@@ -219,7 +259,9 @@ def test_stub_repair_makes_generated_signatures_valid_python() -> None:
         ast.parse(broken)
     fixed = repair(broken)
     ast.parse(fixed)
-    assert "in_: list[int]" in fixed and "channel_axis: int = ..." in fixed and "*, b: int)" in fixed
+    assert (
+        "in_: list[int]" in fixed and "channel_axis: int = ..." in fixed and "*, b: int)" in fixed
+    )
 
 
 def test_installed_tensorrt_stubs_repair_cleanly(tmp_path: Path) -> None:

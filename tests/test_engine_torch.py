@@ -19,10 +19,14 @@ from services.common.repository import ModelEntry, default_root, load_entry
 from services.common.testing import random_inputs, repository_models
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")
+
+
 def photo_batch(entry: ModelEntry) -> np.ndarray:
     from services.classify.preprocess import to_tensor
 
-    return np.concatenate([to_tensor(getattr(skimage.data, name)(), entry.preprocessing) for name in PHOTOS])
+    return np.concatenate(
+        [to_tensor(getattr(skimage.data, name)(), entry.preprocessing) for name in PHOTOS]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,9 @@ def test_every_repository_model_matches_onnxruntime(model: str) -> None:
     torch_engine.close()
 
 
-def test_efficientnet_agrees_with_onnxruntime_on_real_photos(lite0: ModelEntry, torch_lite0: Engine, ort_lite0: Engine) -> None:
+def test_efficientnet_agrees_with_onnxruntime_on_real_photos(
+    lite0: ModelEntry, torch_lite0: Engine, ort_lite0: Engine
+) -> None:
     images = photo_batch(lite0)
     ours, theirs = torch_lite0.infer({"images": images}), ort_lite0.infer({"images": images})
     assert float(np.abs(ours["logits"] - theirs["logits"]).max()) < 1e-3
@@ -78,21 +84,31 @@ def test_fp16_keeps_top1_on_real_photos(lite0: ModelEntry, ort_lite0: Engine) ->
     assert float(np.abs(ours["logits"] - theirs["logits"]).max()) > 1e-5
 
 
-def test_fp16_falls_back_to_fp32_when_the_probe_misses_tolerance(lite0: ModelEntry, torch_lite0: Engine, caplog: pytest.LogCaptureFixture) -> None:
+def test_fp16_falls_back_to_fp32_when_the_probe_misses_tolerance(
+    lite0: ModelEntry, torch_lite0: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING):
-        engine = create_engine(lite0, EngineConfig(backend="torch", precision="fp16", fp16_tolerance=1e-9))
+        engine = create_engine(
+            lite0, EngineConfig(backend="torch", precision="fp16", fp16_tolerance=1e-9)
+        )
     assert isinstance(engine, TorchEngine) and engine.precision == "fp32"
     assert "stays fp32" in caplog.text
     feeds = random_inputs(engine, batch=2)
-    np.testing.assert_allclose(engine.infer(feeds)["logits"], torch_lite0.infer(feeds)["logits"], atol=1e-5)
+    np.testing.assert_allclose(
+        engine.infer(feeds)["logits"], torch_lite0.infer(feeds)["logits"], atol=1e-5
+    )
 
 
-def test_cuda_graphs_on_cpu_warn_and_still_run(lite0: ModelEntry, torch_lite0: Engine, caplog: pytest.LogCaptureFixture) -> None:
+def test_cuda_graphs_on_cpu_warn_and_still_run(
+    lite0: ModelEntry, torch_lite0: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING):
         engine = create_engine(lite0, EngineConfig(backend="torch", cuda_graphs=True))
     assert "needs a CUDA device" in caplog.text
     feeds = random_inputs(engine, batch=1)
-    np.testing.assert_allclose(engine.infer(feeds)["logits"], torch_lite0.infer(feeds)["logits"], atol=1e-5)
+    np.testing.assert_allclose(
+        engine.infer(feeds)["logits"], torch_lite0.infer(feeds)["logits"], atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,7 +119,9 @@ def test_cuda_graphs_on_cpu_warn_and_still_run(lite0: ModelEntry, torch_lite0: E
         (EngineConfig(backend="torch", device="cuda:7"), "CUDA"),
     ],
 )
-def test_bad_settings_fail_at_load_with_a_clear_message(lite0: ModelEntry, config: EngineConfig, message: str) -> None:
+def test_bad_settings_fail_at_load_with_a_clear_message(
+    lite0: ModelEntry, config: EngineConfig, message: str
+) -> None:
     if config.device.startswith("cuda"):
         torch = pytest.importorskip("torch")
         if torch.cuda.device_count() > 7:
@@ -123,7 +141,9 @@ def test_bad_inputs_are_refused(torch_lite0: Engine) -> None:
         torch_lite0.infer({"pixels": np.zeros((1, 3, 224, 224), np.float32)})
 
 
-async def test_served_model_batches_concurrent_requests_through_torch(lite0: ModelEntry, ort_lite0: Engine) -> None:
+async def test_served_model_batches_concurrent_requests_through_torch(
+    lite0: ModelEntry, ort_lite0: Engine
+) -> None:
     config = ModelConfig(
         name="efficientnet_lite0",
         engine=EngineConfig(backend="torch"),
@@ -133,7 +153,9 @@ async def test_served_model_batches_concurrent_requests_through_torch(lite0: Mod
     await model.start()
     try:
         images = photo_batch(lite0)
-        results = await asyncio.gather(*(model.infer({"images": images[i : i + 1]}) for i in range(len(images))))
+        results = await asyncio.gather(
+            *(model.infer({"images": images[i : i + 1]}) for i in range(len(images)))
+        )
     finally:
         await model.close()
     expected = ort_lite0.infer({"images": images})["logits"]
@@ -149,17 +171,26 @@ async def test_classify_service_on_torch_backend_names_the_cat(chelsea_jpeg: byt
     from services.common.testing import running_service
     from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 
-    async with running_service(DEFINITION, {"classifier": {"engine": {"backend": "torch"}}}) as server:
+    async with running_service(
+        DEFINITION, {"classifier": {"engine": {"backend": "torch"}}}
+    ) as server:
         classifier = server.registrations[0].servicer.classifier
-        assert classifier.batcher.engines and all(isinstance(e, TorchEngine) for e in classifier.batcher.engines)
+        assert classifier.batcher.engines and all(
+            isinstance(e, TorchEngine) for e in classifier.batcher.engines
+        )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = classify_pb2_grpc.ClassifyServiceStub(channel)
-            reply = await stub.Classify(classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=chelsea_jpeg), top_k=5), timeout=60)
+            reply = await stub.Classify(
+                classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=chelsea_jpeg), top_k=5),
+                timeout=60,
+            )
     assert "cat" in reply.labels[0].name.lower()
     assert reply.labels[0].score > 0.2
 
 
 def test_model_repository_is_where_tests_look() -> None:
     # Guards the parametrised test above against silently running on nothing.
-    assert "efficientnet_lite0" in repository_models(), f"no models under {default_root()}: run `make models`"
+    assert "efficientnet_lite0" in repository_models(), (
+        f"no models under {default_root()}: run `make models`"
+    )
     assert Path(default_root()).is_dir()

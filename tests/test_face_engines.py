@@ -16,8 +16,13 @@ MODELS = ("pnet", "rnet", "onet", "age", "gender", "emotion")
 
 async def astronaut_face(engine: dict[str, object]) -> face_pb2.Face:
     overrides = {m: {"engine": engine} for m in MODELS}
-    async with running_service(DEFINITION, overrides) as server, grpc.aio.insecure_channel(server.address) as channel:
-        reply = await face_pb2_grpc.FaceServiceStub(channel).Detect(face_pb2.DetectRequest(image=rgb_to_image(skimage.data.astronaut())), timeout=120)
+    async with (
+        running_service(DEFINITION, overrides) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        reply = await face_pb2_grpc.FaceServiceStub(channel).Detect(
+            face_pb2.DetectRequest(image=rgb_to_image(skimage.data.astronaut())), timeout=120
+        )
     assert len(reply.faces) == 1
     return reply.faces[0]
 
@@ -25,7 +30,10 @@ async def astronaut_face(engine: dict[str, object]) -> face_pb2.Face:
 def assert_same_face(got: face_pb2.Face, want: face_pb2.Face, box_px: float, prob: float) -> None:
     for side in ("x_min", "y_min", "x_max", "y_max"):
         assert abs(getattr(got.box, side) - getattr(want.box, side)) < box_px
-    assert got.gender.label == want.gender.label and abs(got.gender.confidence - want.gender.confidence) < prob
+    assert (
+        got.gender.label == want.gender.label
+        and abs(got.gender.confidence - want.gender.confidence) < prob
+    )
     assert got.emotion.dominant == want.emotion.dominant
     assert abs(got.age.years - want.age.years) < 1.0
 

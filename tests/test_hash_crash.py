@@ -27,11 +27,25 @@ def free_port() -> int:
 
 
 def start_service(port: int, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "services.hash", "--port", str(port), "--set", f"storage.data_dir={data_dir}", "--set", "storage.snapshot_every=150"]
-    return subprocess.Popen(args, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ})
+    args = [
+        sys.executable,
+        "-m",
+        "services.hash",
+        "--port",
+        str(port),
+        "--set",
+        f"storage.data_dir={data_dir}",
+        "--set",
+        "storage.snapshot_every=150",
+    ]
+    return subprocess.Popen(
+        args, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ}
+    )
 
 
-async def wait_serving(channel: grpc.aio.Channel, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+async def wait_serving(
+    channel: grpc.aio.Channel, proc: subprocess.Popen[bytes], timeout: float = 60.0
+) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,7 +74,11 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_add(tmp_path: Path) -> N
             stub = hash_pb2_grpc.HashServiceStub(channel)
 
             async def add(i: int) -> None:
-                request = hash_pb2.AddRequest(collection="crash", id=f"item-{i}", code=hash_pb2.HashCode(code=code_for(i), bits=128, method="itq"))
+                request = hash_pb2.AddRequest(
+                    collection="crash",
+                    id=f"item-{i}",
+                    code=hash_pb2.HashCode(code=code_for(i), bits=128, method="itq"),
+                )
                 await stub.Add(request, timeout=10.0)
                 acknowledged.add(i)
 
@@ -86,7 +104,9 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_add(tmp_path: Path) -> N
             stub = hash_pb2_grpc.HashServiceStub(channel)
             present = 0
             for i in range(sent):
-                reply = await stub.Get(hash_pb2.GetRequest(collection="crash", id=f"item-{i}"), timeout=5.0)
+                reply = await stub.Get(
+                    hash_pb2.GetRequest(collection="crash", id=f"item-{i}"), timeout=5.0
+                )
                 if i in acknowledged:
                     assert reply.found, f"acknowledged item-{i} was lost"
                 if reply.found:
@@ -96,9 +116,19 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_add(tmp_path: Path) -> N
             assert present >= len(acknowledged)
             # The index agrees with the store, and the service keeps taking writes.
             probe = next(iter(acknowledged))
-            found = await stub.Search(hash_pb2.SearchRequest(collection="crash", code=hash_pb2.HashCode(code=code_for(probe), bits=128), k=1))
+            found = await stub.Search(
+                hash_pb2.SearchRequest(
+                    collection="crash", code=hash_pb2.HashCode(code=code_for(probe), bits=128), k=1
+                )
+            )
             assert found.matches[0].id == f"item-{probe}" and found.matches[0].distance == 0
-            more = await stub.Add(hash_pb2.AddRequest(collection="crash", id="after-restart", code=hash_pb2.HashCode(code=code_for(10**6), bits=128)))
+            more = await stub.Add(
+                hash_pb2.AddRequest(
+                    collection="crash",
+                    id="after-restart",
+                    code=hash_pb2.HashCode(code=code_for(10**6), bits=128),
+                )
+            )
             assert not more.replaced
     finally:
         if proc.poll() is None:

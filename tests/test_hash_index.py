@@ -69,7 +69,9 @@ def test_collection_switches_to_ivf_and_keeps_answers() -> None:
 
 
 def test_wal_tolerates_only_a_torn_tail(tmp_path: Path) -> None:
-    records = [Record(OP_ADD, "c", f"id-{i}", 64, "itq", bytes(range(i, i + 8))) for i in range(5)] + [Record(OP_DELETE, "c", "id-1")]
+    records = [
+        Record(OP_ADD, "c", f"id-{i}", 64, "itq", bytes(range(i, i + 8))) for i in range(5)
+    ] + [Record(OP_DELETE, "c", "id-1")]
     data = b"".join(frame(i + 1, r) for i, r in enumerate(records))
     path = tmp_path / "wal-00000000000000000001.log"
     path.write_bytes(data[:-3])  # the delete record is torn
@@ -87,7 +89,9 @@ async def test_store_recovers_from_log_and_snapshot(tmp_path: Path) -> None:
     store = HashStore(storage, IndexConfig())
     await store.start()
     codes = random_codes(20, 16, seed=3)
-    results = await asyncio.gather(*(store.add("photos", f"p{i}", codes[i], 128, "itq") for i in range(20)))
+    results = await asyncio.gather(
+        *(store.add("photos", f"p{i}", codes[i], 128, "itq") for i in range(20))
+    )
     assert not any(results)
     assert await store.delete("photos", "p5") and not await store.delete("photos", "p5")
     assert await store.add("photos", "p6", codes[0], 128, "itq") is True

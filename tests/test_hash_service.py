@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,7 +17,9 @@ from visionmesh.v1 import common_pb2, hash_pb2, hash_pb2_grpc
 
 
 @pytest.fixture(scope="module")
-async def stub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[hash_pb2_grpc.HashServiceStub]:
+async def stub(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[hash_pb2_grpc.HashServiceStub]:
     data_dir = tmp_path_factory.mktemp("hash-data")
     async with running_service(DEFINITION, {"storage": {"data_dir": str(data_dir)}}) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -30,15 +31,26 @@ def photos() -> dict[str, np.ndarray]:
     return {name: load_photo(name) for name in ("chelsea", "astronaut", "coffee", "rocket")}
 
 
-async def encode(stub: hash_pb2_grpc.HashServiceStub, *frames: np.ndarray, bits: int = 128) -> np.ndarray:
-    reply = await stub.Encode(hash_pb2.EncodeRequest(frames=[rgb_to_image(f) for f in frames], bits=bits))
-    assert reply.code.bits == bits and len(reply.code.code) == bits // 8 and reply.code.method == "itq"
+async def encode(
+    stub: hash_pb2_grpc.HashServiceStub, *frames: np.ndarray, bits: int = 128
+) -> np.ndarray:
+    reply = await stub.Encode(
+        hash_pb2.EncodeRequest(frames=[rgb_to_image(f) for f in frames], bits=bits)
+    )
+    assert (
+        reply.code.bits == bits and len(reply.code.code) == bits // 8 and reply.code.method == "itq"
+    )
     return np.frombuffer(reply.code.code, np.uint8)
 
 
-async def test_copies_are_close_and_different_photos_far(stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]) -> None:
+async def test_copies_are_close_and_different_photos_far(
+    stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]
+) -> None:
     chelsea = await encode(stub, photos["chelsea"])
-    copies = [await encode(stub, COPY_TRANSFORMS[t](photos["chelsea"])) for t in ("jpeg_q30", "hflip", "crop_90", "text_overlay")]
+    copies = [
+        await encode(stub, COPY_TRANSFORMS[t](photos["chelsea"]))
+        for t in ("jpeg_q30", "hflip", "crop_90", "text_overlay")
+    ]
     others = [await encode(stub, photos[n]) for n in ("astronaut", "coffee", "rocket")]
     near = hamming(chelsea, np.stack(copies))
     far = hamming(chelsea, np.stack(others))
@@ -48,19 +60,30 @@ async def test_copies_are_close_and_different_photos_far(stub: hash_pb2_grpc.Has
     assert near.max() <= 50 and far.min() >= 56, (near, far)
 
 
-async def test_encoded_image_bytes_give_the_same_code_as_raw(stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]) -> None:
-    from PIL import Image
+async def test_encoded_image_bytes_give_the_same_code_as_raw(
+    stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]
+) -> None:
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(photos["rocket"]).save(buf, "PNG")
-    reply = await stub.Encode(hash_pb2.EncodeRequest(frames=[common_pb2.Image(encoded=buf.getvalue())], bits=64))
-    assert np.array_equal(np.frombuffer(reply.code.code, np.uint8), await encode(stub, photos["rocket"], bits=64))
+    reply = await stub.Encode(
+        hash_pb2.EncodeRequest(frames=[common_pb2.Image(encoded=buf.getvalue())], bits=64)
+    )
+    assert np.array_equal(
+        np.frombuffer(reply.code.code, np.uint8), await encode(stub, photos["rocket"], bits=64)
+    )
 
 
-async def test_add_search_get_delete(stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]) -> None:
+async def test_add_search_get_delete(
+    stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]
+) -> None:
     for name, rgb in photos.items():
-        reply = await stub.Add(hash_pb2.AddRequest(collection="crud", id=name, frames=[rgb_to_image(rgb)]))
+        reply = await stub.Add(
+            hash_pb2.AddRequest(collection="crud", id=name, frames=[rgb_to_image(rgb)])
+        )
         assert reply.id == name and reply.code.bits == 128 and not reply.replaced
     query = [rgb_to_image(COPY_TRANSFORMS["resize_x0.5"](photos["coffee"]))]
     found = await stub.Search(hash_pb2.SearchRequest(collection="crud", frames=query, k=2))
@@ -79,18 +102,41 @@ async def test_add_search_get_delete(stub: hash_pb2_grpc.HashServiceStub, photos
     assert "coffee" not in [m.id for m in found.matches] and len(found.matches) == 3
 
 
-async def test_radius_search_returns_exactly_the_items_within(stub: hash_pb2_grpc.HashServiceStub) -> None:
+async def test_radius_search_returns_exactly_the_items_within(
+    stub: hash_pb2_grpc.HashServiceStub,
+) -> None:
     base = np.zeros(8, np.uint8)
     for flips in range(6):  # item d<k> is k bits from the zero code
         code = np.packbits(np.r_[np.ones(flips, np.uint8), np.zeros(64 - flips, np.uint8)])
-        await stub.Add(hash_pb2.AddRequest(collection="radius", id=f"d{flips}", code=hash_pb2.HashCode(code=code.tobytes(), bits=64)))
-    reply = await stub.Search(hash_pb2.SearchRequest(collection="radius", code=hash_pb2.HashCode(code=base.tobytes(), bits=64), max_distance=3))
-    assert [(m.id, m.distance) for m in reply.matches] == [("d0", 0), ("d1", 1), ("d2", 2), ("d3", 3)]
+        await stub.Add(
+            hash_pb2.AddRequest(
+                collection="radius",
+                id=f"d{flips}",
+                code=hash_pb2.HashCode(code=code.tobytes(), bits=64),
+            )
+        )
+    reply = await stub.Search(
+        hash_pb2.SearchRequest(
+            collection="radius",
+            code=hash_pb2.HashCode(code=base.tobytes(), bits=64),
+            max_distance=3,
+        )
+    )
+    assert [(m.id, m.distance) for m in reply.matches] == [
+        ("d0", 0),
+        ("d1", 1),
+        ("d2", 2),
+        ("d3", 3),
+    ]
 
 
-async def test_video_code_sits_with_its_frames(stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]) -> None:
+async def test_video_code_sits_with_its_frames(
+    stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]
+) -> None:
     # A "video" of chelsea frames (small pans and a JPEG'd frame): one code near the photo's, far from others.
-    frames = [photos["chelsea"][:, i : i + 380] for i in (0, 30, 60)] + [COPY_TRANSFORMS["jpeg_q30"](photos["chelsea"])]
+    frames = [photos["chelsea"][:, i : i + 380] for i in (0, 30, 60)] + [
+        COPY_TRANSFORMS["jpeg_q30"](photos["chelsea"])
+    ]
     video = await encode(stub, *frames)
     photo = await encode(stub, photos["chelsea"])
     others = np.stack([await encode(stub, photos[n]) for n in ("astronaut", "coffee", "rocket")])
@@ -105,21 +151,67 @@ def code_msg(nbytes: int, bits: int) -> hash_pb2.HashCode:
     ("call", "request_", "status"),
     [
         ("Encode", hash_pb2.EncodeRequest(), grpc.StatusCode.INVALID_ARGUMENT),  # no image
-        ("Encode", hash_pb2.EncodeRequest(frames=[common_pb2.Image(encoded=b"not an image")]), grpc.StatusCode.INVALID_ARGUMENT),
-        ("Encode", hash_pb2.EncodeRequest(frames=[common_pb2.Image()]), grpc.StatusCode.INVALID_ARGUMENT),
-        ("Encode", hash_pb2.EncodeRequest(frames=[rgb_to_image(np.zeros((8, 8, 3), np.uint8))], bits=100), grpc.StatusCode.INVALID_ARGUMENT),
-        ("Add", hash_pb2.AddRequest(collection="bad", id="x", code=code_msg(15, 128)), grpc.StatusCode.INVALID_ARGUMENT),  # wrong length
-        ("Add", hash_pb2.AddRequest(collection="bad", id="", code=code_msg(16, 128)), grpc.StatusCode.INVALID_ARGUMENT),
-        ("Add", hash_pb2.AddRequest(collection="bad name!", id="x", code=code_msg(16, 128)), grpc.StatusCode.INVALID_ARGUMENT),
-        ("Add", hash_pb2.AddRequest(collection="bad", id="x"), grpc.StatusCode.INVALID_ARGUMENT),  # neither code nor frames
-        ("Add", hash_pb2.AddRequest(collection="radius", id="x", code=code_msg(16, 128)), grpc.StatusCode.INVALID_ARGUMENT),  # 64-bit collection
-        ("Search", hash_pb2.SearchRequest(collection="missing", code=code_msg(16, 128)), grpc.StatusCode.NOT_FOUND),
-        ("Search", hash_pb2.SearchRequest(collection="radius", code=code_msg(8, 64), k=-1), grpc.StatusCode.INVALID_ARGUMENT),
-        ("Search", hash_pb2.SearchRequest(collection="radius", code=code_msg(8, 64), max_distance=65), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            "Encode",
+            hash_pb2.EncodeRequest(frames=[common_pb2.Image(encoded=b"not an image")]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            "Encode",
+            hash_pb2.EncodeRequest(frames=[common_pb2.Image()]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            "Encode",
+            hash_pb2.EncodeRequest(frames=[rgb_to_image(np.zeros((8, 8, 3), np.uint8))], bits=100),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            "Add",
+            hash_pb2.AddRequest(collection="bad", id="x", code=code_msg(15, 128)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),  # wrong length
+        (
+            "Add",
+            hash_pb2.AddRequest(collection="bad", id="", code=code_msg(16, 128)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            "Add",
+            hash_pb2.AddRequest(collection="bad name!", id="x", code=code_msg(16, 128)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            "Add",
+            hash_pb2.AddRequest(collection="bad", id="x"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),  # neither code nor frames
+        (
+            "Add",
+            hash_pb2.AddRequest(collection="radius", id="x", code=code_msg(16, 128)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),  # 64-bit collection
+        (
+            "Search",
+            hash_pb2.SearchRequest(collection="missing", code=code_msg(16, 128)),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            "Search",
+            hash_pb2.SearchRequest(collection="radius", code=code_msg(8, 64), k=-1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            "Search",
+            hash_pb2.SearchRequest(collection="radius", code=code_msg(8, 64), max_distance=65),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
         ("Search", hash_pb2.SearchRequest(collection="radius"), grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
-async def test_bad_input(stub: hash_pb2_grpc.HashServiceStub, call: str, request_: object, status: grpc.StatusCode) -> None:
+async def test_bad_input(
+    stub: hash_pb2_grpc.HashServiceStub, call: str, request_: object, status: grpc.StatusCode
+) -> None:
     if call == "Add" and getattr(request_, "collection", "") == "radius":
         await stub.Add(hash_pb2.AddRequest(collection="radius", id="seed", code=code_msg(8, 64)))
     with pytest.raises(grpc.aio.AioRpcError) as err:

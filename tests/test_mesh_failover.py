@@ -37,8 +37,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
         mesh.stop()
 
 
-async def _load(stub: gateway_pb2_grpc.GatewayServiceStub, image: bytes, stop: asyncio.Event, log: list[tuple[float, gateway_pb2.AnalyzeResponse | BaseException]]) -> None:
-    request = gateway_pb2.AnalyzeRequest(image=common_pb2.Image(encoded=image), features=FEATURES, options=gateway_pb2.AnalyzeOptions(no_cache=True))
+async def _load(
+    stub: gateway_pb2_grpc.GatewayServiceStub,
+    image: bytes,
+    stop: asyncio.Event,
+    log: list[tuple[float, gateway_pb2.AnalyzeResponse | BaseException]],
+) -> None:
+    request = gateway_pb2.AnalyzeRequest(
+        image=common_pb2.Image(encoded=image),
+        features=FEATURES,
+        options=gateway_pb2.AnalyzeOptions(no_cache=True),
+    )
     while not stop.is_set():
         # Stamped when the answer arrives (a call started before the kill may end after it).
         try:
@@ -79,9 +88,14 @@ async def test_killed_service_fails_its_feature_only_and_recovers(mesh: LocalMes
     during = [r for t, r in log if killed_at + 0.5 < t < restarted_at]
     after = [r for _, r in log[-4:]]
     assert before, "load must run before the kill"
-    assert all(r.hash.code.bits and not r.errors for r in before), [list(r.errors) for r in before if r.errors]
+    assert all(r.hash.code.bits and not r.errors for r in before), [
+        list(r.errors) for r in before if r.errors
+    ]
     assert during, "load must continue while hash is down"
     for r in during:
         assert r.classify.labels, "classify must keep answering while hash is down"
         assert [(e.feature, e.code) for e in r.errors] == [(common_pb2.FEATURE_HASH, "UNAVAILABLE")]
-    assert all(r.hash.code.bits and not r.errors for r in after), ("hash must recover after the restart", [list(r.errors) for r in after])
+    assert all(r.hash.code.bits and not r.errors for r in after), (
+        "hash must recover after the restart",
+        [list(r.errors) for r in after],
+    )

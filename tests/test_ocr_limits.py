@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -34,12 +34,19 @@ async def stub() -> AsyncIterator[ocr_pb2_grpc.OcrServiceStub]:
     # short-line rule (tests/test_ocr_service.py) would drop most 1-2
     # character words there and hide that count, so it is off here.
     overrides = {"detection": {"max_boxes": MAX_BOXES}, "limits": {"short_line_weight": 0}}
-    async with running_service(DEFINITION, overrides) as server, grpc.aio.insecure_channel(server.address) as channel:
+    async with (
+        running_service(DEFINITION, overrides) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         yield ocr_pb2_grpc.OcrServiceStub(channel)
 
 
-async def recognize(stub: ocr_pb2_grpc.OcrServiceStub, rgb: np.ndarray, **kwargs: Any) -> ocr_pb2.RecognizeResponse:
-    return await stub.Recognize(ocr_pb2.RecognizeRequest(image=rgb_to_image(rgb), **kwargs), timeout=300)
+async def recognize(
+    stub: ocr_pb2_grpc.OcrServiceStub, rgb: np.ndarray, **kwargs: Any
+) -> ocr_pb2.RecognizeResponse:
+    return await stub.Recognize(
+        ocr_pb2.RecognizeRequest(image=rgb_to_image(rgb), **kwargs), timeout=300
+    )
 
 
 def speckled_page(n: int, seed: int = 5) -> np.ndarray:
@@ -48,10 +55,18 @@ def speckled_page(n: int, seed: int = 5) -> np.ndarray:
     hanzi = hanzi_pool()
     canvas = Image.new("RGB", (1600, 1600), "white")
     draw = ImageDraw.Draw(canvas)
-    fonts = [ImageFont.truetype(str(FONT_DIR / "NotoSansCJK-Regular.ttc"), s, index=SC_FACE) for s in (6, 8, 10)]
+    fonts = [
+        ImageFont.truetype(str(FONT_DIR / "NotoSansCJK-Regular.ttc"), s, index=SC_FACE)
+        for s in (6, 8, 10)
+    ]
     for _ in range(n):
         text = "".join(rng.choice(hanzi) for _ in range(rng.randint(1, 3)))
-        draw.text((rng.randint(0, 1580), rng.randint(0, 1585)), text, font=rng.choice(fonts), fill=(0, 0, 0))
+        draw.text(
+            (rng.randint(0, 1580), rng.randint(0, 1585)),
+            text,
+            font=rng.choice(fonts),
+            fill=(0, 0, 0),
+        )
     return np.asarray(canvas)
 
 
@@ -71,7 +86,9 @@ def test_width_buckets() -> None:
     buckets = [160, 320, 640]
     assert width_bucket((48, 100), 48, buckets) == 160
     assert width_bucket((24, 100), 48, buckets) == 320  # 200 px once scaled to height 48
-    assert width_bucket((10, 5000), 48, buckets) == 640  # wider than every bucket: squeezed into the widest
+    assert (
+        width_bucket((10, 5000), 48, buckets) == 640
+    )  # wider than every bucket: squeezed into the widest
 
 
 def test_ctc_decoder_collapses_repeats_and_blanks() -> None:
@@ -92,7 +109,9 @@ def test_ctc_decoder_collapses_repeats_and_blanks() -> None:
 
 def test_short_lines_need_a_sure_recogniser_and_detector() -> None:
     limits = LimitsConfig()
-    assert text_weight("出口", 2) == 4 and text_weight("EXIT", 2) == 4 and text_weight("B 2", 2) == 2
+    assert (
+        text_weight("出口", 2) == 4 and text_weight("EXIT", 2) == 4 and text_weight("B 2", 2) == 2
+    )
     # A round object read as "8": confident recogniser, weak text evidence from the detector.
     assert not keep_line("8", 0.99, 0.52, 0.5, limits)
     assert not keep_line("0", 0.68, 0.80, 0.5, limits)
@@ -111,17 +130,30 @@ def test_short_lines_need_a_sure_recogniser_and_detector() -> None:
 
 def test_reading_order_rows_then_columns() -> None:
     def box(x: float, y: float) -> TextBox:
-        return TextBox(np.array([[x, y], [x + 50, y], [x + 50, y + 20], [x, y + 20]], np.float32), 1.0)
+        return TextBox(
+            np.array([[x, y], [x + 50, y], [x + 50, y + 20], [x, y + 20]], np.float32), 1.0
+        )
 
     boxes = [box(200, 52), box(10, 0), box(10, 50), box(200, 3)]
-    assert [(b.quad[0, 0], b.quad[0, 1]) for b in reading_order(boxes)] == [(10, 0), (200, 3), (10, 50), (200, 52)]
+    assert [(b.quad[0, 0], b.quad[0, 1]) for b in reading_order(boxes)] == [
+        (10, 0),
+        (200, 3),
+        (10, 50),
+        (200, 52),
+    ]
 
 
 # --- through the service ----------------------------------------------------
 
 
-async def test_blank_and_tiny_images_give_an_empty_answer(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
-    for rgb in (np.full((480, 640, 3), 255, np.uint8), np.zeros((300, 300, 3), np.uint8), np.full((2, 3, 3), 90, np.uint8)):
+async def test_blank_and_tiny_images_give_an_empty_answer(
+    stub: ocr_pb2_grpc.OcrServiceStub,
+) -> None:
+    for rgb in (
+        np.full((480, 640, 3), 255, np.uint8),
+        np.zeros((300, 300, 3), np.uint8),
+        np.full((2, 3, 3), 90, np.uint8),
+    ):
         response = await recognize(stub, rgb)
         assert list(response.lines) == [] and response.full_text == ""
     one_pixel_noise = np.random.default_rng(0).integers(0, 255, (1, 1, 3), dtype=np.uint8)
@@ -137,7 +169,10 @@ async def test_huge_image_is_bounded_and_still_read(stub: ocr_pb2_grpc.OcrServic
     assert time.perf_counter() - start < 30
     assert [line.text for line in response.lines] == ["超大图片中的文字", "Large image text"]
     # Polygons are in the pixels of the image sent, not of the detector's downscaled copy.
-    assert 900 < response.lines[0].polygon.points[0].x < 1200 and 950 < response.lines[0].polygon.points[0].y < 1200
+    assert (
+        900 < response.lines[0].polygon.points[0].x < 1200
+        and 950 < response.lines[0].polygon.points[0].y < 1200
+    )
 
 
 async def test_thousands_of_tiny_boxes_are_capped(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
@@ -151,24 +186,38 @@ async def test_thousands_of_tiny_boxes_are_capped(stub: ocr_pb2_grpc.OcrServiceS
 async def test_request_limits(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
     rgb, _ = draw_lines(["第一行文字", "second line", "第三行 third"])
     assert len((await recognize(stub, rgb)).lines) == 3
-    assert [line.text for line in (await recognize(stub, rgb, max_lines=2)).lines] == ["第一行文字", "second line"]
+    assert [line.text for line in (await recognize(stub, rgb, max_lines=2)).lines] == [
+        "第一行文字",
+        "second line",
+    ]
     strict = await recognize(stub, rgb, min_confidence=1.0)
     assert all(line.confidence >= 1.0 for line in strict.lines)
 
 
 @pytest.mark.parametrize(
     ("request_fields", "message"),
-    [({"max_lines": -1}, "max_lines"), ({"max_lines": 100000}, "cap"), ({"min_confidence": 1.5}, "min_confidence")],
+    [
+        ({"max_lines": -1}, "max_lines"),
+        ({"max_lines": 100000}, "cap"),
+        ({"min_confidence": 1.5}, "min_confidence"),
+    ],
 )
-async def test_bad_limits_are_invalid_argument(stub: ocr_pb2_grpc.OcrServiceStub, request_fields: dict[str, float], message: str) -> None:
+async def test_bad_limits_are_invalid_argument(
+    stub: ocr_pb2_grpc.OcrServiceStub, request_fields: dict[str, float], message: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await recognize(stub, np.full((64, 64, 3), 255, np.uint8), **request_fields)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (err.value.details() or "")
 
 
-async def test_missing_or_corrupt_image_is_invalid_argument(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
-    for request in (ocr_pb2.RecognizeRequest(), ocr_pb2.RecognizeRequest(image=common_pb2.Image(encoded=b"not an image"))):
+async def test_missing_or_corrupt_image_is_invalid_argument(
+    stub: ocr_pb2_grpc.OcrServiceStub,
+) -> None:
+    for request in (
+        ocr_pb2.RecognizeRequest(),
+        ocr_pb2.RecognizeRequest(image=common_pb2.Image(encoded=b"not an image")),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Recognize(request, timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -28,11 +28,16 @@ LINES = ["欢迎光临视觉网格", "Welcome to VisionMesh", "营业时间 09:0
 @pytest.fixture(scope="module")
 async def stub() -> AsyncIterator[ocr_pb2_grpc.OcrServiceStub]:
     ensure_ocr_models()
-    async with running_service(DEFINITION) as server, grpc.aio.insecure_channel(server.address) as channel:
+    async with (
+        running_service(DEFINITION) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
         yield ocr_pb2_grpc.OcrServiceStub(channel)
 
 
-async def recognize(stub: ocr_pb2_grpc.OcrServiceStub, image: common_pb2.Image, **kwargs: Any) -> ocr_pb2.RecognizeResponse:
+async def recognize(
+    stub: ocr_pb2_grpc.OcrServiceStub, image: common_pb2.Image, **kwargs: Any
+) -> ocr_pb2.RecognizeResponse:
     return await stub.Recognize(ocr_pb2.RecognizeRequest(image=image, **kwargs), timeout=300)
 
 
@@ -51,7 +56,9 @@ def covers(quad: np.ndarray, box: tuple[int, int, int, int]) -> bool:
     return inter / union > 0.5
 
 
-async def test_reads_chinese_and_english_lines_with_polygons(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
+async def test_reads_chinese_and_english_lines_with_polygons(
+    stub: ocr_pb2_grpc.OcrServiceStub,
+) -> None:
     rgb, boxes = draw_lines(LINES)
     response = await recognize(stub, rgb_to_image(rgb))
     assert [line.text for line in response.lines] == LINES
@@ -91,7 +98,9 @@ NO_TEXT_PHOTOS = {
     "chelsea": lambda: _photo("chelsea"),
     "chelsea mirrored": lambda: _photo("chelsea")[:, ::-1],
     "coffee": lambda: _photo("coffee"),
-    "coffee half size": lambda: cv2.resize(_photo("coffee"), (300, 200), interpolation=cv2.INTER_AREA),
+    "coffee half size": lambda: cv2.resize(
+        _photo("coffee"), (300, 200), interpolation=cv2.INTER_AREA
+    ),
     "astronaut": lambda: _photo("astronaut"),
     "astronaut turned 90": lambda: np.rot90(_photo("astronaut")),
     "rocket": lambda: _photo("rocket"),
@@ -115,7 +124,9 @@ async def test_sign_sample_over_a_photo_is_read(stub: ocr_pb2_grpc.OcrServiceStu
     """The bundled sample (tools/make_samples.py): a sign pasted over the coffee photo, sent as JPEG."""
     from tools.make_samples import text_sign
 
-    response = await recognize(stub, common_pb2.Image(encoded=encode(text_sign(), "JPEG", quality=92)))
+    response = await recognize(
+        stub, common_pb2.Image(encoded=encode(text_sign(), "JPEG", quality=92))
+    )
     assert [line.text for line in response.lines] == ["欢迎光临咖啡店", "Coffee Shop 8:00-22:00"]
 
 
@@ -168,7 +179,9 @@ async def test_at_least_as_accurate_as_rapidocr(stub: ocr_pb2_grpc.OcrServiceStu
     for image in images:
         score_image(image, await asyncio.to_thread(reference, image.rgb), theirs)
     assert ours.cer <= theirs.cer + 0.005, f"ours {ours.summary()} / rapidocr {theirs.summary()}"
-    assert ours.line_recall >= theirs.line_recall, f"ours {ours.summary()} / rapidocr {theirs.summary()}"
+    assert ours.line_recall >= theirs.line_recall, (
+        f"ours {ours.summary()} / rapidocr {theirs.summary()}"
+    )
 
 
 @pytest.mark.slow
@@ -183,4 +196,6 @@ async def test_full_rendered_set_matches_rapidocr(stub: ocr_pb2_grpc.OcrServiceS
             score_image(image, await asyncio.to_thread(reference, image.rgb), theirs)
         if not hard:
             assert ours.cer <= 0.02, ours.summary()
-        assert ours.cer <= theirs.cer + 0.002, f"ours {ours.summary()} / rapidocr {theirs.summary()}"
+        assert ours.cer <= theirs.cer + 0.002, (
+            f"ours {ours.summary()} / rapidocr {theirs.summary()}"
+        )

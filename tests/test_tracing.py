@@ -17,11 +17,17 @@ async def test_one_trace_spans_client_gateway_and_service(chelsea_jpeg: bytes) -
     async with running_service(CLASSIFY) as classify:
         services = {"classify": [classify.address]}
         async with running_service(GATEWAY, {"services": services}) as gateway:
-            async with grpc.aio.insecure_channel(gateway.address, interceptors=tracing.client_interceptors()) as channel:
+            async with grpc.aio.insecure_channel(
+                gateway.address, interceptors=tracing.client_interceptors()
+            ) as channel:
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)
                 with tracing.tracer("test").start_as_current_span("client-request") as root:
                     reply = await stub.Analyze(
-                        gateway_pb2.AnalyzeRequest(image=common_pb2.Image(encoded=chelsea_jpeg), features=[common_pb2.FEATURE_CLASSIFY], options=gateway_pb2.AnalyzeOptions(no_cache=True)),
+                        gateway_pb2.AnalyzeRequest(
+                            image=common_pb2.Image(encoded=chelsea_jpeg),
+                            features=[common_pb2.FEATURE_CLASSIFY],
+                            options=gateway_pb2.AnalyzeOptions(no_cache=True),
+                        ),
                         timeout=30,
                     )
                     trace_id = root.get_span_context().trace_id

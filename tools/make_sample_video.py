@@ -24,12 +24,19 @@ from PIL import Image
 
 
 def _text_sign() -> np.ndarray:
-    from tools.make_samples import text_sign  # imported lazily: make_samples imports this module too
+    from tools.make_samples import (
+        text_sign,
+    )  # imported lazily: make_samples imports this module too
 
     return text_sign()
 
 
-DEFAULT_SCENES: tuple[Callable[[], np.ndarray], ...] = (skimage.data.chelsea, skimage.data.coffee, skimage.data.astronaut, _text_sign)
+DEFAULT_SCENES: tuple[Callable[[], np.ndarray], ...] = (
+    skimage.data.chelsea,
+    skimage.data.coffee,
+    skimage.data.astronaut,
+    _text_sign,
+)
 
 
 def _pan_zoom(photo: Image.Image, progress: float, size: tuple[int, int]) -> np.ndarray:
@@ -74,8 +81,14 @@ def make_video(
     total = max(1, round(seconds * fps))
     container_options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(out), mode="w", options=container_options) as container:
-        x264 = {"preset": "veryfast", "crf": str(crf), "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-        stream = container.add_stream(codec, rate=Fraction(fps), options=x264 if codec == "libx264" else {})
+        x264 = {
+            "preset": "veryfast",
+            "crf": str(crf),
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+        }
+        stream = container.add_stream(
+            codec, rate=Fraction(fps), options=x264 if codec == "libx264" else {}
+        )
         if not isinstance(stream, av.video.stream.VideoStream):
             raise ValueError(f"codec {codec!r} is not a video encoder")
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -94,7 +107,12 @@ def make_video(
 
 
 def video_bytes(
-    seconds: float = 2, size: tuple[int, int] = (320, 180), fps: int = 15, gop: int | None = None, suffix: str = ".mp4", **kwargs: object
+    seconds: float = 2,
+    size: tuple[int, int] = (320, 180),
+    fps: int = 15,
+    gop: int | None = None,
+    suffix: str = ".mp4",
+    **kwargs: object,
 ) -> bytes:
     """A clip as bytes (encoded through a temporary file, since the MP4 muxer needs to seek)."""
     import tempfile
@@ -111,7 +129,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT")
     parser.add_argument("--fps", type=int, default=30)
-    parser.add_argument("--gop", type=int, default=None, help="frames between keyframes (default: 2 s)")
+    parser.add_argument(
+        "--gop", type=int, default=None, help="frames between keyframes (default: 2 s)"
+    )
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
     print(make_video(args.path, seconds=args.seconds, size=(w, h), fps=args.fps, gop=args.gop))

@@ -39,7 +39,12 @@ def text_sign() -> np.ndarray:
 def main(folder: str) -> None:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    photos = {"chelsea.jpg": skimage.data.chelsea, "coffee.jpg": skimage.data.coffee, "astronaut.jpg": skimage.data.astronaut, "sign.jpg": text_sign}
+    photos = {
+        "chelsea.jpg": skimage.data.chelsea,
+        "coffee.jpg": skimage.data.coffee,
+        "astronaut.jpg": skimage.data.astronaut,
+        "sign.jpg": text_sign,
+    }
     for name, make in photos.items():
         path = out / name
         if not path.exists():

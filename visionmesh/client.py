@@ -13,7 +13,12 @@ from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv"}
 CHUNK_BYTES = 1024 * 1024
-FEATURES: dict[str, common_pb2.Feature] = {"classify": common_pb2.FEATURE_CLASSIFY, "ocr": common_pb2.FEATURE_OCR, "face": common_pb2.FEATURE_FACE, "hash": common_pb2.FEATURE_HASH}
+FEATURES: dict[str, common_pb2.Feature] = {
+    "classify": common_pb2.FEATURE_CLASSIFY,
+    "ocr": common_pb2.FEATURE_OCR,
+    "face": common_pb2.FEATURE_FACE,
+    "hash": common_pb2.FEATURE_HASH,
+}
 
 
 def parse_features(text: str) -> list[common_pb2.Feature]:
@@ -28,7 +33,9 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def video_messages(path: Path, header: gateway_pb2.VideoUploadHeader) -> Iterator[gateway_pb2.AnalyzeVideoRequest]:
+def video_messages(
+    path: Path, header: gateway_pb2.VideoUploadHeader
+) -> Iterator[gateway_pb2.AnalyzeVideoRequest]:
     """The header first, then the file in 1 MiB chunks (files past the 4 MB message limit work)."""
     header.filename = path.name
     header.total_size = path.stat().st_size
@@ -40,22 +47,39 @@ def video_messages(path: Path, header: gateway_pb2.VideoUploadHeader) -> Iterato
 
 def channel(address: str) -> grpc.Channel:
     limit = 64 * 1024 * 1024
-    return grpc.insecure_channel(address, options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
+    return grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ],
+    )
 
 
 def analyze_path(
-    stub: gateway_pb2_grpc.GatewayServiceStub, path: Path, features: list[common_pb2.Feature], options: gateway_pb2.AnalyzeOptions, frames: int, timeout_s: float
+    stub: gateway_pb2_grpc.GatewayServiceStub,
+    path: Path,
+    features: list[common_pb2.Feature],
+    options: gateway_pb2.AnalyzeOptions,
+    frames: int,
+    timeout_s: float,
 ) -> gateway_pb2.AnalyzeResponse | gateway_pb2.AnalyzeVideoResponse:
     if is_video(path):
-        header = gateway_pb2.VideoUploadHeader(features=features, options=options, num_frames=frames)
+        header = gateway_pb2.VideoUploadHeader(
+            features=features, options=options, num_frames=frames
+        )
         return stub.AnalyzeVideo(video_messages(path, header), timeout=timeout_s)
-    request = gateway_pb2.AnalyzeRequest(image=common_pb2.Image(encoded=path.read_bytes()), features=features, options=options)
+    request = gateway_pb2.AnalyzeRequest(
+        image=common_pb2.Image(encoded=path.read_bytes()), features=features, options=options
+    )
     return stub.Analyze(request, timeout=timeout_s)
 
 
 def to_json(result: Any) -> dict[str, Any]:
     """Proto -> dict with field names as in the proto (tags, classify, ocr, face, hash, errors)."""
-    data: dict[str, Any] = json_format.MessageToDict(result, preserving_proto_field_name=True, always_print_fields_with_no_presence=False)
+    data: dict[str, Any] = json_format.MessageToDict(
+        result, preserving_proto_field_name=True, always_print_fields_with_no_presence=False
+    )
     data.setdefault("tags", [])
     data.setdefault("errors", [])
     for err in data["errors"]:
@@ -68,7 +92,9 @@ def render_text(path: Path, result: Any, top: int = 10) -> str:
     lines = [f"== {path}"]
     if isinstance(result, gateway_pb2.AnalyzeVideoResponse):
         v = result.video
-        lines.append(f"   video {v.width}x{v.height} {v.codec} {v.duration_s:.1f}s, {v.keyframes_decoded} keyframes decoded, {v.frames_analyzed} analysed")
+        lines.append(
+            f"   video {v.width}x{v.height} {v.codec} {v.duration_s:.1f}s, {v.keyframes_decoded} keyframes decoded, {v.frames_analyzed} analysed"
+        )
     for tag in list(result.tags)[:top]:
         zh = f" ({tag.display_name_zh})" if tag.display_name_zh else ""
         lines.append(f"   {tag.score:6.3f}  {tag.name}{zh}  [{tag.source}]")
@@ -81,8 +107,15 @@ def render_text(path: Path, result: Any, top: int = 10) -> str:
         if result.text_lines:
             lines.append("   text: " + " | ".join(t.line.text for t in result.text_lines))
     if result.HasField("hash") and result.hash.code.bits:
-        found = ", ".join(f"{m.id} ({m.distance} bits apart)" for m in result.hash.near_duplicates) or "none"
-        lines.append(f"   hash: {result.hash.code.bits} bits {result.hash.code.code.hex()}  most similar indexed: {found}")
+        found = (
+            ", ".join(f"{m.id} ({m.distance} bits apart)" for m in result.hash.near_duplicates)
+            or "none"
+        )
+        lines.append(
+            f"   hash: {result.hash.code.bits} bits {result.hash.code.code.hex()}  most similar indexed: {found}"
+        )
     for err in result.errors:
-        lines.append(f"   error {common_pb2.Feature.Name(err.feature).removeprefix('FEATURE_').lower()}: {err.code} {err.message}")
+        lines.append(
+            f"   error {common_pb2.Feature.Name(err.feature).removeprefix('FEATURE_').lower()}: {err.code} {err.message}"
+        )
     return "\n".join(lines)

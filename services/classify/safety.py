@@ -61,7 +61,9 @@ def nsfw_input(rgb: np.ndarray, prep: dict[str, Any]) -> np.ndarray:
         img.save(buf, format="JPEG")  # PIL's default quality, as the reference
         buf.seek(0)
         img = Image.open(buf)
-    arr = np.asarray(img, dtype=np.float32)[:, :, ::-1] - np.asarray(prep.get("mean_bgr", [104.0, 117.0, 123.0]), np.float32)
+    arr = np.asarray(img, dtype=np.float32)[:, :, ::-1] - np.asarray(
+        prep.get("mean_bgr", [104.0, 117.0, 123.0]), np.float32
+    )
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -84,7 +86,10 @@ def second_look_regions(height: int, width: int, config: SafetyConfig) -> list[R
             x0 = 0 if n == 1 else round(col * (width - tile_w) / (n - 1))
             y0 = 0 if n == 1 else round(row * (height - tile_h) / (n - 1))
             regions.append((x0, y0, x0 + tile_w, y0 + tile_h))
-    cw, ch = max(1, round(width * config.center_fraction)), max(1, round(height * config.center_fraction))
+    cw, ch = (
+        max(1, round(width * config.center_fraction)),
+        max(1, round(height * config.center_fraction)),
+    )
     cx, cy = (width - cw) // 2, (height - ch) // 2
     regions.append((cx, cy, cx + cw, cy + ch))
     return regions
@@ -99,18 +104,32 @@ class SafetyChecker:
         self.prep = model.entry.preprocessing
         self.input_name = model.entry.inputs[0].name
 
-    async def _scores(self, rows: np.ndarray, context: grpc.aio.ServicerContext | None) -> np.ndarray:
+    async def _scores(
+        self, rows: np.ndarray, context: grpc.aio.ServicerContext | None
+    ) -> np.ndarray:
         out = await self.model.infer({self.input_name: rows}, context)
         return next(iter(out.values()))[:, NSFW_CLASS]
 
-    async def assess(self, rgb: np.ndarray, context: grpc.aio.ServicerContext | None = None) -> SafetyAssessment:
+    async def assess(
+        self, rgb: np.ndarray, context: grpc.aio.ServicerContext | None = None
+    ) -> SafetyAssessment:
         whole = await asyncio.to_thread(nsfw_input, rgb, self.prep)
         score = float((await self._scores(whole[None], context))[0])
         result = SafetyAssessment(score, verdict(score, self.config))
-        if not (self.config.second_look and self.config.borderline_low <= score < self.config.borderline_high):
+        if not (
+            self.config.second_look
+            and self.config.borderline_low <= score < self.config.borderline_high
+        ):
             return result
         regions = second_look_regions(rgb.shape[0], rgb.shape[1], self.config)
-        crops = await asyncio.to_thread(lambda: np.stack([nsfw_input(np.ascontiguousarray(rgb[y0:y1, x0:x1]), self.prep) for x0, y0, x1, y1 in regions]))
+        crops = await asyncio.to_thread(
+            lambda: np.stack(
+                [
+                    nsfw_input(np.ascontiguousarray(rgb[y0:y1, x0:x1]), self.prep)
+                    for x0, y0, x1, y1 in regions
+                ]
+            )
+        )
         # All crops travel as one multi-row request, so they share a batch.
         crop_scores = await self._scores(crops, context)
         worst = int(np.argmax(crop_scores))

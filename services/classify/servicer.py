@@ -49,9 +49,13 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
         return softmax(out["logits"][0])
 
     @grpc_method
-    async def Classify(self, request: classify_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> classify_pb2.ClassifyResponse:
+    async def Classify(
+        self, request: classify_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.ClassifyResponse:
         if not 0 <= request.top_k <= MAX_TOP_K:
-            raise InvalidInput(f"top_k is {request.top_k}: it must be between 0 (service default) and {MAX_TOP_K}")
+            raise InvalidInput(
+                f"top_k is {request.top_k}: it must be between 0 (service default) and {MAX_TOP_K}"
+            )
         rgb = image_to_rgb(request.image)
         probs, safety, quality = await asyncio.gather(
             self._class_probs(rgb, context),
@@ -59,10 +63,21 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
             asyncio.to_thread(quality_mod.assess, rgb, self.config.quality),
         )
         top = np.argsort(-probs)[: request.top_k or self.config.top_k]
-        labels = [classify_pb2.Label(class_index=int(i), name=self.labels[i], score=float(probs[i])) for i in top]
+        labels = [
+            classify_pb2.Label(class_index=int(i), name=self.labels[i], score=float(probs[i]))
+            for i in top
+        ]
         tags = [
-            common_pb2.Tag(name=s.tag.name, score=s.score, source="classify", display_name_en=s.tag.display_name_en, display_name_zh=s.tag.display_name_zh)
-            for s in self.taxonomy.rank(probs, self.config.taxonomy.min_score, self.config.taxonomy.max_tags)
+            common_pb2.Tag(
+                name=s.tag.name,
+                score=s.score,
+                source="classify",
+                display_name_en=s.tag.display_name_en,
+                display_name_zh=s.tag.display_name_zh,
+            )
+            for s in self.taxonomy.rank(
+                probs, self.config.taxonomy.min_score, self.config.taxonomy.max_tags
+            )
         ]
         tags.append(_safety_tag(safety))
         tags.extend(_quality_tag(v) for v in quality.verdicts)
@@ -77,14 +92,23 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
                 region=box(*safety.region) if safety.region else None,
             ),
             quality=classify_pb2.QualityResult(
-                brightness=quality.brightness, contrast=quality.contrast, sharpness=quality.sharpness, verdicts=[v.name for v in quality.verdicts]
+                brightness=quality.brightness,
+                contrast=quality.contrast,
+                sharpness=quality.sharpness,
+                verdicts=[v.name for v in quality.verdicts],
             ),
         )
 
 
 def _safety_tag(safety: safety_mod.SafetyAssessment) -> common_pb2.Tag:
     en, zh = safety_mod.DISPLAY_NAMES[safety.tag_name]
-    tag = common_pb2.Tag(name=safety.tag_name, score=safety.tag_score, source="safety", display_name_en=en, display_name_zh=zh)
+    tag = common_pb2.Tag(
+        name=safety.tag_name,
+        score=safety.tag_score,
+        source="safety",
+        display_name_en=en,
+        display_name_zh=zh,
+    )
     if safety.region:
         tag.box.CopyFrom(box(*safety.region))
     return tag
@@ -92,4 +116,10 @@ def _safety_tag(safety: safety_mod.SafetyAssessment) -> common_pb2.Tag:
 
 def _quality_tag(verdict: quality_mod.QualityVerdict) -> common_pb2.Tag:
     en, zh = quality_mod.DISPLAY_NAMES[verdict.name]
-    return common_pb2.Tag(name=verdict.name, score=verdict.score, source="quality", display_name_en=en, display_name_zh=zh)
+    return common_pb2.Tag(
+        name=verdict.name,
+        score=verdict.score,
+        source="quality",
+        display_name_en=en,
+        display_name_zh=zh,
+    )

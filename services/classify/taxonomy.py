@@ -39,7 +39,13 @@ class ScoredTag:
 
 
 class Taxonomy:
-    def __init__(self, tags: list[TaxonomyTag], categories: dict[str, tuple[str, str]], excluded: frozenset[int], num_classes: int) -> None:
+    def __init__(
+        self,
+        tags: list[TaxonomyTag],
+        categories: dict[str, tuple[str, str]],
+        excluded: frozenset[int],
+        num_classes: int,
+    ) -> None:
         self.tags = tags
         self.categories = categories
         self.excluded = excluded
@@ -63,7 +69,9 @@ class Taxonomy:
                 raise TaxonomyError(f"tag {tag.name} has no classes")
             for cls in tag.classes:
                 if not 0 <= cls < self.num_classes:
-                    raise TaxonomyError(f"tag {tag.name}: class {cls} is outside 0..{self.num_classes - 1}")
+                    raise TaxonomyError(
+                        f"tag {tag.name}: class {cls} is outside 0..{self.num_classes - 1}"
+                    )
                 if cls in owner:
                     raise TaxonomyError(f"class {cls} is in both {owner[cls]} and {tag.name}")
                 owner[cls] = tag.name
@@ -96,8 +104,13 @@ class Taxonomy:
 def load_taxonomy(path: Path | None = None, num_classes: int = 1000) -> Taxonomy:
     data = yaml.safe_load((path or DEFAULT_FILE).read_text(encoding="utf-8"))
     if data.get("score_rule") != "sum_capped":
-        raise TaxonomyError(f"unknown score_rule {data.get('score_rule')!r} (only sum_capped is implemented)")
+        raise TaxonomyError(
+            f"unknown score_rule {data.get('score_rule')!r} (only sum_capped is implemented)"
+        )
     categories = {key: (str(v["en"]), str(v["zh"])) for key, v in data["categories"].items()}
-    tags = [TaxonomyTag(t["name"], str(t["en"]), str(t["zh"]), tuple(int(c) for c in t["classes"])) for t in data["tags"]]
+    tags = [
+        TaxonomyTag(t["name"], str(t["en"]), str(t["zh"]), tuple(int(c) for c in t["classes"]))
+        for t in data["tags"]
+    ]
     excluded = frozenset(int(c) for group in data.get("excluded", []) for c in group["classes"])
     return Taxonomy(tags, categories, excluded, num_classes)

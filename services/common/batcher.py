@@ -59,7 +59,9 @@ class DynamicBatcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if config.max_batch_size < 1 or config.instances < 1 or config.max_queue_size < 1:
-            raise ValueError(f"batcher {name}: max_batch_size, instances and max_queue_size must be >= 1")
+            raise ValueError(
+                f"batcher {name}: max_batch_size, instances and max_queue_size must be >= 1"
+            )
         self.name = name
         self.config = config
         self._engine_factory = engine_factory
@@ -79,14 +81,22 @@ class DynamicBatcher:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(self.config.instances, thread_name_prefix=f"engine-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            self.config.instances, thread_name_prefix=f"engine-{self.name}"
+        )
         # Engines load in the worker threads: a slow load never blocks the event loop.
         self._engines = list(
             await asyncio.gather(
-                *(loop.run_in_executor(self._executor, self._engine_factory) for _ in range(self.config.instances))
+                *(
+                    loop.run_in_executor(self._executor, self._engine_factory)
+                    for _ in range(self.config.instances)
+                )
             )
         )
-        self._workers = [asyncio.create_task(self._worker(e), name=f"batcher-{self.name}-{i}") for i, e in enumerate(self._engines)]
+        self._workers = [
+            asyncio.create_task(self._worker(e), name=f"batcher-{self.name}-{i}")
+            for i, e in enumerate(self._engines)
+        ]
 
     async def close(self) -> None:
         """Finish what is queued, then stop the workers and close the engines."""
@@ -100,7 +110,9 @@ class DynamicBatcher:
         if self._executor:
             self._executor.shutdown(wait=False)
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
         """Queue ``inputs`` (dim 0 = rows) and wait for its rows of every output.
 
         ``deadline`` is an absolute time on this batcher's clock (``time.monotonic``).
@@ -108,23 +120,34 @@ class DynamicBatcher:
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         rows = {a.shape[0] for a in arrays.values()}
         if len(rows) != 1:
-            raise ValueError(f"batcher {self.name}: inputs disagree on the batch dimension: {sorted(rows)}")
+            raise ValueError(
+                f"batcher {self.name}: inputs disagree on the batch dimension: {sorted(rows)}"
+            )
         (n,) = rows
         limit = self.config.max_batch_size
         if n <= limit:
             return await self._submit(arrays, n, deadline)
         # Larger than one batch: queue it as chunks and stitch the outputs back.
         parts = await asyncio.gather(
-            *(self._submit({k: v[i : i + limit] for k, v in arrays.items()}, min(limit, n - i), deadline) for i in range(0, n, limit))
+            *(
+                self._submit(
+                    {k: v[i : i + limit] for k, v in arrays.items()}, min(limit, n - i), deadline
+                )
+                for i in range(0, n, limit)
+            )
         )
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    async def _submit(self, arrays: dict[str, np.ndarray], rows: int, deadline: float | None) -> dict[str, np.ndarray]:
+    async def _submit(
+        self, arrays: dict[str, np.ndarray], rows: int, deadline: float | None
+    ) -> dict[str, np.ndarray]:
         if self._closing:
             raise Unavailable(f"model {self.name} is shutting down")
         if len(self._queue) >= self.config.max_queue_size:
             metrics.REJECTED.labels(self.name, "queue_full").inc()
-            raise Overloaded(f"model {self.name} queue is full ({self.config.max_queue_size} requests waiting)")
+            raise Overloaded(
+                f"model {self.name} queue is full ({self.config.max_queue_size} requests waiting)"
+            )
         now = self._clock()
         if deadline is not None and deadline <= now:
             metrics.REJECTED.labels(self.name, "deadline").inc()
@@ -146,7 +169,9 @@ class DynamicBatcher:
             if req.deadline is not None and req.deadline <= now:
                 metrics.REJECTED.labels(self.name, "deadline").inc()
                 req.future.set_exception(
-                    DeadlineExceeded(f"deadline passed after {now - req.enqueued:.3f}s in model {self.name}'s queue")
+                    DeadlineExceeded(
+                        f"deadline passed after {now - req.enqueued:.3f}s in model {self.name}'s queue"
+                    )
                 )
                 continue
             kept.append(req)
@@ -196,12 +221,19 @@ class DynamicBatcher:
             for req in batch:
                 metrics.QUEUE_SECONDS.labels(self.name).observe(req.dequeued - req.enqueued)
             names = batch[0].inputs.keys()
-            stacked = {k: np.concatenate([r.inputs[k] for r in batch]) if len(batch) > 1 else batch[0].inputs[k] for k in names}
+            stacked = {
+                k: np.concatenate([r.inputs[k] for r in batch])
+                if len(batch) > 1
+                else batch[0].inputs[k]
+                for k in names
+            }
             total = sum(r.rows for r in batch)
             start = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self._executor, engine.infer, stacked)
-            except Exception as exc:  # the engine failed this batch: every request in it gets the error
+            except (
+                Exception
+            ) as exc:  # the engine failed this batch: every request in it gets the error
                 log.exception("engine %s failed a batch of %d", self.name, total)
                 for req in batch:
                     if not req.future.done():

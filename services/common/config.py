@@ -143,7 +143,11 @@ def merge(obj: T, values: Mapping[str, Any], where: str = "") -> T:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
             changes[key] = merge(current, value, path)
-        elif isinstance(current, dict) and isinstance(value, Mapping) and typing.get_origin(hints[key]) is dict:
+        elif (
+            isinstance(current, dict)
+            and isinstance(value, Mapping)
+            and typing.get_origin(hints[key]) is dict
+        ):
             _, val_t = typing.get_args(hints[key])
             merged = dict(current)
             for k, v in value.items():
@@ -170,7 +174,7 @@ def _nest(dotted: Mapping[str, Any], sep: str) -> dict[str, Any]:
 
 def from_env(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
     """``VISIONMESH_SERVER__PORT=5001`` -> ``{"server": {"port": "5001"}}``."""
-    picked = {k[len(prefix):].lower(): v for k, v in environ.items() if k.startswith(prefix)}
+    picked = {k[len(prefix) :].lower(): v for k, v in environ.items() if k.startswith(prefix)}
     return _nest(picked, "__")
 
 

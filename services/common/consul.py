@@ -53,7 +53,9 @@ def parse_agent_address(addr: str) -> AgentAddress:
     text = addr.strip()
     parsed = urllib.parse.urlparse(text if "//" in text else f"//{text}")
     if not parsed.hostname:
-        raise ValueError(f"Consul address {addr!r} has no host (expected host:port or http://host:port)")
+        raise ValueError(
+            f"Consul address {addr!r} has no host (expected host:port or http://host:port)"
+        )
     return AgentAddress(parsed.scheme or "http", parsed.hostname, parsed.port or 8500)
 
 
@@ -96,7 +98,12 @@ class Registration:
     async def on_serving(self, bound: str) -> None:
         host, port = advertised(self.server, bound)
         sid = service_id(self.service_name, host, port)
-        check = consul.Check.grpc(f"{host}:{port}", CHECK_INTERVAL, timeout=CHECK_TIMEOUT, deregister=DEREGISTER_CRITICAL_AFTER)
+        check = consul.Check.grpc(
+            f"{host}:{port}",
+            CHECK_INTERVAL,
+            timeout=CHECK_TIMEOUT,
+            deregister=DEREGISTER_CRITICAL_AFTER,
+        )
         try:
             await asyncio.to_thread(
                 client(self.agent_addr).agent.service.register,
@@ -109,10 +116,16 @@ class Registration:
             )
         except Exception:
             # Discovery is an add-on: the instance still serves (static addresses, k8s DNS).
-            log.exception("consul registration failed", extra={"fields": {"agent": self.agent_addr, "service_id": sid}})
+            log.exception(
+                "consul registration failed",
+                extra={"fields": {"agent": self.agent_addr, "service_id": sid}},
+            )
             return
         self.registered_id = sid
-        log.info("registered with consul", extra={"fields": {"agent": self.agent_addr, "service_id": sid}})
+        log.info(
+            "registered with consul",
+            extra={"fields": {"agent": self.agent_addr, "service_id": sid}},
+        )
 
     async def on_draining(self) -> None:
         if self.registered_id is None:
@@ -144,8 +157,12 @@ def _addresses(entries: list[dict[str, Any]] | None) -> list[str]:
     return sorted(set(out))
 
 
-def _query(agent_addr: str, service_name: str, index: str | None, wait: str) -> tuple[str | None, list[str]]:
-    idx, entries = client(agent_addr).health.service(service_name, passing=True, index=index, wait=wait if index else None)
+def _query(
+    agent_addr: str, service_name: str, index: str | None, wait: str
+) -> tuple[str | None, list[str]]:
+    idx, entries = client(agent_addr).health.service(
+        service_name, passing=True, index=index, wait=wait if index else None
+    )
     return (str(idx) if idx is not None else None), _addresses(entries)
 
 
@@ -194,9 +211,14 @@ async def watch_passing(
     last: list[str] | None = None
     while True:
         try:
-            new_index, addresses = await _in_daemon_thread(_query, consul_addr, service_name, index, wait)
+            new_index, addresses = await _in_daemon_thread(
+                _query, consul_addr, service_name, index, wait
+            )
         except Exception as exc:
-            log.warning("consul watch failed; retrying", extra={"fields": {"service": service_name, "error": str(exc)}})
+            log.warning(
+                "consul watch failed; retrying",
+                extra={"fields": {"service": service_name, "error": str(exc)}},
+            )
             index = None
             await asyncio.sleep(retry_s)
             continue

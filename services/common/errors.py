@@ -63,6 +63,8 @@ def grpc_method(func: F) -> F:
             raise
         except Exception as exc:  # a bug: report it, keep serving
             log.exception("unhandled error in %s", func.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+            )
 
     return wrapper  # type: ignore[return-value]

@@ -49,9 +49,13 @@ class DecodedImage:
 
 def _check_dims(width: int, height: int, limits: ImageLimits) -> None:
     if width < limits.min_side or height < limits.min_side:
-        raise InvalidInput(f"image is {width}x{height}: smaller than {limits.min_side} pixel(s) on a side")
+        raise InvalidInput(
+            f"image is {width}x{height}: smaller than {limits.min_side} pixel(s) on a side"
+        )
     if width > limits.max_side or height > limits.max_side:
-        raise InvalidInput(f"image is {width}x{height}: a side exceeds the {limits.max_side}-pixel limit")
+        raise InvalidInput(
+            f"image is {width}x{height}: a side exceeds the {limits.max_side}-pixel limit"
+        )
     if width * height > limits.max_pixels:
         raise InvalidInput(
             f"image is {width}x{height} = {width * height} pixels: over the {limits.max_pixels}-pixel limit "
@@ -71,7 +75,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
-        grey = np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) / (hi - lo) * 255).astype(np.uint8)
+        grey = (
+            np.zeros(arr.shape, np.uint8)
+            if hi <= lo
+            else ((arr - lo) / (hi - lo) * 255).astype(np.uint8)
+        )
         return Image.fromarray(grey, "L").convert("RGB")
     if mode in ("P", "PA"):
         img = img.convert("RGBA")
@@ -93,7 +101,9 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
     try:
         img: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise InvalidInput("bytes are not a recognised image format (JPEG, PNG, WebP, BMP, GIF, TIFF)") from None
+        raise InvalidInput(
+            "bytes are not a recognised image format (JPEG, PNG, WebP, BMP, GIF, TIFF)"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidInput(f"image rejected by the decompression-bomb guard: {exc}") from None
     except Exception as exc:
@@ -116,7 +126,9 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(rgb), fmt, hashlib.sha256(data).hexdigest())
 
 
-def from_raw(width: int, height: int, rgb: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+def from_raw(
+    width: int, height: int, rgb: bytes, limits: ImageLimits = ImageLimits()
+) -> np.ndarray:
     """Raw interleaved RGB8 bytes -> ``H x W x 3`` array, with the same limits."""
     _check_dims(width, height, limits)
     expected = width * height * 3

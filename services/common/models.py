@@ -23,7 +23,9 @@ class ServedModel:
         batcher_cfg = config.batcher
         if self.entry.max_batch_size and batcher_cfg.max_batch_size > self.entry.max_batch_size:
             batcher_cfg = dataclasses.replace(batcher_cfg, max_batch_size=self.entry.max_batch_size)
-        self.batcher = DynamicBatcher(config.name, lambda: create_engine(self.entry, config.engine), batcher_cfg)
+        self.batcher = DynamicBatcher(
+            config.name, lambda: create_engine(self.entry, config.engine), batcher_cfg
+        )
 
     @property
     def name(self) -> str:
@@ -35,7 +37,9 @@ class ServedModel:
     async def close(self) -> None:
         await self.batcher.close()
 
-    async def infer(self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None
+    ) -> dict[str, np.ndarray]:
         """Queue ``inputs`` behind the caller's gRPC deadline (if any)."""
         remaining = context.time_remaining() if context is not None else None
         return await self.batcher.infer(inputs, deadline_after(remaining))

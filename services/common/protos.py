@@ -21,8 +21,14 @@ def image_to_rgb(image: common_pb2.Image, limits: ImageLimits = ImageLimits()) -
 
 def rgb_to_image(rgb: np.ndarray) -> common_pb2.Image:
     h, w = rgb.shape[:2]
-    return common_pb2.Image(raw=common_pb2.RawImage(width=w, height=h, rgb=np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()))
+    return common_pb2.Image(
+        raw=common_pb2.RawImage(
+            width=w, height=h, rgb=np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+        )
+    )
 
 
 def box(x_min: float, y_min: float, x_max: float, y_max: float) -> common_pb2.Box:
-    return common_pb2.Box(x_min=float(x_min), y_min=float(y_min), x_max=float(x_max), y_max=float(y_max))
+    return common_pb2.Box(
+        x_min=float(x_min), y_min=float(y_min), x_max=float(x_max), y_max=float(y_max)
+    )

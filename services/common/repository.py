@@ -62,7 +62,10 @@ class ModelEntry:
 
 
 def _specs(items: list[dict[str, Any]]) -> list[TensorSpec]:
-    return [TensorSpec(i["name"], i.get("dtype", "float32"), tuple(int(d) for d in i["shape"])) for i in items]
+    return [
+        TensorSpec(i["name"], i.get("dtype", "float32"), tuple(int(d) for d in i["shape"]))
+        for i in items
+    ]
 
 
 def load_entry(name: str, version: int = 1, root: Path | None = None) -> ModelEntry:
@@ -103,7 +106,11 @@ def write_entry(
     """Write config.yaml and provenance.json (with every file's sha256) for a built model."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name not in ("provenance.json", "config.yaml"))
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.name not in ("provenance.json", "config.yaml")
+    )
     record = dict(provenance)
     record["files"] = {p.name: sha256_file(p) for p in files}
     (path / "provenance.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -115,4 +122,7 @@ def verify_entry(path: Path) -> bool:
     if not record_file.is_file() or not (path / "config.yaml").is_file():
         return False
     record = json.loads(record_file.read_text())
-    return all((path / name).is_file() and sha256_file(path / name) == digest for name, digest in record.get("files", {}).items())
+    return all(
+        (path / name).is_file() and sha256_file(path / name) == digest
+        for name, digest in record.get("files", {}).items()
+    )

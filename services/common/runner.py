@@ -30,38 +30,80 @@ class ServiceDefinition:
 
 def model_configs(cfg: Any) -> list[ModelConfig]:
     """Every ModelConfig field of a service config (top level)."""
-    return [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), ModelConfig)]
+    return [
+        getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if isinstance(getattr(cfg, f.name), ModelConfig)
+    ]
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with settings (see docs/configuration.md)")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. server.port=6000")
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. server.port=6000",
+    )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus port (0 = free port, -1 = off)")
-    parser.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], help="engine backend for every model")
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus port (0 = free port, -1 = off)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["onnxruntime", "torch", "tensorrt"],
+        help="engine backend for every model",
+    )
     parser.add_argument("--device", help="engine device for every model, e.g. cpu or cuda:0")
-    parser.add_argument("--precision", choices=["fp32", "fp16"], help="engine precision for every model")
-    parser.add_argument("--engine-threads", dest="threads", type=int, help="intra-op threads per engine instance for every model (0 = library default)")
+    parser.add_argument(
+        "--precision", choices=["fp32", "fp16"], help="engine precision for every model"
+    )
+    parser.add_argument(
+        "--engine-threads",
+        dest="threads",
+        type=int,
+        help="intra-op threads per engine instance for every model (0 = library default)",
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
 
 
 def resolve_config(definition: ServiceDefinition, args: argparse.Namespace) -> Any:
-    cfg: Any = cfgmod.load(definition.config_cls, yaml_path=args.config, assignments=args.assignments)
+    cfg: Any = cfgmod.load(
+        definition.config_cls, yaml_path=args.config, assignments=args.assignments
+    )
     server: ServerConfig = cfg.server
     if server.port == 0:
         server = dataclasses.replace(server, port=definition.default_port)
-    for flag, key in (("host", "host"), ("port", "port"), ("metrics_port", "metrics_port"), ("log_level", "log_level")):
+    for flag, key in (
+        ("host", "host"),
+        ("port", "port"),
+        ("metrics_port", "metrics_port"),
+        ("log_level", "log_level"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             server = dataclasses.replace(server, **{key: value})
     cfg = dataclasses.replace(cfg, server=server)
-    engine_overrides = {k: getattr(args, k) for k in ("backend", "device", "precision", "threads") if getattr(args, k, None) is not None}
+    engine_overrides = {
+        k: getattr(args, k)
+        for k in ("backend", "device", "precision", "threads")
+        if getattr(args, k, None) is not None
+    }
     if engine_overrides:
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
             if isinstance(value, ModelConfig):
-                cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(value, engine=dataclasses.replace(value.engine, **engine_overrides))})
+                cfg = dataclasses.replace(
+                    cfg,
+                    **{
+                        f.name: dataclasses.replace(
+                            value, engine=dataclasses.replace(value.engine, **engine_overrides)
+                        )
+                    },
+                )
     return cfg
 
 
@@ -82,7 +124,10 @@ async def _serve(definition: ServiceDefinition, cfg: Any) -> None:
 
 
 def run_service(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"visionmesh serve {definition.name}", description=f"Run the {definition.name} service.")
+    parser = argparse.ArgumentParser(
+        prog=f"visionmesh serve {definition.name}",
+        description=f"Run the {definition.name} service.",
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
     cfg = resolve_config(definition, args)

@@ -73,7 +73,9 @@ class MeshServer:
         tracing.setup(self.name, self.config.trace_exporter)
         limit = self.config.max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[tracing.server_interceptor(), MetricsInterceptor()] if self.config.tracing else [MetricsInterceptor()],
+            interceptors=[tracing.server_interceptor(), MetricsInterceptor()]
+            if self.config.tracing
+            else [MetricsInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -84,7 +86,14 @@ class MeshServer:
             reg.add_to_server(reg.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [r.full_name for r in self.registrations]
-        reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server)
+        reflection.enable_server_reflection(
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
         self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         if self.port == 0:
             raise RuntimeError(f"{self.name}: could not bind {self.config.host}:{self.config.port}")
@@ -97,7 +106,13 @@ class MeshServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
-            extra={"fields": {"address": self.address, "metrics_port": self.metrics_port, "services": names}},
+            extra={
+                "fields": {
+                    "address": self.address,
+                    "metrics_port": self.metrics_port,
+                    "services": names,
+                }
+            },
         )
         for hook in self.on_serving:
             await hook(self.address)
@@ -121,7 +136,9 @@ class MeshServer:
                 await hook()
             except Exception:  # deregistration must not block the drain
                 log.exception("drain hook failed")
-        log.info("draining", extra={"fields": {"grace_s": grace, "delay_s": self.config.drain_delay_s}})
+        log.info(
+            "draining", extra={"fields": {"grace_s": grace, "delay_s": self.config.drain_delay_s}}
+        )
         if self.config.drain_delay_s > 0:
             await asyncio.sleep(self.config.drain_delay_s)
         await self.server.stop(grace)

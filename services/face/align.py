@@ -18,7 +18,13 @@ from skimage.transform import SimilarityTransform
 # Left eye, right eye (image left/right), nose tip, left / right mouth corner,
 # from dlib's mean face shape (points 36-41 and 42-47 averaged, 30, 48, 54).
 CANONICAL_FACE = np.array(
-    [[0.225492, 0.215990], [0.754761, 0.215990], [0.490127, 0.515625], [0.254149, 0.780233], [0.726104, 0.780233]],
+    [
+        [0.225492, 0.215990],
+        [0.754761, 0.215990],
+        [0.490127, 0.515625],
+        [0.254149, 0.780233],
+        [0.726104, 0.780233],
+    ],
     np.float64,
 )
 # Largest supersampling factor for chips much smaller than the face.
@@ -37,7 +43,13 @@ def extract_chip(rgb: np.ndarray, landmarks: np.ndarray, size: int, padding: flo
     matrix = chip_matrix(landmarks, size, padding)
     scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
     factor = min(MAX_OVERSAMPLE, max(1, math.ceil(1.0 / scale))) if scale > 0 else 1
-    big = cv2.warpAffine(rgb, matrix * np.array([[factor], [factor]]), (size * factor, size * factor), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    big = cv2.warpAffine(
+        rgb,
+        matrix * np.array([[factor], [factor]]),
+        (size * factor, size * factor),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     if factor == 1:
         return big
     return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)

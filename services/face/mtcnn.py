@@ -42,12 +42,16 @@ def pyramid(rgb: np.ndarray, scales: list[float]) -> list[np.ndarray]:
     h, w = rgb.shape[:2]
     levels, source = [], rgb
     for scale in scales:
-        source = cv2.resize(source, (int(np.ceil(w * scale)), int(np.ceil(h * scale))), interpolation=cv2.INTER_AREA)
+        source = cv2.resize(
+            source, (int(np.ceil(w * scale)), int(np.ceil(h * scale))), interpolation=cv2.INTER_AREA
+        )
         levels.append(source)
     return levels
 
 
-def proposals(prob: np.ndarray, reg: np.ndarray, scale: float, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def proposals(
+    prob: np.ndarray, reg: np.ndarray, scale: float, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P-Net maps (``[H', W']``, ``[4, H', W']``) -> candidate boxes, scores, regressions."""
     ys, xs = np.nonzero(prob >= threshold)
     cells = np.stack([xs, ys], axis=1).astype(np.float32)
@@ -103,7 +107,9 @@ def crops(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         if bw < 2 or bh < 2:
             continue
         if x1 >= 0 and y1 >= 0 and x2 < w and y2 < h:  # the common case: no padding copy
-            out[k] = cv2.resize(rgb[y1 : y2 + 1, x1 : x2 + 1], (size, size), interpolation=cv2.INTER_AREA)
+            out[k] = cv2.resize(
+                rgb[y1 : y2 + 1, x1 : x2 + 1], (size, size), interpolation=cv2.INTER_AREA
+            )
             continue
         patch = np.zeros((bh, bw, 3), np.uint8)
         sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2 + 1, w), min(y2 + 1, h)

@@ -145,7 +145,14 @@ class MiniXception(nn.Module):
         self.bn1 = nn.BatchNorm2d(8, eps=1e-3)
         self.conv2 = nn.Conv2d(8, 8, 3, bias=False)
         self.bn2 = nn.BatchNorm2d(8, eps=1e-3)
-        self.blocks = nn.ModuleList([_XceptionBlock(8, 16), _XceptionBlock(16, 32), _XceptionBlock(32, 64), _XceptionBlock(64, 128)])
+        self.blocks = nn.ModuleList(
+            [
+                _XceptionBlock(8, 16),
+                _XceptionBlock(16, 32),
+                _XceptionBlock(32, 64),
+                _XceptionBlock(64, 128),
+            ]
+        )
         self.head = nn.Conv2d(128, 7, 3, padding=1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+
 import grpc
 import numpy as np
 
@@ -56,31 +57,80 @@ class FacePipeline:
         self.emotion_labels = models.emotion.entry.labels()
 
     def _chips(self, rgb: np.ndarray, det: Detections) -> Chips:
-        age_pre, gender_pre = self.models.age.entry.preprocessing, self.models.gender.entry.preprocessing
+        age_pre, gender_pre = (
+            self.models.age.entry.preprocessing,
+            self.models.gender.entry.preprocessing,
+        )
         emo_size = int(self.models.emotion.entry.preprocessing["size"])
         return Chips(
-            age=np.stack([extract_chip(rgb, lm, int(age_pre["size"]), float(age_pre["chip_padding"])) for lm in det.landmarks]),
-            gender=np.stack([extract_chip(rgb, lm, int(gender_pre["size"]), float(gender_pre["chip_padding"])) for lm in det.landmarks]),
-            emotion=np.stack([extract_chip(rgb, lm, emo_size, EMOTION_CHIP_PADDING) for lm in det.landmarks]),
+            age=np.stack(
+                [
+                    extract_chip(rgb, lm, int(age_pre["size"]), float(age_pre["chip_padding"]))
+                    for lm in det.landmarks
+                ]
+            ),
+            gender=np.stack(
+                [
+                    extract_chip(
+                        rgb, lm, int(gender_pre["size"]), float(gender_pre["chip_padding"])
+                    )
+                    for lm in det.landmarks
+                ]
+            ),
+            emotion=np.stack(
+                [extract_chip(rgb, lm, emo_size, EMOTION_CHIP_PADDING) for lm in det.landmarks]
+            ),
         )
 
-    async def analyse(self, rgb: np.ndarray, min_face: float, max_faces: int, context: grpc.aio.ServicerContext | None = None) -> list[face_pb2.Face]:
+    async def analyse(
+        self,
+        rgb: np.ndarray,
+        min_face: float,
+        max_faces: int,
+        context: grpc.aio.ServicerContext | None = None,
+    ) -> list[face_pb2.Face]:
         """Every face of ``rgb`` with all its attributes."""
         det = await self.detector.detect(rgb, min_face, max_faces, context)
         if len(det) == 0:
             return []
         chips = await asyncio.to_thread(self._chips, rgb, det)
         m = self.models
-        age_pre, gender_pre, emo_pre = m.age.entry.preprocessing, m.gender.entry.preprocessing, m.emotion.entry.preprocessing
+        age_pre, gender_pre, emo_pre = (
+            m.age.entry.preprocessing,
+            m.gender.entry.preprocessing,
+            m.emotion.entry.preprocessing,
+        )
         # The three heads run concurrently; each batcher merges these faces with other calls' faces.
         age_p, gender_p, emo_p = await asyncio.gather(
-            _run(m.age, attributes.rgb_chips_to_tensor(chips.age, age_pre["mean"], age_pre["scale"]), context),
-            _run(m.gender, attributes.rgb_chips_to_tensor(chips.gender, gender_pre["mean"], gender_pre["scale"]), context),
-            _run(m.emotion, attributes.grey_chips_to_tensor(chips.emotion, emo_pre["mean"], emo_pre["scale"]), context),
+            _run(
+                m.age,
+                attributes.rgb_chips_to_tensor(chips.age, age_pre["mean"], age_pre["scale"]),
+                context,
+            ),
+            _run(
+                m.gender,
+                attributes.rgb_chips_to_tensor(
+                    chips.gender, gender_pre["mean"], gender_pre["scale"]
+                ),
+                context,
+            ),
+            _run(
+                m.emotion,
+                attributes.grey_chips_to_tensor(chips.emotion, emo_pre["mean"], emo_pre["scale"]),
+                context,
+            ),
         )
         return [self._face(det, i, chips, age_p[i], gender_p[i], emo_p[i]) for i in range(len(det))]
 
-    def _face(self, det: Detections, i: int, chips: Chips, age_p: np.ndarray, gender_p: np.ndarray, emo_p: np.ndarray) -> face_pb2.Face:
+    def _face(
+        self,
+        det: Detections,
+        i: int,
+        chips: Chips,
+        age_p: np.ndarray,
+        gender_p: np.ndarray,
+        emo_p: np.ndarray,
+    ) -> face_pb2.Face:
         age = attributes.age_from_probabilities(age_p, self.age_bins)
         pose = attributes.pose_from_landmarks(det.landmarks[i])
         quality = attributes.face_quality(chips.age[i], self.config.quality)
@@ -92,6 +142,15 @@ class FacePipeline:
             pose=face_pb2.Pose(roll=pose.roll, yaw=pose.yaw, pitch=pose.pitch),
             age=face_pb2.Age(years=age.years, low=age.low, high=age.high),
             gender=face_pb2.Gender(label=self.gender_labels[g], confidence=float(gender_p[g])),
-            emotion=face_pb2.Emotion(dominant=self.emotion_labels[e], scores={lab: float(p) for lab, p in zip(self.emotion_labels, emo_p, strict=True)}),
-            quality=face_pb2.FaceQuality(blur=quality.blur, blurred=quality.blurred, exposure=quality.exposure, under_exposed=quality.under_exposed, over_exposed=quality.over_exposed),
+            emotion=face_pb2.Emotion(
+                dominant=self.emotion_labels[e],
+                scores={lab: float(p) for lab, p in zip(self.emotion_labels, emo_p, strict=True)},
+            ),
+            quality=face_pb2.FaceQuality(
+                blur=quality.blur,
+                blurred=quality.blurred,
+                exposure=quality.exposure,
+                under_exposed=quality.under_exposed,
+                over_exposed=quality.over_exposed,
+            ),
         )

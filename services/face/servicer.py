@@ -23,7 +23,17 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     def __init__(self, config: FaceConfig) -> None:
         self.config = config
         # One served model (queue + batcher + engines) per network.
-        self.served = [ServedModel(c) for c in (config.pnet, config.rnet, config.onet, config.age, config.gender, config.emotion)]
+        self.served = [
+            ServedModel(c)
+            for c in (
+                config.pnet,
+                config.rnet,
+                config.onet,
+                config.age,
+                config.gender,
+                config.emotion,
+            )
+        ]
         self.pipeline = FacePipeline(FaceModels(*self.served), config)
 
     async def start(self) -> None:
@@ -34,14 +44,23 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
 
     def _limits(self, request: face_pb2.DetectRequest) -> tuple[float, int]:
         if request.max_faces < 0:
-            raise InvalidInput(f"max_faces must be >= 0 (0 = default {self.config.detector.max_faces}), got {request.max_faces}")
+            raise InvalidInput(
+                f"max_faces must be >= 0 (0 = default {self.config.detector.max_faces}), got {request.max_faces}"
+            )
         size = request.min_face_size
         if not np.isfinite(size) or size < 0 or 0 < size < MIN_FACE_FLOOR:
-            raise InvalidInput(f"min_face_size must be 0 (default) or a finite value >= {MIN_FACE_FLOOR:g} px, got {size}")
-        return size or self.config.detector.min_face_size, request.max_faces or self.config.detector.max_faces
+            raise InvalidInput(
+                f"min_face_size must be 0 (default) or a finite value >= {MIN_FACE_FLOOR:g} px, got {size}"
+            )
+        return (
+            size or self.config.detector.min_face_size,
+            request.max_faces or self.config.detector.max_faces,
+        )
 
     @grpc_method
-    async def Detect(self, request: face_pb2.DetectRequest, context: grpc.aio.ServicerContext) -> face_pb2.DetectResponse:
+    async def Detect(
+        self, request: face_pb2.DetectRequest, context: grpc.aio.ServicerContext
+    ) -> face_pb2.DetectResponse:
         min_face, max_faces = self._limits(request)
         rgb = image_to_rgb(request.image)
         faces = await self.pipeline.analyse(rgb, min_face, max_faces, context)

@@ -10,8 +10,12 @@ from visionmesh.v1 import common_pb2, face_pb2
 SOURCE = "face"
 
 
-def _tag(name: str, score: float, en: str, zh: str, face: face_pb2.Face | None = None) -> common_pb2.Tag:
-    tag = common_pb2.Tag(name=name, score=float(score), source=SOURCE, display_name_en=en, display_name_zh=zh)
+def _tag(
+    name: str, score: float, en: str, zh: str, face: face_pb2.Face | None = None
+) -> common_pb2.Tag:
+    tag = common_pb2.Tag(
+        name=name, score=float(score), source=SOURCE, display_name_en=en, display_name_zh=zh
+    )
     if face is not None:
         tag.box.CopyFrom(face.box)
     return tag
@@ -26,7 +30,9 @@ def face_tags(faces: Sequence[face_pb2.Face], config: TagConfig) -> list[common_
     best = max(faces, key=lambda f: f.score)
     tags = [_tag("face/count", best.score, f"{n} face" + ("s" if n > 1 else ""), f"{n} 张人脸")]
     for label, en, zh in (("female", "Woman", "女性"), ("male", "Man", "男性")):
-        matching = [f for f in faces if f.gender.label == label and f.gender.confidence >= config.gender_min]
+        matching = [
+            f for f in faces if f.gender.label == label and f.gender.confidence >= config.gender_min
+        ]
         if matching:
             top = max(matching, key=lambda f: f.gender.confidence)
             tags.append(_tag(f"face/{label}", top.gender.confidence, en, zh, top))

@@ -125,7 +125,9 @@ class Collection:
         if not self.labels:
             return []
         # faiss returns distances strictly below the radius.
-        lims, distances, labels = self.index.range_search(np.ascontiguousarray(query.reshape(1, -1), np.uint8), max_distance + 1)
+        lims, distances, labels = self.index.range_search(
+            np.ascontiguousarray(query.reshape(1, -1), np.uint8), max_distance + 1
+        )
         order = np.argsort(distances[lims[0] : lims[1]], kind="stable")[:limit]
         return self._hits(distances[order], labels[order])
 
@@ -147,7 +149,11 @@ class Collection:
         encoded = [self.names[i].encode("utf-8") for i in alive]  # type: ignore[union-attr]
         offsets = np.zeros(len(encoded) + 1, np.int64)
         offsets[1:] = np.cumsum([len(e) for e in encoded])
-        return {"id_blob": np.frombuffer(b"".join(encoded), np.uint8), "id_offsets": offsets, "codes": self.codes[alive].copy()}
+        return {
+            "id_blob": np.frombuffer(b"".join(encoded), np.uint8),
+            "id_offsets": offsets,
+            "codes": self.codes[alive].copy(),
+        }
 
     def import_state(self, state: dict[str, np.ndarray]) -> None:
         blob = state["id_blob"].tobytes()

@@ -50,7 +50,10 @@ class StorageConfig:
 class HashConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     features: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="efficientnet_lite0", batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000))
+        default_factory=lambda: ModelConfig(
+            name="efficientnet_lite0",
+            batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000),
+        )
     )
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     index: IndexConfig = field(default_factory=IndexConfig)

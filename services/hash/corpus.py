@@ -19,8 +19,21 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 OTHER_PHOTOS = (
-    "brick", "grass", "gravel", "moon", "coins", "page", "text", "cell", "clock",
-    "colorwheel", "logo", "immunohistochemistry", "hubble_deep_field", "retina", "checkerboard",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "coins",
+    "page",
+    "text",
+    "cell",
+    "clock",
+    "colorwheel",
+    "logo",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "checkerboard",
 )
 EVALUATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "stereo_motorcycle")
 ALL_PHOTOS = EVALUATION_PHOTOS + OTHER_PHOTOS
@@ -53,7 +66,11 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
 
 def resize(rgb: np.ndarray, factor: float) -> np.ndarray:
     h, w = rgb.shape[:2]
-    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR))
+    return np.asarray(
+        Image.fromarray(rgb).resize(
+            (max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR
+        )
+    )
 
 
 def center_fraction(rgb: np.ndarray, fraction: float) -> np.ndarray:
@@ -77,7 +94,14 @@ def text_overlay(rgb: np.ndarray, text: str = "VisionMesh @user 2026") -> np.nda
     h, w = rgb.shape[:2]
     font = ImageFont.load_default(size=max(10, h // 12))
     draw = ImageDraw.Draw(img)
-    draw.text((w // 20, h * 3 // 4), text, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    draw.text(
+        (w // 20, h * 3 // 4),
+        text,
+        fill=(255, 255, 255),
+        font=font,
+        stroke_width=2,
+        stroke_fill=(0, 0, 0),
+    )
     return np.asarray(img)
 
 
@@ -124,7 +148,9 @@ def augmented_corpus(photos: tuple[str, ...], per_photo: int, seed: int) -> list
     return images
 
 
-def video_frames(photos: tuple[str, ...], frames_per_photo: int, seed: int, size: int = 256) -> list[np.ndarray]:
+def video_frames(
+    photos: tuple[str, ...], frames_per_photo: int, seed: int, size: int = 256
+) -> list[np.ndarray]:
     """Frames of an H.264 clip made with PyAV: a slow random pan-and-zoom over each photo, encoded and decoded back.
 
     Adds what uploaded videos look like (codec artefacts, motion between frames) to the training corpus.
@@ -142,12 +168,20 @@ def video_frames(photos: tuple[str, ...], frames_per_photo: int, seed: int, size
             rgb = load_photo(name)
             h, w = rgb.shape[:2]
             side0, side1 = (min(h, w) * rng.uniform(0.5, 1.0) for _ in range(2))
-            (y0, x0), (y1, x1) = ((rng.uniform(0, h - s), rng.uniform(0, w - s)) for s in (side0, side1))
+            (y0, x0), (y1, x1) = (
+                (rng.uniform(0, h - s), rng.uniform(0, w - s)) for s in (side0, side1)
+            )
             for t in np.linspace(0.0, 1.0, frames_per_photo):
                 side = side0 + t * (side1 - side0)
                 top, left = y0 + t * (y1 - y0), x0 + t * (x1 - x0)
-                crop = Image.fromarray(rgb).crop((round(left), round(top), round(left + side), round(top + side))).resize((size, size))
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(crop), format="rgb24")):
+                crop = (
+                    Image.fromarray(rgb)
+                    .crop((round(left), round(top), round(left + side), round(top + side)))
+                    .resize((size, size))
+                )
+                for packet in stream.encode(
+                    av.VideoFrame.from_ndarray(np.asarray(crop), format="rgb24")
+                ):
                     container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -183,7 +217,9 @@ def _random_edit(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         elif op == 4:
             rgb = np.ascontiguousarray(rgb[:, ::-1])
         else:
-            rgb = brightness(center_fraction(rgb, float(rng.uniform(0.7, 0.95))), float(rng.uniform(0.6, 1.4)))
+            rgb = brightness(
+                center_fraction(rgb, float(rng.uniform(0.7, 0.95))), float(rng.uniform(0.6, 1.4))
+            )
     return rgb
 
 
@@ -212,7 +248,9 @@ def collages(photos: tuple[str, ...], count: int, seed: int) -> list[np.ndarray]
         scale = rng.uniform(0.3, 1.0)
         ch, cw = max(16, int(h * scale)), max(16, int(w * scale))
         top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        return np.asarray(Image.fromarray(rgb[top : top + ch, left : left + cw]).resize((out_w, out_h)))
+        return np.asarray(
+            Image.fromarray(rgb[top : top + ch, left : left + cw]).resize((out_w, out_h))
+        )
 
     out = []
     for _ in range(count):
@@ -223,22 +261,40 @@ def collages(photos: tuple[str, ...], count: int, seed: int) -> list[np.ndarray]
         elif layout == 1:
             out.append(np.concatenate([crop(picks[0], 128, 256), crop(picks[1], 128, 256)], axis=0))
         else:
-            rows = [np.concatenate([crop(picks[r * 2], 128, 128), crop(picks[r * 2 + 1], 128, 128)], axis=1) for r in range(2)]
+            rows = [
+                np.concatenate(
+                    [crop(picks[r * 2], 128, 128), crop(picks[r * 2 + 1], 128, 128)], axis=1
+                )
+                for r in range(2)
+            ]
             out.append(np.concatenate(rows, axis=0))
     return out
 
 
-def photo_corpus(photos: tuple[str, ...], per_photo: int, frames_per_photo: int, views_per_photo: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+def photo_corpus(
+    photos: tuple[str, ...], per_photo: int, frames_per_photo: int, views_per_photo: int, seed: int
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Everything made from one photo at a time (augmentations, video frames, edited views) and each image's photo index."""
     stills = augmented_corpus(photos, per_photo, seed)
     frames = video_frames(photos, frames_per_photo, seed)
     views = edited_views(photos, views_per_photo, seed + 1)
     index = np.arange(len(photos))
-    source = np.r_[np.repeat(index, per_photo), np.repeat(index, frames_per_photo)[: len(frames)], np.repeat(index, 3 * views_per_photo)]
+    source = np.r_[
+        np.repeat(index, per_photo),
+        np.repeat(index, frames_per_photo)[: len(frames)],
+        np.repeat(index, 3 * views_per_photo),
+    ]
     return stills + frames + views, source
 
 
-def training_corpus(photos: tuple[str, ...], per_photo: int, frames_per_photo: int, views_per_photo: int, collage_count: int, seed: int) -> list[np.ndarray]:
+def training_corpus(
+    photos: tuple[str, ...],
+    per_photo: int,
+    frames_per_photo: int,
+    views_per_photo: int,
+    collage_count: int,
+    seed: int,
+) -> list[np.ndarray]:
     """The whole training corpus of ``photos``: the per-photo images plus collages of them."""
     images, _ = photo_corpus(photos, per_photo, frames_per_photo, views_per_photo, seed)
     return images + collages(photos, collage_count, seed + 2)

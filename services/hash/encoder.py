@@ -23,7 +23,9 @@ class Encoder:
     def __init__(self, config: HashConfig) -> None:
         self.model = ServedModel(config.features)
         entry = load_entry(config.projection.model, config.projection.version)
-        self.projection = Projection.load(entry.file(str(entry.extra.get("projection", "projection.npz"))))
+        self.projection = Projection.load(
+            entry.file(str(entry.extra.get("projection", "projection.npz")))
+        )
         self.method = config.projection.method
 
     async def start(self) -> None:
@@ -32,7 +34,9 @@ class Encoder:
     async def close(self) -> None:
         await self.model.close()
 
-    async def features(self, frames: list[np.ndarray], context: grpc.aio.ServicerContext | None = None) -> np.ndarray:
+    async def features(
+        self, frames: list[np.ndarray], context: grpc.aio.ServicerContext | None = None
+    ) -> np.ndarray:
         """The item's aggregated feature vector (mean of its frames' L2-normalised features)."""
         # Preprocessing is CPU work: keep it off the event loop.
         batch = await asyncio.to_thread(to_batch, frames, self.model.entry.preprocessing)

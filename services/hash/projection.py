@@ -35,7 +35,13 @@ def hamming(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(codes, query[None, :])).sum(axis=-1).astype(np.int32)
 
 
-def train_itq(centred: np.ndarray, bits: int, iterations: int, rng: np.random.Generator, whiten_dims: int = WHITEN_DIMS) -> np.ndarray:
+def train_itq(
+    centred: np.ndarray,
+    bits: int,
+    iterations: int,
+    rng: np.random.Generator,
+    whiten_dims: int = WHITEN_DIMS,
+) -> np.ndarray:
     """``features(dim) -> bits`` matrix: whitened top-``whiten_dims`` PCA, a random orthogonal
     ``whiten_dims -> bits`` map, then the ITQ rotation.
 
@@ -48,7 +54,9 @@ def train_itq(centred: np.ndarray, bits: int, iterations: int, rng: np.random.Ge
     """
     dims = min(whiten_dims, min(centred.shape) - 1)
     if dims < bits:
-        raise ValueError(f"ITQ with {bits} bits needs at least {bits + 1} training samples and dimensions, got {centred.shape}")
+        raise ValueError(
+            f"ITQ with {bits} bits needs at least {bits + 1} training samples and dimensions, got {centred.shape}"
+        )
     # PCA from the SVD of the centred data (rows = samples); dividing by the singular values whitens.
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     whiten = vt[:dims].T.astype(np.float64) / (singular[:dims] / np.sqrt(centred.shape[0] - 1))
@@ -105,13 +113,19 @@ class Projection:
             return cls(data["mean"].astype(np.float32), matrices)
 
 
-def fit(features: np.ndarray, bits_list: tuple[int, ...], seed: int, iterations: int = 50) -> Projection:
+def fit(
+    features: np.ndarray, bits_list: tuple[int, ...], seed: int, iterations: int = 50
+) -> Projection:
     """Fit ITQ and draw LSH matrices for every size in ``bits_list`` (reproducible for a seed)."""
     normalised = l2_normalise(features.astype(np.float64))
     mean = normalised.mean(axis=0)
     centred = normalised - mean
     matrices: dict[tuple[str, int], np.ndarray] = {}
     for bits in bits_list:
-        matrices[("itq", bits)] = train_itq(centred, bits, iterations, np.random.default_rng(seed + bits))
-        matrices[("lsh", bits)] = random_hyperplanes(features.shape[1], bits, np.random.default_rng(seed + 10_000 + bits))
+        matrices[("itq", bits)] = train_itq(
+            centred, bits, iterations, np.random.default_rng(seed + bits)
+        )
+        matrices[("lsh", bits)] = random_hyperplanes(
+            features.shape[1], bits, np.random.default_rng(seed + 10_000 + bits)
+        )
     return Projection(mean.astype(np.float32), matrices)

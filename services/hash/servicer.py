@@ -29,7 +29,9 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self.default_bits = validation.bits(config.projection.default_bits, 128)
         for b in (64, 128, 256):
             if not self.encoder.projection.supports(self.method, b):
-                raise ValueError(f"projection {config.projection.model} has no {self.method} matrix for {b} bits")
+                raise ValueError(
+                    f"projection {config.projection.model} has no {self.method} matrix for {b} bits"
+                )
         self.store = HashStore(config.storage, config.index)
 
     async def start(self) -> None:
@@ -40,7 +42,9 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         await self.store.close()
         await self.encoder.close()
 
-    async def _encode(self, frames: list[common_pb2.Image], bits: int, context: grpc.aio.ServicerContext) -> np.ndarray:
+    async def _encode(
+        self, frames: list[common_pb2.Image], bits: int, context: grpc.aio.ServicerContext
+    ) -> np.ndarray:
         validation.frame_count(len(frames), self.config.max_frames)
         rgbs = [image_to_rgb(f) for f in frames]
         return self.encoder.code(await self.encoder.features(rgbs, context), bits)
@@ -49,37 +53,56 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         return hash_pb2.HashCode(code=code.tobytes(), bits=bits, method=method or self.method)
 
     @grpc_method
-    async def Encode(self, request: hash_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> hash_pb2.EncodeResponse:
+    async def Encode(
+        self, request: hash_pb2.EncodeRequest, context: grpc.aio.ServicerContext
+    ) -> hash_pb2.EncodeResponse:
         bits = validation.bits(request.bits, self.default_bits)
         code = await self._encode(list(request.frames), bits, context)
         return hash_pb2.EncodeResponse(code=self._message(code, bits))
 
     @grpc_method
-    async def Add(self, request: hash_pb2.AddRequest, context: grpc.aio.ServicerContext) -> hash_pb2.AddResponse:
+    async def Add(
+        self, request: hash_pb2.AddRequest, context: grpc.aio.ServicerContext
+    ) -> hash_pb2.AddResponse:
         name = validation.collection_name(request.collection)
         item = validation.item_id(request.id)
         existing = self.store.collections.get(name)
         if request.HasField("code") and request.frames:
             raise InvalidInput("give either code or frames, not both")
         if request.HasField("code"):
-            code = validation.code(request.code, existing.bits if existing else None, existing.method if existing else None)
-            bits, method = request.code.bits, existing.method if existing else (request.code.method or self.method)
+            code = validation.code(
+                request.code,
+                existing.bits if existing else None,
+                existing.method if existing else None,
+            )
+            bits, method = (
+                request.code.bits,
+                existing.method if existing else (request.code.method or self.method),
+            )
         else:
             bits = existing.bits if existing else self.default_bits
             if existing is not None and existing.method != self.method:
-                raise InvalidInput(f"collection {name!r} holds {existing.method} codes; this service encodes {self.method}: add codes, not frames")
+                raise InvalidInput(
+                    f"collection {name!r} holds {existing.method} codes; this service encodes {self.method}: add codes, not frames"
+                )
             code, method = await self._encode(list(request.frames), bits, context), self.method
         replaced = await self.store.add(name, item, code, bits, method)
-        return hash_pb2.AddResponse(id=item, code=self._message(code, bits, method), replaced=replaced)
+        return hash_pb2.AddResponse(
+            id=item, code=self._message(code, bits, method), replaced=replaced
+        )
 
     def _collection(self, name: str) -> Collection:
         coll = self.store.collections.get(validation.collection_name(name))
         if coll is None:
-            raise NotFound(f"collection {name!r} does not exist (a collection is created by its first Add)")
+            raise NotFound(
+                f"collection {name!r} does not exist (a collection is created by its first Add)"
+            )
         return coll
 
     @grpc_method
-    async def Search(self, request: hash_pb2.SearchRequest, context: grpc.aio.ServicerContext) -> hash_pb2.SearchResponse:
+    async def Search(
+        self, request: hash_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> hash_pb2.SearchResponse:
         coll = self._collection(request.collection)
         if request.HasField("code") and request.frames:
             raise InvalidInput("give either code or frames, not both")
@@ -87,28 +110,43 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
             query = validation.code(request.code, coll.bits, coll.method)
         else:
             if coll.method != self.method:
-                raise InvalidInput(f"collection {coll.name!r} holds {coll.method} codes; this service encodes {self.method}: search with a code")
+                raise InvalidInput(
+                    f"collection {coll.name!r} holds {coll.method} codes; this service encodes {self.method}: search with a code"
+                )
             query = await self._encode(list(request.frames), coll.bits, context)
         hits: list[Hit]
         if request.HasField("max_distance"):
             if not 0 <= request.max_distance <= coll.bits:
-                raise InvalidInput(f"max_distance must be within 0..{coll.bits}, got {request.max_distance}")
+                raise InvalidInput(
+                    f"max_distance must be within 0..{coll.bits}, got {request.max_distance}"
+                )
             hits = coll.within(query, request.max_distance, self.config.index.max_radius_results)
         else:
             if request.k < 0 or request.k > self.config.index.max_k:
-                raise InvalidInput(f"k must be within 0..{self.config.index.max_k} (0 = {self.config.index.default_k}), got {request.k}")
+                raise InvalidInput(
+                    f"k must be within 0..{self.config.index.max_k} (0 = {self.config.index.default_k}), got {request.k}"
+                )
             hits = coll.search(query.reshape(1, -1), request.k or self.config.index.default_k)[0]
-        matches = [hash_pb2.Match(id=h.id, distance=h.distance, similarity=1.0 - h.distance / coll.bits) for h in hits]
-        return hash_pb2.SearchResponse(matches=matches, query_code=self._message(query, coll.bits, coll.method))
+        matches = [
+            hash_pb2.Match(id=h.id, distance=h.distance, similarity=1.0 - h.distance / coll.bits)
+            for h in hits
+        ]
+        return hash_pb2.SearchResponse(
+            matches=matches, query_code=self._message(query, coll.bits, coll.method)
+        )
 
     @grpc_method
-    async def Delete(self, request: hash_pb2.DeleteRequest, context: grpc.aio.ServicerContext) -> hash_pb2.DeleteResponse:
+    async def Delete(
+        self, request: hash_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> hash_pb2.DeleteResponse:
         name = validation.collection_name(request.collection)
         deleted = await self.store.delete(name, validation.item_id(request.id))
         return hash_pb2.DeleteResponse(deleted=deleted)
 
     @grpc_method
-    async def Get(self, request: hash_pb2.GetRequest, context: grpc.aio.ServicerContext) -> hash_pb2.GetResponse:
+    async def Get(
+        self, request: hash_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> hash_pb2.GetResponse:
         coll = self.store.collections.get(validation.collection_name(request.collection))
         code = coll.get(validation.item_id(request.id)) if coll is not None else None
         if coll is None or code is None:

@@ -26,7 +26,16 @@ import numpy as np
 from services.common.errors import InvalidInput, Unavailable
 from services.hash.collection import Collection
 from services.hash.config import IndexConfig, StorageConfig
-from services.hash.wal import OP_ADD, OP_DELETE, Record, SegmentWriter, fsync_dir, frame, list_segments, read_segment
+from services.hash.wal import (
+    OP_ADD,
+    OP_DELETE,
+    Record,
+    SegmentWriter,
+    frame,
+    fsync_dir,
+    list_segments,
+    read_segment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +72,17 @@ class HashStore:
                     replayed += 1
         self._writer = SegmentWriter(self.directory, self.seq + 1, self.storage.fsync)
         items = sum(len(c) for c in self.collections.values())
-        log.info("hash store recovered", extra={"fields": {"snapshot_seq": snapshot_seq, "replayed": replayed, "items": items, "collections": len(self.collections)}})
+        log.info(
+            "hash store recovered",
+            extra={
+                "fields": {
+                    "snapshot_seq": snapshot_seq,
+                    "replayed": replayed,
+                    "items": items,
+                    "collections": len(self.collections),
+                }
+            },
+        )
 
     async def start(self) -> None:
         if self._writer is None:
@@ -83,9 +102,13 @@ class HashStore:
 
     # -- writes --
 
-    async def add(self, collection: str, item_id: str, code: np.ndarray, bits: int, method: str) -> bool:
+    async def add(
+        self, collection: str, item_id: str, code: np.ndarray, bits: int, method: str
+    ) -> bool:
         """Log, fsync, apply; True when an item was replaced."""
-        replaced: bool = await self._submit(Record(OP_ADD, collection, item_id, bits, method, code.tobytes()))
+        replaced: bool = await self._submit(
+            Record(OP_ADD, collection, item_id, bits, method, code.tobytes())
+        )
         return replaced
 
     async def delete(self, collection: str, item_id: str) -> bool:
@@ -119,7 +142,9 @@ class HashStore:
                 # Fail-stop (as databases do on a failed fsync): the log may hold part of this
                 # batch, so memory and log could disagree -- refuse writes until a restart recovers.
                 log.exception("write-ahead log append failed; refusing further writes")
-                self._failed = f"write-ahead log append failed: {exc}; restart the service to recover"
+                self._failed = (
+                    f"write-ahead log append failed: {exc}; restart the service to recover"
+                )
                 for _, future in batch + self._pending:
                     if not future.done():
                         future.set_exception(Unavailable(self._failed))
@@ -136,10 +161,14 @@ class HashStore:
                 if not future.done():
                     future.set_result(result)
             self._since_snapshot += len(batch)
-            if self._since_snapshot >= self.storage.snapshot_every and (self._snapshotting is None or self._snapshotting.done()):
+            if self._since_snapshot >= self.storage.snapshot_every and (
+                self._snapshotting is None or self._snapshotting.done()
+            ):
                 # Rotate and capture here, between batches, so no append is in flight.
                 captured = self._rotate_and_capture()
-                self._snapshotting = asyncio.create_task(asyncio.to_thread(self._write_snapshot, *captured))
+                self._snapshotting = asyncio.create_task(
+                    asyncio.to_thread(self._write_snapshot, *captured)
+                )
 
     def _apply(self, record: Record) -> bool:
         """Apply one logged operation; deterministic, so replay reaches the same state."""
@@ -148,10 +177,14 @@ class HashStore:
             return coll.remove(record.id) if coll is not None else False
         coll = self.collections.get(record.collection)
         if coll is None:
-            coll = self.collections[record.collection] = Collection(record.collection, record.bits, record.method, self.index_config)
+            coll = self.collections[record.collection] = Collection(
+                record.collection, record.bits, record.method, self.index_config
+            )
         elif coll.bits != record.bits or coll.method != record.method:
             # Two first adds raced with different code kinds: the later one loses, in the log as in memory.
-            raise InvalidInput(f"collection {record.collection!r} holds {coll.bits}-bit {coll.method} codes, not {record.bits}-bit {record.method}")
+            raise InvalidInput(
+                f"collection {record.collection!r} holds {coll.bits}-bit {coll.method} codes, not {record.bits}-bit {record.method}"
+            )
         return coll.put(record.id, np.frombuffer(record.code, np.uint8))
 
     # -- snapshots --
@@ -171,7 +204,9 @@ class HashStore:
         self._since_snapshot = 0
         return seq, meta, states
 
-    def _write_snapshot(self, seq: int, meta: dict[str, Any], states: dict[str, dict[str, np.ndarray]]) -> None:
+    def _write_snapshot(
+        self, seq: int, meta: dict[str, Any], states: dict[str, dict[str, np.ndarray]]
+    ) -> None:
         final = self.directory / f"snapshot-{seq:020d}"
         staging = self.directory / f".snapshot-{seq:020d}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -205,7 +240,9 @@ class HashStore:
                 path.unlink(missing_ok=True)
 
     def _load_snapshot(self) -> int:
-        snapshots = sorted(p for p in self.directory.glob("snapshot-*") if (p / "manifest.json").is_file())
+        snapshots = sorted(
+            p for p in self.directory.glob("snapshot-*") if (p / "manifest.json").is_file()
+        )
         if not snapshots:
             return 0
         latest = snapshots[-1]

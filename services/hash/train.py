@@ -33,7 +33,9 @@ COLLAGES = 250
 ITERATIONS = 50
 
 
-def onnx_features(images: list[np.ndarray], model_root: Path | None = None, batch: int = 32) -> np.ndarray:
+def onnx_features(
+    images: list[np.ndarray], model_root: Path | None = None, batch: int = 32
+) -> np.ndarray:
     """Pooled EfficientNet-Lite0 features of ``images``, computed with ONNX Runtime on the CPU."""
     import onnxruntime as ort
 
@@ -48,7 +50,13 @@ def onnx_features(images: list[np.ndarray], model_root: Path | None = None, batc
     return np.concatenate(out).astype(np.float32)
 
 
-def train(out: Path, seed: int = SEED, per_photo: int = PER_PHOTO, model_root: Path | None = None, photos: tuple[str, ...] = ALL_PHOTOS) -> dict[str, Any]:
+def train(
+    out: Path,
+    seed: int = SEED,
+    per_photo: int = PER_PHOTO,
+    model_root: Path | None = None,
+    photos: tuple[str, ...] = ALL_PHOTOS,
+) -> dict[str, Any]:
     """Build the corpus, extract features, fit; write ``projection.npz``; return the training record."""
     start = time.perf_counter()
     images = training_corpus(photos, per_photo, VIDEO_FRAMES, VIEWS_PER_PHOTO, COLLAGES, seed)
@@ -56,7 +64,16 @@ def train(out: Path, seed: int = SEED, per_photo: int = PER_PHOTO, model_root: P
     projection: Projection = fit(features, SUPPORTED_BITS, seed, ITERATIONS)
     projection.save(out / "projection.npz")
     return {
-        "corpus": {"source": "scikit-image sample photos", "photos": list(photos), "augmentations_per_photo": per_photo, "video_frames_per_photo": VIDEO_FRAMES, "edited_views_per_photo": VIEWS_PER_PHOTO, "images_per_edited_view": 3, "collages": COLLAGES, "images": len(images)},
+        "corpus": {
+            "source": "scikit-image sample photos",
+            "photos": list(photos),
+            "augmentations_per_photo": per_photo,
+            "video_frames_per_photo": VIDEO_FRAMES,
+            "edited_views_per_photo": VIEWS_PER_PHOTO,
+            "images_per_edited_view": 3,
+            "collages": COLLAGES,
+            "images": len(images),
+        },
         "feature_model": "efficientnet_lite0 v1 output 'features' (1280-d pooled)",
         "seed": seed,
         "itq_iterations": ITERATIONS,

@@ -95,7 +95,11 @@ def read_segment(path: Path, tolerate_torn_tail: bool) -> Iterator[tuple[int, Re
             length, crc, seq = HEADER.unpack_from(data, pos)
             end = pos + HEADER.size + length
             payload = data[pos + HEADER.size : end]
-            torn = length > MAX_PAYLOAD or end > len(data) or zlib.crc32(struct.pack("<Q", seq) + payload) != crc
+            torn = (
+                length > MAX_PAYLOAD
+                or end > len(data)
+                or zlib.crc32(struct.pack("<Q", seq) + payload) != crc
+            )
         if torn:
             if not tolerate_torn_tail:
                 raise CorruptLog(f"{path}: bad record at byte {good}")

@@ -87,9 +87,13 @@ class LimitsConfig:
 @dataclass
 class OcrConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    detector: ModelConfig = field(default_factory=lambda: _model("ppocr_det", HEAVY_STAGE_THREADS, 4, 1000))
+    detector: ModelConfig = field(
+        default_factory=lambda: _model("ppocr_det", HEAVY_STAGE_THREADS, 4, 1000)
+    )
     direction: ModelConfig = field(default_factory=lambda: _model("ppocr_cls", 1, 64, 2000))
-    recognizer: ModelConfig = field(default_factory=lambda: _model("ppocr_rec", HEAVY_STAGE_THREADS, 32, 2000))
+    recognizer: ModelConfig = field(
+        default_factory=lambda: _model("ppocr_rec", HEAVY_STAGE_THREADS, 32, 2000)
+    )
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

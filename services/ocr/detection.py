@@ -87,14 +87,20 @@ def _unclip(quad: np.ndarray, ratio: float) -> np.ndarray | None:
     if poly.length == 0:
         return None
     offset = pyclipper.PyclipperOffset()
-    offset.AddPath([tuple(p) for p in quad.astype(np.int64).tolist()], pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    offset.AddPath(
+        [tuple(p) for p in quad.astype(np.int64).tolist()],
+        pyclipper.JT_ROUND,
+        pyclipper.ET_CLOSEDPOLYGON,
+    )
     grown = offset.Execute(poly.area * ratio / poly.length)
     if len(grown) != 1:
         return None
     return np.asarray(grown[0], np.float32).reshape(-1, 1, 2)
 
 
-def boxes_from_probability(prob: np.ndarray, det: DetInput, image_hw: tuple[int, int], cfg: DetectionConfig) -> list[TextBox]:
+def boxes_from_probability(
+    prob: np.ndarray, det: DetInput, image_hw: tuple[int, int], cfg: DetectionConfig
+) -> list[TextBox]:
     """DB post-processing of one ``H x W`` probability map -> text boxes in image pixels."""
     # A 2x2 dilation joins characters split by thin gaps (PaddleOCR's use_dilation).
     bitmap = cv2.dilate((prob > cfg.threshold).astype(np.uint8) * 255, np.ones((2, 2), np.uint8))

@@ -16,7 +16,13 @@ from typing import Any
 from visionmesh.models_build import ModelExport, package_provenance
 
 # PaddleOCR models were trained on OpenCV (BGR) images scaled to [-1, 1].
-PADDLE_NORMALISATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "scale": 1 / 255.0, "color": "BGR", "layout": "NCHW"}
+PADDLE_NORMALISATION = {
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "scale": 1 / 255.0,
+    "color": "BGR",
+    "layout": "NCHW",
+}
 
 
 def _rapidocr_model(file_name: str) -> Path:
@@ -24,7 +30,9 @@ def _rapidocr_model(file_name: str) -> Path:
 
     path = Path(rapidocr.__file__).parent / "models" / file_name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: install rapidocr==3.10.0 (it ships this model)")
+        raise FileNotFoundError(
+            f"{path} is missing: install rapidocr==3.10.0 (it ships this model)"
+        )
     return path
 
 
@@ -53,7 +61,9 @@ def build_cls(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     (out / "labels.txt").write_text("0\n180\n", encoding="utf-8")
     config = {
         "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 48, 192]}],
-        "outputs": [{"name": "save_infer_model/scale_0.tmp_1", "dtype": "float32", "shape": [-1, 2]}],
+        "outputs": [
+            {"name": "save_infer_model/scale_0.tmp_1", "dtype": "float32", "shape": [-1, 2]}
+        ],
         "max_batch_size": 64,
         "preprocessing": {**PADDLE_NORMALISATION, "height": 48, "width": 192},
         "labels": "labels.txt",
@@ -68,14 +78,21 @@ def build_rec(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     model = onnx.load(str(out / "model.onnx"), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     if "character" not in meta:
-        raise ValueError("the rec model carries no 'character' metadata: not the expected PP-OCR rec model")
+        raise ValueError(
+            "the rec model carries no 'character' metadata: not the expected PP-OCR rec model"
+        )
     characters = meta["character"].splitlines()
     # One character a line; CTC index 0 is the blank and the last index a space (added by the decoder).
     (out / "dict.txt").write_text("\n".join(characters) + "\n", encoding="utf-8")
-    provenance["dictionary"] = {"from": "ONNX metadata key 'character'", "characters": len(characters)}
+    provenance["dictionary"] = {
+        "from": "ONNX metadata key 'character'",
+        "characters": len(characters),
+    }
     config = {
         "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 48, -1]}],
-        "outputs": [{"name": "fetch_name_0", "dtype": "float32", "shape": [-1, -1, len(characters) + 2]}],
+        "outputs": [
+            {"name": "fetch_name_0", "dtype": "float32", "shape": [-1, -1, len(characters) + 2]}
+        ],
         "max_batch_size": 32,
         "preprocessing": {**PADDLE_NORMALISATION, "height": 48},
         "dictionary": "dict.txt",

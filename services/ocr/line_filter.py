@@ -34,11 +34,21 @@ def is_long(text: str, limits: LimitsConfig) -> bool:
     return text_weight(text, limits.cjk_char_weight) > limits.short_line_weight
 
 
-def keep_line(text: str, confidence: float, box_score: float, min_confidence: float, limits: LimitsConfig, beside_long_line: bool = False) -> bool:
+def keep_line(
+    text: str,
+    confidence: float,
+    box_score: float,
+    min_confidence: float,
+    limits: LimitsConfig,
+    beside_long_line: bool = False,
+) -> bool:
     """``beside_long_line``: another line on the same row is long and passes ``min_confidence``."""
     weight = text_weight(text, limits.cjk_char_weight)
     if weight == 0 or confidence < min_confidence:
         return False
     if weight <= limits.short_line_weight and not beside_long_line:
-        return confidence >= max(min_confidence, limits.short_line_confidence) and box_score >= limits.short_line_box_score
+        return (
+            confidence >= max(min_confidence, limits.short_line_confidence)
+            and box_score >= limits.short_line_box_score
+        )
     return True

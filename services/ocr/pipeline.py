@@ -40,7 +40,11 @@ class OcrPipeline:
         self.detector = ServedModel(config.detector)
         self.direction = ServedModel(config.direction)
         self.recognizer = ServedModel(config.recognizer)
-        self.decoder = CtcDecoder(self.recognizer.entry.file(str(self.recognizer.entry.extra.get("dictionary", "dict.txt"))))
+        self.decoder = CtcDecoder(
+            self.recognizer.entry.file(
+                str(self.recognizer.entry.extra.get("dictionary", "dict.txt"))
+            )
+        )
         self.rec_height = int(self.recognizer.entry.preprocessing.get("height", 48))
 
     @property
@@ -53,7 +57,9 @@ class OcrPipeline:
     async def close(self) -> None:
         await asyncio.gather(*(m.close() for m in self.models))
 
-    async def detect(self, bgr: np.ndarray, context: grpc.aio.ServicerContext | None) -> list[TextBox]:
+    async def detect(
+        self, bgr: np.ndarray, context: grpc.aio.ServicerContext | None
+    ) -> list[TextBox]:
         cfg = self.config.detection
         det = await asyncio.to_thread(prepare, bgr, cfg)
         out = await self.detector.infer({"x": det.tensor}, context)
@@ -61,7 +67,9 @@ class OcrPipeline:
         boxes = await asyncio.to_thread(boxes_from_probability, prob, det, bgr.shape[:2], cfg)
         return reading_order(boxes)
 
-    async def _directions(self, crops: list[np.ndarray], context: grpc.aio.ServicerContext | None) -> list[int]:
+    async def _directions(
+        self, crops: list[np.ndarray], context: grpc.aio.ServicerContext | None
+    ) -> list[int]:
         if not self.config.recognition.use_direction:
             return [0] * len(crops)
         batch = np.concatenate([direction_input(c) for c in crops])
@@ -70,7 +78,9 @@ class OcrPipeline:
         threshold = self.config.recognition.direction_threshold
         return [180 if p.argmax() == 1 and p[1] > threshold else 0 for p in probs]
 
-    async def _recognise(self, crops: list[np.ndarray], context: grpc.aio.ServicerContext | None) -> list[tuple[str, float]]:
+    async def _recognise(
+        self, crops: list[np.ndarray], context: grpc.aio.ServicerContext | None
+    ) -> list[tuple[str, float]]:
         buckets = self.config.recognition.width_buckets
         inputs = [recognition_input(c, self.rec_height, buckets) for c in crops]
         by_width: dict[int, list[int]] = {}
@@ -79,7 +89,9 @@ class OcrPipeline:
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
 
         async def run_bucket(indices: list[int]) -> None:
-            out = await self.recognizer.infer({"x": np.concatenate([inputs[i] for i in indices])}, context)
+            out = await self.recognizer.infer(
+                {"x": np.concatenate([inputs[i] for i in indices])}, context
+            )
             probs = next(iter(out.values()))
             for row, i in enumerate(indices):
                 results[i] = self.decoder.decode(probs[row])
@@ -87,7 +99,13 @@ class OcrPipeline:
         await asyncio.gather(*(run_bucket(ix) for ix in by_width.values()))
         return results
 
-    async def recognise(self, rgb: np.ndarray, min_confidence: float, max_lines: int, context: grpc.aio.ServicerContext | None = None) -> list[RecognizedLine]:
+    async def recognise(
+        self,
+        rgb: np.ndarray,
+        min_confidence: float,
+        max_lines: int,
+        context: grpc.aio.ServicerContext | None = None,
+    ) -> list[RecognizedLine]:
         limits = self.config.limits
         # Every 4th pixel is plenty to tell a flat image, at 1/16 of the cost on big ones.
         if min(rgb.shape[:2]) < limits.min_image_side or float(rgb[::4, ::4].std()) < BLANK_STD:
@@ -98,13 +116,22 @@ class OcrPipeline:
             return []
         crops = await asyncio.to_thread(lambda: [crop_quad(bgr, b.quad) for b in boxes])
         angles = await self._directions(crops, context)
-        crops = [cv2.rotate(c, cv2.ROTATE_180) if a == 180 else c for c, a in zip(crops, angles, strict=True)]
+        crops = [
+            cv2.rotate(c, cv2.ROTATE_180) if a == 180 else c
+            for c, a in zip(crops, angles, strict=True)
+        ]
         texts = await self._recognise(crops, context)
         rows = row_ids(boxes)
-        long_rows = {row for row, (text, conf) in zip(rows, texts, strict=True) if conf >= min_confidence and is_long(text, limits)}
+        long_rows = {
+            row
+            for row, (text, conf) in zip(rows, texts, strict=True)
+            if conf >= min_confidence and is_long(text, limits)
+        }
         lines = [
             RecognizedLine(text, conf, box.quad, angle, box.score)
             for box, angle, row, (text, conf) in zip(boxes, angles, rows, texts, strict=True)
-            if keep_line(text, conf, box.score, min_confidence, limits, beside_long_line=row in long_rows)
+            if keep_line(
+                text, conf, box.score, min_confidence, limits, beside_long_line=row in long_rows
+            )
         ]
         return lines[:max_lines]

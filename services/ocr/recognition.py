@@ -19,7 +19,9 @@ def crop_quad(bgr: np.ndarray, quad: np.ndarray) -> np.ndarray:
     height = max(1, int(max(np.linalg.norm(quad[0] - quad[3]), np.linalg.norm(quad[1] - quad[2]))))
     target = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
     matrix = cv2.getPerspectiveTransform(quad.astype(np.float32), target)
-    crop = cv2.warpPerspective(bgr, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    crop = cv2.warpPerspective(
+        bgr, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )
     if height >= 1.5 * width:
         # A tall strip is vertical text: lay it on its side for the line recogniser.
         crop = np.ascontiguousarray(np.rot90(crop))

@@ -12,8 +12,12 @@ from visionmesh.v1 import common_pb2, ocr_pb2, ocr_pb2_grpc
 
 
 def line_to_proto(line: RecognizedLine) -> ocr_pb2.TextLine:
-    polygon = common_pb2.Polygon(points=[common_pb2.Point(x=float(x), y=float(y)) for x, y in line.quad])
-    return ocr_pb2.TextLine(text=line.text, confidence=line.confidence, polygon=polygon, angle=line.angle)
+    polygon = common_pb2.Polygon(
+        points=[common_pb2.Point(x=float(x), y=float(y)) for x, y in line.quad]
+    )
+    return ocr_pb2.TextLine(
+        text=line.text, confidence=line.confidence, polygon=polygon, angle=line.angle
+    )
 
 
 class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
@@ -32,14 +36,25 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         if request.max_lines < 0:
             raise InvalidInput(f"max_lines must be >= 0, got {request.max_lines}")
         if request.max_lines > limits.max_lines_cap:
-            raise InvalidInput(f"max_lines {request.max_lines} is over this service's cap of {limits.max_lines_cap}")
+            raise InvalidInput(
+                f"max_lines {request.max_lines} is over this service's cap of {limits.max_lines_cap}"
+            )
         if not 0.0 <= request.min_confidence <= 1.0:
-            raise InvalidInput(f"min_confidence must be within [0, 1], got {request.min_confidence}")
-        return request.max_lines or limits.max_lines, request.min_confidence or limits.min_confidence
+            raise InvalidInput(
+                f"min_confidence must be within [0, 1], got {request.min_confidence}"
+            )
+        return (
+            request.max_lines or limits.max_lines,
+            request.min_confidence or limits.min_confidence,
+        )
 
     @grpc_method
-    async def Recognize(self, request: ocr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext) -> ocr_pb2.RecognizeResponse:
+    async def Recognize(
+        self, request: ocr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
+    ) -> ocr_pb2.RecognizeResponse:
         max_lines, min_confidence = self._limits(request)
         rgb = image_to_rgb(request.image)
         lines = await self.pipeline.recognise(rgb, min_confidence, max_lines, context)
-        return ocr_pb2.RecognizeResponse(lines=[line_to_proto(x) for x in lines], full_text="\n".join(x.text for x in lines))
+        return ocr_pb2.RecognizeResponse(
+            lines=[line_to_proto(x) for x in lines], full_text="\n".join(x.text for x in lines)
+        )

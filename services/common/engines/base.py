@@ -47,7 +47,9 @@ class Engine(abc.ABC):
         """Release resources (sessions, device memory)."""
 
 
-def ordered_inputs(model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def ordered_inputs(
+    model: str, specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]
+) -> list[np.ndarray]:
     """``inputs`` in the model's input order, contiguous and of the declared dtypes."""
     missing = [s.name for s in specs if s.name not in inputs]
     if missing:
@@ -88,7 +90,9 @@ def register_backend(name: str, factory: str | EngineFactory) -> None:
 def create_engine(entry: ModelEntry, config: EngineConfig) -> Engine:
     target = _BACKENDS.get(config.backend)
     if target is None:
-        raise EngineError(f"unknown engine backend {config.backend!r}; known: {', '.join(sorted(_BACKENDS))}")
+        raise EngineError(
+            f"unknown engine backend {config.backend!r}; known: {', '.join(sorted(_BACKENDS))}"
+        )
     if isinstance(target, str):
         module_name, attr = target.split(":")
         try:

@@ -50,14 +50,21 @@ class CudaGraphSet:
         self._graphs: dict[int, _Bucket] = {}
 
     def _forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [to_float32(o) for o in as_tuple(self._module(*[to_compute(t, self._half) for t in inputs]))]
+        return [
+            to_float32(o)
+            for o in as_tuple(self._module(*[to_compute(t, self._half) for t in inputs]))
+        ]
 
     def capture(self) -> None:
         """Capture every bucket, largest first (it sizes the shared pool)."""
         pool = None
         for size in sorted(self.buckets, reverse=True):
             static_in = [
-                torch.zeros((size, *spec.shape[1:]), dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype, device=self._device)
+                torch.zeros(
+                    (size, *spec.shape[1:]),
+                    dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype,
+                    device=self._device,
+                )
                 for spec in self._specs
             ]
             with torch.inference_mode(), torch.cuda.stream(self._stream):

@@ -10,7 +10,13 @@ import onnxruntime as ort
 from services.common.engines.base import Engine, EngineError
 from services.common.repository import TensorSpec
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+}
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -30,10 +36,17 @@ class OnnxRuntimeEngine(Engine):
         providers = ["CPUExecutionProvider"]
         if self.config.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise EngineError("onnxruntime here has no CUDA provider; use --backend torch or tensorrt for GPUs")
+                raise EngineError(
+                    "onnxruntime here has no CUDA provider; use --backend torch or tensorrt for GPUs"
+                )
             device_id = int(self.config.device.partition(":")[2] or 0)
-            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]  # type: ignore[list-item]
-        self.session = ort.InferenceSession(str(self.entry.onnx_path), sess_options=opts, providers=providers)
+            providers = [
+                ("CUDAExecutionProvider", {"device_id": device_id}),
+                "CPUExecutionProvider",
+            ]  # type: ignore[list-item]
+        self.session = ort.InferenceSession(
+            str(self.entry.onnx_path), sess_options=opts, providers=providers
+        )
         self._output_names = [o.name for o in self.session.get_outputs()]
 
     @property

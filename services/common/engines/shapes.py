@@ -61,7 +61,9 @@ class ProfileShape:
     max: tuple[int, ...]
 
     def admits(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.min) and all(lo <= d <= hi for lo, d, hi in zip(self.min, shape, self.max, strict=True))
+        return len(shape) == len(self.min) and all(
+            lo <= d <= hi for lo, d, hi in zip(self.min, shape, self.max, strict=True)
+        )
 
 
 def opt_batch(max_batch: int, configured: int = 0) -> int:
@@ -98,7 +100,9 @@ def optimization_profile(
                     f"under dynamic_dims: {{{spec.name}: {{{axis}: [min, opt, max]}}}}"
                 )
             if len(span) != 3 or not 1 <= span[0] <= span[1] <= span[2]:
-                raise ShapeError(f"input {spec.name!r} axis {axis}: range {list(span)} is not 1 <= min <= opt <= max")
+                raise ShapeError(
+                    f"input {spec.name!r} axis {axis}: range {list(span)} is not 1 <= min <= opt <= max"
+                )
             lo.append(int(span[0]))
             mid.append(int(span[1]))
             hi.append(int(span[2]))
@@ -108,7 +112,10 @@ def optimization_profile(
 
 def profile_fingerprint(profile: Sequence[ProfileShape]) -> str:
     """A stable text form of a profile (part of the plan cache key)."""
-    return ";".join(f"{p.name}:{'x'.join(map(str, p.min))}/{'x'.join(map(str, p.opt))}/{'x'.join(map(str, p.max))}" for p in profile)
+    return ";".join(
+        f"{p.name}:{'x'.join(map(str, p.min))}/{'x'.join(map(str, p.opt))}/{'x'.join(map(str, p.max))}"
+        for p in profile
+    )
 
 
 def has_static_rows(specs: Sequence[TensorSpec]) -> bool:

@@ -28,9 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.common.engines.base import EngineError, ordered_inputs, SpecsFromLoad
+from services.common.engines.base import EngineError, SpecsFromLoad, ordered_inputs
 from services.common.engines.plan_cache import PlanKey, load_or_build, plan_path
-from services.common.engines.shapes import ProfileShape, ShapeError, optimization_profile, profile_fingerprint
+from services.common.engines.shapes import (
+    ProfileShape,
+    ShapeError,
+    optimization_profile,
+    profile_fingerprint,
+)
 from services.common.engines.torch_backend import PRECISIONS, parse_device
 from services.common.engines.torch_modules import PinnedStaging
 from services.common.repository import TensorSpec, sha256_file
@@ -60,7 +65,9 @@ def _logger() -> trt.ILogger:
     return trt.Logger(trt.Logger.WARNING)
 
 
-def build_plan(onnx_path: Path, profile: list[ProfileShape], precision: str, workspace_mb: int) -> bytes:
+def build_plan(
+    onnx_path: Path, profile: list[ProfileShape], precision: str, workspace_mb: int
+) -> bytes:
     """Parse the ONNX and build a serialised plan with one optimisation profile."""
     logger = _logger()
     builder = trt.Builder(logger)
@@ -76,11 +83,18 @@ def build_plan(onnx_path: Path, profile: list[ProfileShape], precision: str, wor
         config.set_flag(trt.BuilderFlag.FP16)
     opt_profile = builder.create_optimization_profile()
     for shape in profile:
-        opt_profile.set_shape(shape.name, trt.Dims(list(shape.min)), trt.Dims(list(shape.opt)), trt.Dims(list(shape.max)))
+        opt_profile.set_shape(
+            shape.name,
+            trt.Dims(list(shape.min)),
+            trt.Dims(list(shape.opt)),
+            trt.Dims(list(shape.max)),
+        )
     config.add_optimization_profile(opt_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineError(f"TensorRT failed to build a plan for {onnx_path} (see the TensorRT log above)")
+        raise EngineError(
+            f"TensorRT failed to build a plan for {onnx_path} (see the TensorRT log above)"
+        )
     return bytes(memoryview(serialized))
 
 
@@ -89,7 +103,9 @@ _ENGINES: dict[Path, tuple[trt.Runtime, trt.ICudaEngine]] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def _shared_engine(plan_file: Path, load: Callable[[], tuple[trt.Runtime, trt.ICudaEngine]]) -> tuple[trt.Runtime, trt.ICudaEngine]:
+def _shared_engine(
+    plan_file: Path, load: Callable[[], tuple[trt.Runtime, trt.ICudaEngine]]
+) -> tuple[trt.Runtime, trt.ICudaEngine]:
     with _ENGINES_LOCK:
         if plan_file not in _ENGINES:
             _ENGINES[plan_file] = load()
@@ -100,19 +116,28 @@ class TensorRTEngine(SpecsFromLoad):
     def load(self) -> None:
         _require_tensorrt()
         if self.config.precision not in PRECISIONS:
-            raise EngineError(f"precision {self.config.precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise EngineError(
+                f"precision {self.config.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
         self.device = parse_device(self.config.device)
         if self.device.type != "cuda":
-            raise EngineError(f"backend 'tensorrt' runs on a CUDA device, not {self.config.device!r}")
+            raise EngineError(
+                f"backend 'tensorrt' runs on a CUDA device, not {self.config.device!r}"
+            )
         self.max_batch = max(self.entry.max_batch_size, 1)
         try:
             self.profile = optimization_profile(
-                self.entry.inputs, self.max_batch, self.config.opt_batch_size, self.entry.extra.get("dynamic_dims")
+                self.entry.inputs,
+                self.max_batch,
+                self.config.opt_batch_size,
+                self.entry.extra.get("dynamic_dims"),
             )
         except ShapeError as exc:
             raise EngineError(f"model {self.entry.name}: {exc}") from exc
         with torch.cuda.device(self.device):
-            self.plan_file = plan_path(self.entry.onnx_path, self._plan_key(), self.config.plan_cache_dir)
+            self.plan_file = plan_path(
+                self.entry.onnx_path, self._plan_key(), self.config.plan_cache_dir
+            )
             self._runtime, self._engine = _shared_engine(self.plan_file, self._deserialize)
             # Instances share the deserialised engine (its weights live once on the GPU);
             # each has its own execution context, buffers and stream.
@@ -121,8 +146,16 @@ class TensorRTEngine(SpecsFromLoad):
         self._stream = torch.cuda.Stream(self.device)
         self._staging = PinnedStaging()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        self._inputs = [self._spec(n) for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._outputs = [self._spec(n) for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._inputs = [
+            self._spec(n)
+            for n in names
+            if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        ]
+        self._outputs = [
+            self._spec(n)
+            for n in names
+            if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        ]
         self._profile_by_name = {p.name: p for p in self.profile}
 
     def _plan_key(self) -> PlanKey:
@@ -138,24 +171,38 @@ class TensorRTEngine(SpecsFromLoad):
         runtime = trt.Runtime(_logger())  # the engine must not outlive its runtime: kept beside it
 
         def build() -> bytes:
-            log.info("model %s: building TensorRT plan %s (first start on this GPU; minutes)", self.entry.name, self.plan_file.name)
-            return build_plan(self.entry.onnx_path, self.profile, self.config.precision, self.config.workspace_mb)
+            log.info(
+                "model %s: building TensorRT plan %s (first start on this GPU; minutes)",
+                self.entry.name,
+                self.plan_file.name,
+            )
+            return build_plan(
+                self.entry.onnx_path, self.profile, self.config.precision, self.config.workspace_mb
+            )
 
         plan, built = load_or_build(self.plan_file, build)
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None and not built:
             # A plan from a different driver/TensorRT build that slipped past the key: rebuild once.
-            log.warning("model %s: cached plan %s does not deserialise; rebuilding", self.entry.name, self.plan_file)
+            log.warning(
+                "model %s: cached plan %s does not deserialise; rebuilding",
+                self.entry.name,
+                self.plan_file,
+            )
             self.plan_file.unlink(missing_ok=True)
             plan, _ = load_or_build(self.plan_file, build)
             engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
-            raise EngineError(f"model {self.entry.name}: TensorRT could not deserialise {self.plan_file}")
+            raise EngineError(
+                f"model {self.entry.name}: TensorRT could not deserialise {self.plan_file}"
+            )
         return runtime, engine
 
     def _spec(self, name: str) -> TensorSpec:
         dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))).name
-        return TensorSpec(name, dtype, tuple(int(d) for d in self._engine.get_tensor_shape(name)[:]))
+        return TensorSpec(
+            name, dtype, tuple(int(d) for d in self._engine.get_tensor_shape(name)[:])
+        )
 
     def _arrays(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         arrays = ordered_inputs(self.entry.name, self._inputs, inputs)
@@ -172,17 +219,23 @@ class TensorRTEngine(SpecsFromLoad):
         with self._lock, torch.inference_mode(), torch.cuda.stream(self._stream):
             keep_alive = []
             for spec, array in zip(self._inputs, arrays, strict=True):
-                host = self._staging.view(f"in:{spec.name}", array.shape, torch.from_numpy(array[:0]).dtype)
+                host = self._staging.view(
+                    f"in:{spec.name}", array.shape, torch.from_numpy(array[:0]).dtype
+                )
                 host.numpy()[...] = array
                 device = host.to(self.device, non_blocking=True)
                 keep_alive.append(device)
                 if not self._context.set_input_shape(spec.name, tuple(array.shape)):
-                    raise EngineError(f"model {self.entry.name}: TensorRT refused shape {array.shape} for {spec.name}")
+                    raise EngineError(
+                        f"model {self.entry.name}: TensorRT refused shape {array.shape} for {spec.name}"
+                    )
                 self._context.set_tensor_address(spec.name, device.data_ptr())
             device_out = []
             for spec in self._outputs:
                 shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name)[:])
-                out = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype, device=self.device)
+                out = torch.empty(
+                    shape, dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype, device=self.device
+                )
                 self._context.set_tensor_address(spec.name, out.data_ptr())
                 device_out.append(out)
             if not self._context.execute_async_v3(self._stream.cuda_stream):
@@ -193,7 +246,9 @@ class TensorRTEngine(SpecsFromLoad):
                 host.copy_(out, non_blocking=True)
                 hosts.append(host)
         self._stream.synchronize()
-        return {spec.name: host.numpy().copy() for spec, host in zip(self._outputs, hosts, strict=True)}
+        return {
+            spec.name: host.numpy().copy() for spec, host in zip(self._outputs, hosts, strict=True)
+        }
 
     def close(self) -> None:
         for attr in ("_context", "_engine", "_runtime"):

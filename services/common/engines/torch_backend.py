@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from services.common.engines.base import EngineError, ordered_inputs, SpecsFromLoad
+from services.common.engines.base import EngineError, SpecsFromLoad, ordered_inputs
 from services.common.engines.cuda_graphs import CudaGraphSet
 from services.common.engines.shapes import ShapeError, batch_buckets, has_static_rows
 from services.common.engines.torch_modules import (
@@ -45,13 +45,17 @@ def parse_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise EngineError(f"engine device {name!r} is not a torch device (use cpu or cuda:N)") from exc
+        raise EngineError(
+            f"engine device {name!r} is not a torch device (use cpu or cuda:N)"
+        ) from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise EngineError(f"engine device {name!r}: this torch build or machine has no CUDA")
         index = 0 if device.index is None else device.index
         if index >= torch.cuda.device_count():
-            raise EngineError(f"engine device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise EngineError(
+                f"engine device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
         return torch.device("cuda", index)
     if device.type != "cpu":
         raise EngineError(f"engine device {name!r}: the torch backend runs on cpu or cuda")
@@ -67,7 +71,9 @@ class TorchEngine(SpecsFromLoad):
 
     def load(self) -> None:
         if self.config.precision not in PRECISIONS:
-            raise EngineError(f"precision {self.config.precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise EngineError(
+                f"precision {self.config.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
         self.device = parse_device(self.config.device)
         self.is_cuda = self.device.type == "cuda"
         if not self.is_cuda and self.config.threads > 0:
@@ -79,7 +85,9 @@ class TorchEngine(SpecsFromLoad):
         self.module = module.to(self.device)
         # The batcher may hand one instance's calls to different pool threads; calls never overlap.
         self._lock = threading.Lock()
-        self._stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device) if self.is_cuda else None
+        self._stream: torch.cuda.Stream | None = (
+            torch.cuda.Stream(self.device) if self.is_cuda else None
+        )
         self._staging = PinnedStaging()
         self.precision = "fp32"
         if self.config.precision == "fp16":
@@ -96,9 +104,16 @@ class TorchEngine(SpecsFromLoad):
         ranges = self.entry.extra.get("dynamic_dims") or {}
         probes = []
         for spec in self._inputs:
-            dims = [2] + [d if d >= 0 else int((ranges.get(spec.name) or {}).get(axis, [0, PROBE_DIM])[1]) for axis, d in enumerate(spec.shape[1:], 1)]
+            dims = [2] + [
+                d if d >= 0 else int((ranges.get(spec.name) or {}).get(axis, [0, PROBE_DIM])[1])
+                for axis, d in enumerate(spec.shape[1:], 1)
+            ]
             dtype = _torch_dtype(spec.dtype)
-            tensor = torch.rand(dims, generator=generator) * 2 - 1 if dtype.is_floating_point else torch.zeros(dims)
+            tensor = (
+                torch.rand(dims, generator=generator) * 2 - 1
+                if dtype.is_floating_point
+                else torch.zeros(dims)
+            )
             probes.append(tensor.to(dtype).to(self.device))
         return probes
 
@@ -109,7 +124,11 @@ class TorchEngine(SpecsFromLoad):
         with torch.inference_mode():
             reference = as_tuple(self.module(*probe))
             candidate = as_tuple(half_module(*[to_compute(t, True) for t in probe]))
-        errors = [relative_error(r, c) for r, c in zip(reference, candidate, strict=True) if r.is_floating_point()]
+        errors = [
+            relative_error(r, c)
+            for r, c in zip(reference, candidate, strict=True)
+            if r.is_floating_point()
+        ]
         worst = max(errors, default=0.0)
         if worst <= self.config.fp16_tolerance:
             self.module, self.precision = half_module, "fp16"
@@ -117,22 +136,32 @@ class TorchEngine(SpecsFromLoad):
         else:
             log.warning(
                 "model %s stays fp32: fp16 outputs differ by %.2g of their scale on a probe batch (tolerance %.2g)",
-                self.entry.name, worst, self.config.fp16_tolerance,
+                self.entry.name,
+                worst,
+                self.config.fp16_tolerance,
             )
 
     def _capture_graphs(self) -> None:
         if not self.is_cuda or self._stream is None:
-            log.warning("model %s: cuda_graphs needs a CUDA device; running without graphs on %s", self.entry.name, self.device)
+            log.warning(
+                "model %s: cuda_graphs needs a CUDA device; running without graphs on %s",
+                self.entry.name,
+                self.device,
+            )
             return
         if not has_static_rows(self._inputs):
-            log.warning("model %s: inputs have dynamic non-batch dims, so no CUDA graphs", self.entry.name)
+            log.warning(
+                "model %s: inputs have dynamic non-batch dims, so no CUDA graphs", self.entry.name
+            )
             return
         max_batch = self.entry.max_batch_size or max(self.config.batch_buckets, default=1)
         try:
             buckets = batch_buckets(max_batch, self.config.batch_buckets)
         except ShapeError as exc:
             raise EngineError(f"model {self.entry.name}: {exc}") from exc
-        graphs = CudaGraphSet(self.module, self._inputs, buckets, self.device, self._stream, self.precision == "fp16")
+        graphs = CudaGraphSet(
+            self.module, self._inputs, buckets, self.device, self._stream, self.precision == "fp16"
+        )
         graphs.capture()
         self._graphs = graphs
         log.info("model %s: captured CUDA graphs for batch buckets %s", self.entry.name, buckets)
@@ -143,7 +172,9 @@ class TorchEngine(SpecsFromLoad):
         arrays = ordered_inputs(self.entry.name, self._inputs, inputs)
         rows = {a.shape[0] if a.ndim else -1 for a in arrays}
         if len(rows) != 1 or -1 in rows:
-            raise EngineError(f"model {self.entry.name}: inputs disagree on the batch size ({sorted(rows)})")
+            raise EngineError(
+                f"model {self.entry.name}: inputs disagree on the batch size ({sorted(rows)})"
+            )
         return arrays
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -151,11 +182,17 @@ class TorchEngine(SpecsFromLoad):
         names = [s.name for s in self._outputs]
         with self._lock, torch.inference_mode():
             if self._stream is None:
-                results = as_tuple(self.module(*[to_compute(torch.from_numpy(a), self.precision == "fp16") for a in arrays]))
+                results = as_tuple(
+                    self.module(
+                        *[to_compute(torch.from_numpy(a), self.precision == "fp16") for a in arrays]
+                    )
+                )
                 return {n: to_float32(r).numpy() for n, r in zip(names, results, strict=True)}
             return self._infer_cuda(arrays, names)
 
-    def _infer_cuda(self, arrays: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    def _infer_cuda(
+        self, arrays: Sequence[np.ndarray], names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         assert self._stream is not None
         half = self.precision == "fp16"
         with torch.cuda.stream(self._stream):

@@ -47,7 +47,9 @@ def load_onnx_module(onnx_path: Path) -> tuple[torch.nn.Module, list[TensorSpec]
     from onnx2fx import convert
 
     if not onnx_path.is_file():
-        raise ConversionFailed(f"{onnx_path} does not exist: this model has no ONNX graph for an engine to run")
+        raise ConversionFailed(
+            f"{onnx_path} does not exist: this model has no ONNX graph for an engine to run"
+        )
     model = onnx.load(str(onnx_path))
     inputs, outputs = onnx_specs(model)
     try:
@@ -69,7 +71,9 @@ def to_compute(tensor: torch.Tensor, half: bool) -> torch.Tensor:
 
 def to_float32(tensor: torch.Tensor) -> torch.Tensor:
     """Floating outputs leave the engine as fp32 whatever precision computed them."""
-    return tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+    return (
+        tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+    )
 
 
 def relative_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
