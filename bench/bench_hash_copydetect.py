@@ -108,7 +108,7 @@ def ranks(
     (nearest distractor's distance minus the original's)."""
     out = np.empty(len(query_photo), np.int64)
     margin = np.empty(len(query_photo))
-    for i, (row, p) in enumerate(zip(distance_rows, query_photo)):
+    for i, (row, p) in enumerate(zip(distance_rows, query_photo, strict=True)):
         own = db_photo == p
         target = row[own & db_original][0]
         distractors = row[~own]
@@ -164,7 +164,7 @@ def evaluate() -> tuple[list[dict[str, object]], dict[str, float], int, int]:
             dist = np.stack(
                 [
                     hamming(P.encode(q[None], method, bits)[0], P.encode(db_features, method, bits))
-                    for P, q in zip(projections, query_features)
+                    for P, q in zip(projections, query_features, strict=True)
                 ]
             )
             result, r = row(method, bits, dist)

@@ -145,7 +145,9 @@ async def accuracy(lines: int, seed: int) -> None:
                 4
             )  # a few in flight: crops share batches, deadlines stay realistic
 
-            async def read(image: RenderedImage) -> ocr_pb2.RecognizeResponse:
+            async def read(
+                image: RenderedImage, gate: asyncio.Semaphore = gate
+            ) -> ocr_pb2.RecognizeResponse:
                 async with gate:
                     return await stub.Recognize(
                         ocr_pb2.RecognizeRequest(image=rgb_to_image(image.rgb)), timeout=300

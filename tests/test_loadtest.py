@@ -185,13 +185,16 @@ def test_slo_gate_verdicts(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(json.dumps(_ghz_report(100, 100, 20)))
     bad.write_text(json.dumps(_ghz_report(100, 100, 5000)))
-    run = lambda *files: subprocess.run(
-        [sys.executable, "-m", "loadtest.slo", *map(str, files)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )  # noqa: E731
+
+    def run(*files: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loadtest.slo", *map(str, files)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     passed = run(good)
     assert passed.returncode == 0 and "PASS" in passed.stdout
     breached = run(good, bad)

@@ -8,8 +8,10 @@ from services.common.errors import InvalidInput
 from services.common.images import ImageLimits, decode, from_raw
 from visionmesh.v1 import common_pb2
 
+DEFAULT_LIMITS = ImageLimits()
 
-def image_to_rgb(image: common_pb2.Image, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+
+def image_to_rgb(image: common_pb2.Image, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """An ``Image`` message (encoded or raw) -> ``H x W x 3`` uint8 RGB."""
     source = image.WhichOneof("source")
     if source == "encoded":

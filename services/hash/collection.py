@@ -118,7 +118,7 @@ class Collection:
         if k == 0:
             return [[] for _ in range(len(queries))]
         distances, labels = self.index.search(np.ascontiguousarray(queries, np.uint8), k)
-        return [self._hits(d, lab) for d, lab in zip(distances, labels)]
+        return [self._hits(d, lab) for d, lab in zip(distances, labels, strict=True)]
 
     def within(self, query: np.ndarray, max_distance: int, limit: int) -> list[Hit]:
         """Every item within ``max_distance`` of ``query`` (at most ``limit``, nearest first)."""
@@ -133,7 +133,7 @@ class Collection:
 
     def _hits(self, distances: np.ndarray, labels: np.ndarray) -> list[Hit]:
         hits = []
-        for d, label in zip(distances, labels):
+        for d, label in zip(distances, labels, strict=True):
             if label < 0:
                 continue
             name = self.names[label]

@@ -235,7 +235,7 @@ class HashStore:
             if int(path.name[9:]) < snapshot_seq:
                 shutil.rmtree(path, ignore_errors=True)
         segments = list_segments(self.directory)
-        for (_, path), (next_first, _) in zip(segments, segments[1:]):
+        for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
             if next_first - 1 <= snapshot_seq:
                 path.unlink(missing_ok=True)
 

@@ -43,7 +43,7 @@ class Engine(abc.ABC):
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch (dim 0 is the batch); returns every output by name."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
         """Release resources (sessions, device memory)."""
 
 
