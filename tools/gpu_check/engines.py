@@ -13,7 +13,7 @@ import numpy as np
 
 from services.common.config import EngineConfig
 from services.common.engines import Engine, create_engine
-from services.common.repository import load_entry
+from services.common.repository import ModelEntry, load_entry
 from services.common.testing import random_inputs
 from tools.gpu_check.budget import Deadline
 from tools.gpu_check.report import Section
@@ -111,7 +111,40 @@ def check_accuracy(models: list[str], device: str, deadline: Deadline, sec: Sect
                 row |= {"pass": False, "problem": f"{exc.__class__.__name__}: {exc}"[:300]}
             if not row["pass"]:
                 sec.status = "failed"
+                if variant.precision == "fp32" and tf32_enabled(device):
+                    rows.append(fp32_without_tf32(entry, variant, device, feeds, expected))
     check_fp16_fallback(models[0], device, sec)
+
+
+def tf32_enabled(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") and bool(torch.backends.cudnn.allow_tf32)
+
+
+def fp32_without_tf32(
+    entry: ModelEntry,
+    variant: Variant,
+    device: str,
+    feeds: dict[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+    """The same fp32 check with cuDNN's TF32 convolutions off: tells TF32 rounding from a real error."""
+    import torch
+
+    row: dict[str, Any] = {"model": entry.name, "asked": variant.label + ", TF32 off"}
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        engine = create_engine(entry, variant.config(device))
+        error, problem = worst_scaled_error(engine.infer(feeds), expected)
+        engine.close()
+        row |= {"ran": "fp32", "max err / scale": error, "tolerance": FP32_TOLERANCE}
+        row["pass"] = not problem and error <= FP32_TOLERANCE
+    except Exception as exc:  # noqa: BLE001
+        row |= {"pass": False, "problem": f"{exc.__class__.__name__}: {exc}"[:300]}
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    return row
 
 
 def check_fp16_fallback(model: str, device: str, sec: Section) -> None:
@@ -180,7 +213,7 @@ def measure_throughput(
                 row["batch"] = batch
                 try:
                     feeds = random_inputs(engine, batch)
-                    rate = timed_rate(lambda e=engine, f=feeds: e.infer(f), batch, point_s)
+                    rate = timed_rate(functools.partial(engine.infer, feeds), batch, point_s)
                     row["images/s"] = round(rate, 1)
                     if rate > top["images/s"]:
                         top = {"model": model, "images/s": round(rate, 1), "at": f"{ran} b{batch}"}

@@ -133,7 +133,7 @@ def run_load(load: Load, jpegs: list[bytes], settle_s: float = 3.0) -> dict[str,
     ]
     for p in procs:
         p.start()
-    gathered = []
+    gathered: list[dict[str, Any]] = []
     try:
         wait_until = time.time() + settle_s + load.seconds + 40
         while len(gathered) < len(procs) and time.time() < wait_until:

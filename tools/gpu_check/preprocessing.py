@@ -115,6 +115,8 @@ class DevicePreprocess:
         images = []
         for j in jpegs:
             bgr = cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ValueError("a kit photo is not a decodable JPEG")
             images.append(
                 torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))).to(
                     self.device
