@@ -193,7 +193,7 @@ def test_every_kit_wheel_is_pinned_in_requirements() -> None:
 def test_model_archive_holds_the_kit_models_without_plans(tmp_path: Path) -> None:
     archive = tmp_path / MODELS_ARCHIVE
     plan = default_root() / "efficientnet_lite0" / "1" / "model.gpu.trt.fp16.0.plan"
-    pack_models(default_root(), archive)
+    pack_models(default_root(), archive, level=1)  # level 1: the test checks contents, not size
     with zipfile.ZipFile(archive) as packed:
         names = packed.namelist()
         assert packed.testzip() is None

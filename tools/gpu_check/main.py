@@ -27,6 +27,7 @@ from tools.gpu_check import KIT_DIR, KIT_MODELS, MODELS_ARCHIVE, REQUIRED_IMPORT
 from tools.gpu_check.budget import Budget, Deadline
 from tools.gpu_check.install import activate, install_wheels, missing_imports
 from tools.gpu_check.report import Report, guarded
+from tools.gpu_check.sampling import sampled
 
 SITE_DIR = Path("/tmp/visionmesh-gpu-kit-site")
 MODELS_DIR = Path("/tmp/visionmesh-gpu-kit-models")
@@ -415,12 +416,15 @@ def mesh_phase(
         window = max(1.0, min(sizes.load_s, deadline.left() / 4 - settle - 2))
         targets = {"classify": mesh.classify_addr, "gateway": mesh.gateway_addr}
         saturation: dict[str, float] = {}
+        pids = {"classify": mesh.classify.pid, "gateway": mesh.gateway.pid}
         for api in ("classify", "gateway"):
             load = mesh_mod.Load(
                 targets[api], api, sizes.client_processes, sizes.client_concurrency, window
             )
-            row = mesh_mod.run_load(load, jpegs, settle)
-            rows.append(row)
+            usage: dict[str, Any] = {}
+            with sampled(pids, device.startswith("cuda"), usage):
+                row = mesh_mod.run_load(load, jpegs, settle)
+            rows.append(row | usage)
             saturation[api] = row["answers/s"]
             report.write()
         for api in ("gateway", "classify"):
@@ -439,6 +443,10 @@ def mesh_phase(
             report.write()
     sec.notes.append(
         "fixed rate = half the saturation rate of the same API; latencies from each call's scheduled send time"
+    )
+    sec.notes.append(
+        "CPU cores used = CPU seconds of the service process / wall time of the saturation run "
+        "(including the clients' start, about 3 s); GPU util = nvidia-smi once a second"
     )
     sec.values["saturation answers/s"] = saturation
     bad = [r for r in rows if set(r["outcomes"]) - {"ok"} or r["answers/s"] <= 0]

@@ -83,7 +83,7 @@ def download_wheels(wanted: list[str], dest: Path) -> None:
     subprocess.run(command + wanted, check=True)
 
 
-def pack_models(source: Path, archive: Path) -> None:
+def pack_models(source: Path, archive: Path, level: int = 9) -> None:
     """The ``KIT_MODELS`` folders as one deflated zip (ONNX weights shrink by about 7.5%)."""
     for model in KIT_MODELS:
         if not (source / model / "1" / "model.onnx").is_file():
@@ -91,7 +91,7 @@ def pack_models(source: Path, archive: Path) -> None:
                 f"gpu-kit: {source / model}/1/model.onnx missing: run `make models` first"
             )
     partial = archive.with_suffix(".partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as out:
         for model in KIT_MODELS:
             for path in sorted((source / model).rglob("*")):
                 # TensorRT plans are built per GPU (and locks are transient): the kit carries the ONNX.
