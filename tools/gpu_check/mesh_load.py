@@ -155,7 +155,7 @@ def run_load(load: Load, jpegs: list[bytes], settle_s: float = 3.0) -> dict[str,
         latencies += g["latencies"]
     row: dict[str, Any] = {
         "api": load.api,
-        "mode": f"fixed {load.rate:.0f}/s" if load.rate > 0 else "saturation",
+        "mode": f"fixed {load.rate:.4g}/s" if load.rate > 0 else "saturation",
         "clients": f"{load.processes} proc x {load.concurrency if load.rate <= 0 else 'open loop'}",
         "seconds": load.seconds,
         "answers/s": round(outcomes["ok"] / load.seconds, 1),

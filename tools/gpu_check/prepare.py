@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         "\nOn the GPU machine (repository root), run with these ignored paths carried:\n"
         f"  command: bash tools/gpu_check/run.sh\n"
         f"  carry:   [{carry}]\n"
-        "  timeout: 560 s (the run budgets itself to 480 s and writes results.json + report.md into $OUT)"
+        "  timeout: 570 s (the run budgets itself to 480 s, run.sh stops it at 540 s; results.json + report.md into $OUT)"
     )
 
 
