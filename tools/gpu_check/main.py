@@ -170,9 +170,22 @@ def main(argv: list[str] | None = None) -> None:
         report.header["finished after s"] = round(budget.elapsed(), 1)
         report.write()
     print(report.markdown())
+    # Last, so a caller that keeps only the end of the output still sees the outcome.
+    print(summary(report))
     print(f"gpu_check: results in {report.out_dir}")
     failed = [s.name for s in report.sections if s.status in ("failed", "partial")]
     sys.exit(1 if failed else 0)
+
+
+def summary(report: Report) -> str:
+    lines = ["== gpu_check summary ==", f"device: {report.header.get('device', '?')}"]
+    for sec in report.sections:
+        lines.append(f"{sec.status:>8}  {sec.name} ({sec.seconds:.0f} s)")
+        for label in ("best images/s per model", "goals"):
+            lines += [f"          {row}" for row in sec.tables.get(label, [])]
+        if "saturation answers/s" in sec.values:
+            lines.append(f"          saturation answers/s: {sec.values['saturation answers/s']}")
+    return "\n".join(lines)
 
 
 def run_phases(args: argparse.Namespace, budget: Budget, device: str, report: Report) -> None:
