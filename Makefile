@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/visionmesh/v1/*.proto)
 export VISIONMESH_MODEL_REPOSITORY ?= $(CURDIR)/model_repository
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-gpu gen models samples run test test-all lint bench loadtest gpu-kit clean
+.PHONY: setup setup-gpu setup-triton gen models samples run test test-all lint bench loadtest gpu-kit clean
 
 setup: $(STAMP) gen models samples
 
@@ -20,6 +20,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml tools/apt-pack
 setup-gpu: $(STAMP)
 	$(PY) -m pip install --disable-pip-version-check -r requirements-gpu.txt
 	$(PY) -c "import torch; assert torch.cuda.is_available(), f'torch {torch.__version__} sees no CUDA device'; print('setup-gpu: torch', torch.__version__, 'CUDA', torch.version.cuda, 'on', torch.cuda.get_device_name(0))"
+
+# Triton Inference Server (PyTriton's tritonserver + Python backend) for bench/bench_peers.py, in its own
+# venv: PyTriton needs numpy<2. Debian's python3.11, because the backend stub loads libpython3.11 by name.
+setup-triton: .venv-triton/.installed
+.venv-triton/.installed: requirements-triton.txt
+	[[ -x .venv-triton/bin/python ]] || /usr/bin/python3.11 -m venv .venv-triton
+	.venv-triton/bin/python -m pip install -q --disable-pip-version-check -r requirements-triton.txt
+	touch $@
 
 gen: $(GEN_STAMP)
 $(GEN_STAMP): $(PROTOS) $(STAMP)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.config import ModelConfig, ServerConfig
-from visionmesh import features
 
-DEFAULT_PORT = features.by_name("classify").default_port
 
 
 @dataclass

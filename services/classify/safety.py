@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from services.classify.config import SafetyConfig
 from services.common.deadline import NO_DEADLINE, Deadline
-from services.common.models import ServedModel
+
+if TYPE_CHECKING:  # pure functions here run where the serving runtime is absent (bench.triton_classify)
+    from services.common.models import ServedModel
 
 NSFW_CLASS = 1  # outputs are [sfw, nsfw] probabilities
 
