@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from services.common.config import ModelConfig, ServerConfig
 
 
-
 @dataclass
 class TaxonomyConfig:
     # Empty = services/classify/taxonomy.yaml.

@@ -19,7 +19,9 @@ from PIL import Image
 from services.classify.config import SafetyConfig
 from services.common.deadline import NO_DEADLINE, Deadline
 
-if TYPE_CHECKING:  # pure functions here run where the serving runtime is absent (bench.triton_classify)
+if (
+    TYPE_CHECKING
+):  # pure functions here run where the serving runtime is absent (bench.triton_classify)
     from services.common.models import ServedModel
 
 NSFW_CLASS = 1  # outputs are [sfw, nsfw] probabilities
