@@ -97,6 +97,65 @@ class FanOut:
                 FEATURE_ERRORS.labels(spec.enum_name, err.code).inc()
                 response.errors.append(err)
 
+    async def run_features_on_frames(
+        self,
+        images: list[common_pb2.Image],
+        wanted: list[int],
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float | None,
+        responses: list[gateway_pb2.AnalyzeResponse],
+    ) -> None:
+        """A video's frames: one call per feature carrying every frame where the service has a batch method.
+
+        ``responses[i]`` receives frame ``i``'s results; a feature that fails puts its
+        ``FeatureError`` in every frame's response.
+        """
+        specs = [s for s in map(features.by_enum, wanted) if s is not None]
+        FANOUT_WIDTH.observe(len(specs))
+
+        async def per_frame(spec: FeatureSpec) -> None:
+            results = await asyncio.gather(
+                *(
+                    self.run_feature(spec, [image], options, timeout_s, response)
+                    for image, response in zip(images, responses, strict=True)
+                ),
+                return_exceptions=True,
+            )
+            for result, response in zip(results, responses, strict=True):
+                if isinstance(result, BaseException):
+                    response.errors.append(self._error(spec, result))
+
+        async def batched(spec: FeatureSpec) -> None:
+            assert spec.batch_method is not None and spec.batch_request is not None
+            request = spec.batch_request([spec.request([image], options) for image in images])
+            try:
+                reply = await self.call(spec.service, spec.batch_method, request, timeout_s)
+                if len(reply.responses) != len(images):
+                    raise RuntimeError(
+                        f"{spec.batch_method} answered {len(reply.responses)} of {len(images)} frames"
+                    )
+            except Exception as exc:
+                err = self._error(spec, exc)
+                for response in responses:
+                    response.errors.append(err)
+                return
+            for answer, response in zip(reply.responses, responses, strict=True):
+                tags = list(spec.merge(answer, getattr(response, spec.result_field)))
+                if tags:
+                    response.tags.extend(tags)
+
+        await asyncio.gather(
+            *(
+                self._timed(spec, batched(spec) if spec.batch_method else per_frame(spec))
+                for spec in specs
+            )
+        )
+
+    def _error(self, spec: FeatureSpec, exc: BaseException) -> common_pb2.FeatureError:
+        err = feature_error(spec.enum, exc)
+        FEATURE_ERRORS.labels(spec.enum_name, err.code).inc()
+        return err
+
     async def _timed(self, spec: FeatureSpec, run: Awaitable[None]) -> None:
         start = time.perf_counter()
         try:

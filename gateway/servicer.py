@@ -150,6 +150,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         response.tags.extend(merged)
         return response
 
+    async def analyze_frames(
+        self,
+        frames: list[np.ndarray],
+        features: list[int],
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float,
+    ) -> list[gateway_pb2.AnalyzeResponse]:
+        """A video's sampled frames: each feature gets all of them in one call where it can."""
+        fitted = await asyncio.to_thread(
+            lambda: [fit_within(rgb, self.config.fanout_max_side) for rgb in frames]
+        )
+        responses = [gateway_pb2.AnalyzeResponse() for _ in frames]
+        await self.fanout.run_features_on_frames(
+            [rgb_to_image(small) for small, _ in fitted], features, options, timeout_s, responses
+        )
+        for response, (_, scale) in zip(responses, fitted, strict=True):
+            rescale(response, 1.0 / scale)
+            merged = ranked(response.tags)
+            del response.tags[:]
+            response.tags.extend(merged)
+        return responses
+
     @grpc_method
     async def Analyze(
         self, request: gateway_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext
@@ -294,13 +316,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         specs = [s for s in map(feature_table.by_enum, features) if s is not None]
         per_frame = [s.enum for s in specs if s.per_frame]
         frame_results = (
-            await asyncio.gather(
-                *(
-                    self.analyze_pixels(frame.rgb, per_frame, options, timeout_s)
-                    for frame in clip.frames
-                )
+            await self.analyze_frames(
+                [frame.rgb for frame in clip.frames], per_frame, options, timeout_s
             )
-            if per_frame
+            if per_frame and clip.frames
             else []
         )
         timed = [

@@ -211,3 +211,37 @@ async def test_second_look_scores_crops_in_the_borderline_band() -> None:
     safety_tag = next(t for t in looked.tags if t.source == "safety")
     assert safety_tag.HasField("box") and safety_tag.box == r
     assert looked.safety.verdict == "normal"
+
+
+async def test_batch_answers_each_image_as_a_single_call_would(
+    stub: classify_pb2_grpc.ClassifyServiceStub,
+) -> None:
+    photos = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.chelsea()]
+    singles = [await classify(stub, rgb) for rgb in photos]
+    batch = await stub.ClassifyBatch(
+        classify_pb2.ClassifyBatchRequest(
+            requests=[classify_pb2.ClassifyRequest(image=rgb_to_image(rgb)) for rgb in photos]
+        ),
+        timeout=60,
+    )
+    assert len(batch.responses) == len(photos)
+    for single, batched in zip(singles, batch.responses, strict=True):
+        assert [label.class_index for label in batched.labels] == [
+            label.class_index for label in single.labels
+        ]
+        assert batched.safety.nsfw_score == pytest.approx(single.safety.nsfw_score, abs=1e-4)
+        assert batched.labels[0].score == pytest.approx(single.labels[0].score, abs=1e-4)
+
+
+async def test_batch_with_a_bad_item_names_it(stub: classify_pb2_grpc.ClassifyServiceStub) -> None:
+    good = classify_pb2.ClassifyRequest(image=rgb_to_image(skimage.data.chelsea()))
+    bad = classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=b"not an image"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ClassifyBatch(
+            classify_pb2.ClassifyBatchRequest(requests=[good, bad]), timeout=30
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests[1]" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ClassifyBatch(classify_pb2.ClassifyBatchRequest(), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -73,6 +73,11 @@ class FeatureSpec:
     side_effects: Callable[[gateway_pb2.AnalyzeOptions], bool] | None = None
     # Videos: analysed on every sampled frame (True) or once over all frames (False).
     per_frame: bool = True
+    # Per-frame features: the method taking every frame's request in one call
+    # (``<Method>BatchRequest{requests}`` -> ``<Method>BatchResponse{responses}``, same order),
+    # and how to build its request from the single-image requests. None: one call per frame.
+    batch_method: str | None = None
+    batch_request: Callable[[list[Message]], Message] | None = None
 
     @property
     def service(self) -> str:
@@ -221,6 +226,8 @@ CLASSIFY = register(
             image=images[0], top_k=o.classify.top_k
         ),
         result_field="classify",
+        batch_method="ClassifyBatch",
+        batch_request=lambda requests: classify_pb2.ClassifyBatchRequest(requests=requests),
         merge=_copy_with_tags,
         rescale=_rescale_classify,
         models=("efficientnet_lite0", "open_nsfw"),
@@ -240,6 +247,8 @@ OCR = register(
             image=images[0], max_lines=o.ocr.max_lines, min_confidence=o.ocr.min_confidence
         ),
         result_field="ocr",
+        batch_method="RecognizeBatch",
+        batch_request=lambda requests: ocr_pb2.RecognizeBatchRequest(requests=requests),
         merge=_merge_ocr,
         rescale=_rescale_ocr,
         models=("ppocr_det", "ppocr_cls", "ppocr_rec"),

@@ -18,6 +18,7 @@ from services.classify import safety as safety_mod
 from services.classify.config import ClassifyConfig
 from services.classify.preprocess import softmax, to_tensor
 from services.classify.taxonomy import Taxonomy, load_taxonomy
+from services.common.batch_rpc import answer_each
 from services.common.deadline import Deadline
 from services.common.errors import InvalidInput
 from services.common.models import ServedModel
@@ -54,12 +55,24 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
     async def Classify(
         self, request: classify_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.ClassifyResponse:
+        return await self._classify(request, request_deadline(context))
+
+    @grpc_method
+    async def ClassifyBatch(
+        self, request: classify_pb2.ClassifyBatchRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.ClassifyBatchResponse:
+        deadline = request_deadline(context)
+        responses = await answer_each(request.requests, lambda r: self._classify(r, deadline))
+        return classify_pb2.ClassifyBatchResponse(responses=responses)
+
+    async def _classify(
+        self, request: classify_pb2.ClassifyRequest, deadline: Deadline
+    ) -> classify_pb2.ClassifyResponse:
         if not 0 <= request.top_k <= MAX_TOP_K:
             raise InvalidInput(
                 f"top_k is {request.top_k}: it must be between 0 (service default) and {MAX_TOP_K}"
             )
         rgb = image_to_rgb(request.image)
-        deadline = request_deadline(context)
         probs, safety, quality = await asyncio.gather(
             self._class_probs(rgb, deadline),
             self.safety.assess(rgb, deadline),

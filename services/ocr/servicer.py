@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from services.common.batch_rpc import answer_each
+from services.common.deadline import Deadline
 from services.common.errors import InvalidInput
 from services.common.protos import image_to_rgb
 from services.common.rpc import grpc_method, request_deadline
@@ -53,11 +55,22 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
     async def Recognize(
         self, request: ocr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
     ) -> ocr_pb2.RecognizeResponse:
+        return await self._recognize(request, request_deadline(context))
+
+    @grpc_method
+    async def RecognizeBatch(
+        self, request: ocr_pb2.RecognizeBatchRequest, context: grpc.aio.ServicerContext
+    ) -> ocr_pb2.RecognizeBatchResponse:
+        deadline = request_deadline(context)
+        responses = await answer_each(request.requests, lambda r: self._recognize(r, deadline))
+        return ocr_pb2.RecognizeBatchResponse(responses=responses)
+
+    async def _recognize(
+        self, request: ocr_pb2.RecognizeRequest, deadline: Deadline
+    ) -> ocr_pb2.RecognizeResponse:
         max_lines, min_confidence = self._limits(request)
         rgb = image_to_rgb(request.image)
-        lines = await self.pipeline.recognise(
-            rgb, min_confidence, max_lines, request_deadline(context)
-        )
+        lines = await self.pipeline.recognise(rgb, min_confidence, max_lines, deadline)
         return ocr_pb2.RecognizeResponse(
             lines=[line_to_proto(x) for x in lines], full_text="\n".join(x.text for x in lines)
         )
