@@ -46,6 +46,10 @@ class GatewayConfig:
     # Long side of the pixels sent to services (results are rescaled back).
     fanout_max_side: int = 2048
     images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
+    # Encoded images the services can take as they came (no resize needed): "header" checks
+    # limits, format and dimensions from the header and leaves the decode to the services (one
+    # decode per image and service); "decode" decodes in the gateway too before forwarding.
+    validation: str = "header"
     cache_max_bytes: int = 64 * 1024 * 1024
     cache_ttl_s: float = 300.0
     video_max_bytes: int = 512 * 1024 * 1024

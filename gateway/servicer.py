@@ -16,6 +16,7 @@ from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.fanout import FanOut, feature_error
 from gateway.merge import ranked, rescale
+from gateway.probe import ProbedImage, probe
 from gateway.resilience import InFlightLimiter
 from services.common.errors import InvalidInput
 from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
@@ -69,6 +70,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         budget = self.config.default_deadline_s if remaining is None else remaining
         return max(0.0, budget * self.config.feature_deadline_fraction)
 
+    async def _admit(self, image: common_pb2.Image) -> DecodedImage | ProbedImage:
+        """Header-checked bytes when they can travel as they came, else the decoded pixels."""
+        if self.config.validation == "header" and image.WhichOneof("source") == "encoded":
+            probed = probe(image.encoded, self.image_limits)
+            if (
+                max(probed.width, probed.height) <= self.config.fanout_max_side
+                and len(image.encoded) < probed.width * probed.height * 3
+            ):
+                return probed
+        return await self._decode(image)
+
     async def _decode(self, image: common_pb2.Image) -> DecodedImage:
         source = image.WhichOneof("source")
         if source == "encoded":
@@ -79,7 +91,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         raise InvalidInput("request has no image (set image.encoded or image.raw)")
 
     def _cache_key(
-        self, decoded: DecodedImage, features: list[int], options: gateway_pb2.AnalyzeOptions
+        self,
+        decoded: DecodedImage | ProbedImage,
+        features: list[int],
+        options: gateway_pb2.AnalyzeOptions,
     ) -> str | None:
         if options.no_cache or any(
             spec.side_effects is not None and spec.side_effects(options)
@@ -93,7 +108,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def analyze_decoded(
         self,
-        decoded: DecodedImage,
+        decoded: DecodedImage | ProbedImage,
         features: list[int],
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float,
@@ -104,7 +119,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             cached = gateway_pb2.AnalyzeResponse.FromString(hit)
             cached.cached = True
             return cached
-        response = await self.analyze_pixels(decoded.rgb, features, options, timeout_s, encoded)
+        if isinstance(decoded, DecodedImage):
+            response = await self.analyze_pixels(decoded.rgb, features, options, timeout_s, encoded)
+        else:
+            assert encoded is not None
+            response = await self.analyze_encoded(encoded, features, options, timeout_s)
         response.image.CopyFrom(
             common_pb2.ImageInfo(
                 width=decoded.width,
@@ -150,6 +169,31 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         response.tags.extend(merged)
         return response
 
+    async def analyze_encoded(
+        self,
+        encoded: bytes,
+        features: list[int],
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float,
+    ) -> gateway_pb2.AnalyzeResponse:
+        """Header-checked bytes straight to the services, whose decode validates the pixels.
+
+        When no feature answered and some said INVALID_ARGUMENT, the image itself is bad
+        (corrupt, truncated): the call fails with the service's reason, as a gateway
+        decode would have.
+        """
+        response = gateway_pb2.AnalyzeResponse()
+        await self.fanout.run_features(
+            common_pb2.Image(encoded=encoded), features, options, timeout_s, response
+        )
+        invalid = [e for e in response.errors if e.code == "INVALID_ARGUMENT"]
+        if invalid and len(response.errors) == len(features):
+            raise InvalidInput(invalid[0].message)
+        merged = ranked(response.tags)
+        del response.tags[:]
+        response.tags.extend(merged)
+        return response
+
     async def analyze_frames(
         self,
         frames: list[np.ndarray],
@@ -178,7 +222,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.AnalyzeResponse:
         async with self.limiter:
             features = requested_features(request.features)
-            decoded = await self._decode(request.image)
+            decoded = await self._admit(request.image)
             return await self.analyze_decoded(
                 decoded, features, request.options, self._timeout(context), _encoded(request.image)
             )
@@ -194,7 +238,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.BatchItem:
         async with gate:
             try:
-                decoded = await self._decode(image)
+                decoded = await self._admit(image)
                 response = await self.analyze_decoded(
                     decoded, features, options, timeout_s, _encoded(image)
                 )
