@@ -54,4 +54,7 @@ class GatewayConfig:
     cache_ttl_s: float = 300.0
     video_max_bytes: int = 512 * 1024 * 1024
     video_frames: int = 3
+    # A clip's sampled frames go to each service in one call where it has a batch method
+    # (ClassifyBatch, RecognizeBatch); false: one call per frame.
+    video_batch_calls: bool = True
     video_max_frames: int = 16

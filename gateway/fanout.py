@@ -104,6 +104,7 @@ class FanOut:
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float | None,
         responses: list[gateway_pb2.AnalyzeResponse],
+        batch_calls: bool = True,
     ) -> None:
         """A video's frames: one call per feature carrying every frame where the service has a batch method.
 
@@ -146,7 +147,9 @@ class FanOut:
 
         await asyncio.gather(
             *(
-                self._timed(spec, batched(spec) if spec.batch_method else per_frame(spec))
+                self._timed(
+                    spec, batched(spec) if batch_calls and spec.batch_method else per_frame(spec)
+                )
                 for spec in specs
             )
         )

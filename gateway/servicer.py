@@ -207,7 +207,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         responses = [gateway_pb2.AnalyzeResponse() for _ in frames]
         await self.fanout.run_features_on_frames(
-            [rgb_to_image(small) for small, _ in fitted], features, options, timeout_s, responses
+            [rgb_to_image(small) for small, _ in fitted],
+            features,
+            options,
+            timeout_s,
+            responses,
+            batch_calls=self.config.video_batch_calls,
         )
         for response, (_, scale) in zip(responses, fitted, strict=True):
             rescale(response, 1.0 / scale)
