@@ -26,7 +26,8 @@ setup-gpu: $(STAMP)
 setup-triton: .venv-triton/.installed
 .venv-triton/.installed: requirements-triton.txt
 	[[ -x .venv-triton/bin/python ]] || /usr/bin/python3.11 -m venv .venv-triton
-	.venv-triton/bin/python -m pip install -q --disable-pip-version-check -r requirements-triton.txt
+	# --no-deps: the list is complete and exact; pytriton's tritonclient[all] would ask protobuf<7.
+	.venv-triton/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-triton.txt
 	touch $@
 
 gen: $(GEN_STAMP)

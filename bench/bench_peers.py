@@ -8,7 +8,7 @@ alternating round by round (A B, then B A, ...), medians and per-round ratios:
 
 1. classify: Triton's dynamic batcher (max batch 32, 2 ms delay, like the
    repository's policy) in front of a PyTriton callable running our classify
-   pipeline (``bench/triton_classify.py``: our preprocessing functions,
+   pipeline (``bench/triton_peer.py``: our preprocessing functions,
    EfficientNet-Lite0 + open_nsfw + quality, the same ONNX files, 1 ORT thread
    per model) against our classify service (same models, same policy, 1 thread
    per model). Raw RGB pixels travel both ways. Images/s and p50/p99 latency at
@@ -46,7 +46,15 @@ from services.common.protos import rgb_to_image
 from tests.conftest import encode
 from visionmesh import features
 from visionmesh.mesh import LocalMesh
-from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
+from visionmesh.v1 import (
+    classify_pb2,
+    classify_pb2_grpc,
+    common_pb2,
+    face_pb2,
+    face_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
@@ -114,7 +122,7 @@ def load_average() -> str:
 
 
 class TritonProcess:
-    """``bench/triton_classify.py`` under .venv-triton on free loopback ports."""
+    """``bench/triton_peer.py`` under .venv-triton on free loopback ports."""
 
     def __init__(self, log: Path) -> None:
         if not TRITON_PYTHON.exists():
@@ -127,7 +135,7 @@ class TritonProcess:
             [
                 str(TRITON_PYTHON),
                 "-m",
-                "bench.triton_classify",
+                "bench.triton_peer",
                 f"--grpc-port={self.grpc_port}",
                 f"--http-port={self.http_port}",
                 f"--metrics-port={self.metrics_port}",
@@ -153,7 +161,9 @@ class TritonProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"Triton exited:\n{self.log.read_text()[-3000:]}")
                 try:
-                    if await client.is_model_ready("classify"):
+                    if await client.is_model_ready("classify") and await client.is_model_ready(
+                        "face"
+                    ):
                         return
                 except Exception:  # not listening yet
                     pass
@@ -162,12 +172,12 @@ class TritonProcess:
         finally:
             await client.close()
 
-    def batch_counts(self) -> tuple[int, int]:
-        """(inferences, executions) so far: their ratio is Triton's mean batch size."""
+    def batch_counts(self, model: str) -> tuple[int, int]:
+        """(inferences, executions) of ``model`` so far: their ratio is Triton's mean batch size."""
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read()
         counts = {}
         for name in ("nv_inference_count", "nv_inference_exec_count"):
-            m = re.search(rf'^{name}{{model="classify"[^}}]*}} (\S+)$', text.decode(), re.M)
+            m = re.search(rf'^{name}{{model="{model}"[^}}]*}} (\S+)$', text.decode(), re.M)
             counts[name] = int(float(m.group(1))) if m else 0
         return counts["nv_inference_count"], counts["nv_inference_exec_count"]
 
@@ -182,6 +192,59 @@ class TritonProcess:
 
 
 # --- classify: Triton vs our service ----------------------------------------------------
+
+
+async def compare(
+    triton: TritonProcess,
+    model: str,
+    sides: dict[str, Call],
+    concurrency: list[int],
+    args: argparse.Namespace,
+) -> tuple[dict[int, dict[str, list[Phase]]], dict[int, float]]:
+    """Per concurrency, each side's rounds; and Triton's mean batch size at that concurrency."""
+    results: dict[int, dict[str, list[Phase]]] = {}
+    batch_means: dict[int, float] = {}
+    for c in concurrency:
+        before = triton.batch_counts(model)
+        results[c] = await alternate(sides, c, args.seconds, args.rounds)
+        after = triton.batch_counts(model)
+        done, execs = after[0] - before[0], after[1] - before[1]
+        batch_means[c] = done / execs if execs else 0.0
+    return results, batch_means
+
+
+async def face_side_by_side(
+    triton: TritonProcess, ours: str, rgb: np.ndarray, args: argparse.Namespace
+) -> tuple[dict[int, dict[str, list[Phase]]], dict[int, float]]:
+    import tritonclient.grpc.aio as triton_grpc
+
+    batch = rgb[None]
+    tclient = triton_grpc.InferenceServerClient(triton.address)
+    request = face_pb2.DetectRequest(image=rgb_to_image(rgb))
+
+    async def via_triton() -> Any:
+        inp = triton_grpc.InferInput("image", list(batch.shape), "UINT8")
+        inp.set_data_from_numpy(batch)
+        result = await tclient.infer("face", [inp], client_timeout=120)
+        return face_pb2.DetectResponse.FromString(result.as_numpy("reply")[0][0])
+
+    async with grpc.aio.insecure_channel(ours) as channel:
+        stub = face_pb2_grpc.FaceServiceStub(channel)
+
+        async def via_ours() -> Any:
+            return await stub.Detect(request, timeout=120)
+
+        for _ in range(2):
+            theirs, reply = await via_triton(), await via_ours()
+        if len(theirs.faces) != len(reply.faces) or [t.name for t in theirs.tags] != [
+            t.name for t in reply.tags
+        ]:
+            raise RuntimeError(f"sides disagree: Triton {theirs.tags} vs ours {reply.tags}")
+        out = await compare(
+            triton, "face", {"triton": via_triton, "ours": via_ours}, args.face_concurrency, args
+        )
+    await tclient.close()
+    return out
 
 
 async def classify_side_by_side(
@@ -200,8 +263,6 @@ async def classify_side_by_side(
         result = await tclient.infer("classify", [inp], client_timeout=60)
         return result.as_numpy("top_index"), result.as_numpy("nsfw_score")
 
-    results: dict[int, dict[str, list[Phase]]] = {}
-    batch_means: dict[int, float] = {}
     async with grpc.aio.insecure_channel(ours) as channel:
         stub = classify_pb2_grpc.ClassifyServiceStub(channel)
 
@@ -217,20 +278,14 @@ async def classify_side_by_side(
             raise RuntimeError(
                 f"sides disagree: Triton {list(top[0])} {nsfw} vs ours {ours_top} {reply.safety.nsfw_score}"
             )
-        sides = {"triton": via_triton, "ours": via_ours}
-        for c in args.concurrency:
-            before = triton.batch_counts()
-            results[c] = await alternate(sides, c, args.seconds, args.rounds)
-            after = triton.batch_counts()
-            done, execs = after[0] - before[0], after[1] - before[1]
-            batch_means[c] = done / execs if execs else 0.0
+        results, batch_means = await compare(
+            triton, "classify", {"triton": via_triton, "ours": via_ours}, args.concurrency, args
+        )
     await tclient.close()
     return results, batch_means
 
 
-def classify_table(
-    results: dict[int, dict[str, list[Phase]]], batch_means: dict[int, float]
-) -> str:
+def side_table(results: dict[int, dict[str, list[Phase]]], batch_means: dict[int, float]) -> str:
     rows = [
         "| concurrency | Triton images/s | ours images/s | **ours / Triton** (per-round ratios) | Triton p50 / p99 ms | ours p50 / p99 ms | Triton mean batch |",
         "|---:|---:|---:|---|---:|---:|---:|",
@@ -306,6 +361,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--face-concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--gateway-calls", type=int, default=5)
     parser.add_argument("--skip-gateway", action="store_true")
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
@@ -316,18 +372,23 @@ def main() -> None:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-peers-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     triton = TritonProcess(work / "triton.log")
-    mesh = LocalMesh(services=["classify"], log_dir=work / "mesh-classify")
+    mesh = LocalMesh(services=["classify", "face"], log_dir=work / "mesh-peers")
+    face_rgb = np.ascontiguousarray(skimage.data.astronaut())
     try:
         mesh.start()
         asyncio.run(triton.wait_ready())
         classify, batch_means = asyncio.run(
             classify_side_by_side(triton, mesh.processes["classify"].address, rgb, args)
         )
+        face, face_batches = asyncio.run(
+            face_side_by_side(triton, mesh.processes["face"].address, face_rgb, args)
+        )
     finally:
         triton.stop()
         mesh.stop()
-    classify_rows = classify_table(classify, batch_means)
-    print(classify_rows, flush=True)
+    classify_rows = side_table(classify, batch_means)
+    face_rows = side_table(face, face_batches)
+    print(classify_rows, face_rows, sep="\n\n", flush=True)
 
     gateway_rows = ""
     if not args.skip_gateway:
@@ -368,6 +429,14 @@ Both sides: our preprocessing functions, EfficientNet-Lite0 + open_nsfw + qualit
 1 ONNX Runtime intra-op thread per model, dynamic batching max 32 / 2 ms; chelsea (451x300) as raw RGB.
 
 {classify_rows}
+
+### face: Triton vs our face service, same pipeline
+
+Both sides: the face service's `FacePipeline` (detection, alignment, age, gender, emotion, pose, quality) and its tags
+on the repository's ONNX files, 1 ORT thread per model; Triton batches requests (max 8, 2 ms) and runs the pipeline on
+each image of the batch, our service's batchers merge model rows across calls. astronaut (512x512, one face) as raw RGB.
+
+{face_rows}
 
 ### The gateway against calling the services directly
 {gateway_rows if gateway_rows else "(not run: --skip-gateway)"}

@@ -1,25 +1,32 @@
-"""Our classify pipeline as a PyTriton callable, served by Triton's dynamic batcher (bench_peers' peer).
+"""Our classify and face pipelines as PyTriton callables behind Triton's dynamic batcher (bench_peers' peer).
 
 Runs in ``.venv-triton`` (``make setup-triton``: PyTriton wants numpy<2), with the
 repository root on ``PYTHONPATH``:
 
-    .venv-triton/bin/python -m bench.triton_classify --grpc-port P --http-port P --metrics-port P
+    .venv-triton/bin/python -m bench.triton_peer --grpc-port P --http-port P --metrics-port P
 
-The callable runs exactly what the classify service runs per image, with the
+``classify`` runs exactly what the classify service runs per image, with the
 service's own functions: ``preprocess.to_tensor`` (EfficientNet-Lite0),
 ``safety.nsfw_input`` and the borderline second look (open_nsfw),
 ``quality.assess``, softmax, top-k and the taxonomy ranking, on the same
 repository ONNX files through the same ``OnnxRuntimeEngine`` (same session
 options and intra-op threads). Triton batches requests (max batch, queue delay)
 and hands the callable a stacked ``[B, H, W, 3]`` uint8 batch.
+
+``face`` runs the face service's ``FacePipeline`` (detection, alignment, age,
+gender, emotion, pose, quality) and its tags on every image of the batch, on
+``OnnxRuntimeEngine`` sessions of the same repository models, and answers the
+serialised ``DetectResponse`` the service would send.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -35,6 +42,10 @@ from services.classify.taxonomy import load_taxonomy
 from services.common.config import EngineConfig
 from services.common.engines.onnxruntime_backend import OnnxRuntimeEngine
 from services.common.repository import load_entry
+from services.face.config import FaceConfig
+from services.face.pipeline import FaceModels, FacePipeline
+from services.face.tags import face_tags
+from visionmesh.v1 import face_pb2
 
 TOP_K = 5
 MAX_TAGS = 10
@@ -108,6 +119,50 @@ class ClassifyPipeline:
         }
 
 
+class EngineModel:
+    """``OnnxRuntimeEngine`` behind the pipeline's ``Model`` interface, called directly (no batcher)."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        self.entry = load_entry(name)
+        self.engine = OnnxRuntimeEngine(self.entry, EngineConfig(threads=threads))
+        self.engine.load()
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], deadline: object = None
+    ) -> dict[str, np.ndarray]:
+        return self.engine.infer(inputs)
+
+
+class FacePeer:
+    def __init__(self, threads: int) -> None:
+        self.config = FaceConfig()
+        c = self.config
+        models = FaceModels(
+            *(
+                EngineModel(m.name, threads)
+                for m in (c.pnet, c.rnet, c.onet, c.age, c.gender, c.emotion)
+            )
+        )
+        self.pipeline = FacePipeline(models, c)  # type: ignore[arg-type]
+        # The pipeline is async; PyTriton calls us from inside its own running loop, so ours
+        # runs in a thread of its own.
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    async def _one(self, rgb: np.ndarray) -> bytes:
+        det = self.config.detector
+        faces = await self.pipeline.analyse(rgb, det.min_face_size, det.max_faces)
+        reply = face_pb2.DetectResponse(faces=faces, tags=face_tags(faces, self.config.tags))
+        return reply.SerializeToString()
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        async def all_images() -> list[bytes]:
+            return await asyncio.gather(*(self._one(image[i]) for i in range(image.shape[0])))
+
+        replies = asyncio.run_coroutine_threadsafe(all_images(), self.loop).result()
+        return {"reply": np.array(replies, dtype=np.object_).reshape(-1, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--grpc-port", type=int, required=True)
@@ -116,12 +171,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--delay-us", type=int, default=2000)
+    parser.add_argument("--face-max-batch", type=int, default=8)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     # SIGTERM -> SystemExit, so ``with Triton()`` below stops tritonserver on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    pipeline = ClassifyPipeline(args.threads)
-    infer: Any = batch(pipeline)
+    classify: Any = batch(ClassifyPipeline(args.threads))
+    face: Any = batch(FacePeer(args.threads))
     config = TritonConfig(
         grpc_address="127.0.0.1",
         http_address="127.0.0.1",
@@ -133,7 +189,7 @@ def main() -> None:
     with Triton(config=config) as triton:
         triton.bind(
             model_name="classify",
-            infer_func=infer,
+            infer_func=classify,
             inputs=[Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3))],
             outputs=[
                 Tensor(name="top_index", dtype=np.int32, shape=(TOP_K,)),
@@ -148,7 +204,17 @@ def main() -> None:
                 batcher=DynamicBatcher(max_queue_delay_microseconds=args.delay_us),
             ),
         )
-        print("triton_classify: serving", flush=True)
+        triton.bind(
+            model_name="face",
+            infer_func=face,
+            inputs=[Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3))],
+            outputs=[Tensor(name="reply", dtype=np.bytes_, shape=(1,))],
+            config=ModelConfig(
+                max_batch_size=args.face_max_batch,
+                batcher=DynamicBatcher(max_queue_delay_microseconds=args.delay_us),
+            ),
+        )
+        print("triton_peer: serving", flush=True)
         triton.serve()
 
 
