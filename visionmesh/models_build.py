@@ -30,6 +30,7 @@ EXPORT_MODULES = (
     "services.ocr.export",
     "services.face.export",
     "services.hash.export",
+    "services.detect.export",
 )
 
 
