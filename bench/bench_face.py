@@ -81,7 +81,9 @@ class BareModel:
 
 def bare_pipeline(threads: int, cfg: FaceConfig) -> FacePipeline:
     names = (*HEADS, *DETECTOR_MODELS[cfg.detector.kind])
-    models = {n: BareModel(getattr(cfg, n).name, threads) for n in names}
+    configs = {"retinaface": cfg.retinaface, "pnet": cfg.mtcnn.pnet, "rnet": cfg.mtcnn.rnet}
+    configs.update(onet=cfg.mtcnn.onet, age=cfg.age, gender=cfg.gender, emotion=cfg.emotion)
+    models = {n: BareModel(configs[n].name, threads) for n in names}
     return FacePipeline(FaceModels(**models), cfg)  # type: ignore[arg-type]
 
 
@@ -194,7 +196,9 @@ def main() -> None:
     named = photos()
     imgs = list(named.values())
     threads = f"engine.threads={args.engine_threads}"
-    base = [f"{m}.{threads}" for m in (*HEADS, "retinaface", "pnet", "rnet", "onet")]
+    base = [
+        f"{m}.{threads}" for m in (*HEADS, "retinaface", "mtcnn.pnet", "mtcnn.rnet", "mtcnn.onet")
+    ]
     mtcnn_sets = [*base, "detector.kind=mtcnn", f"detector.min_face_size={MTCNN_MIN_FACE:g}"]
     sides = {
         "retinaface": base,

@@ -15,7 +15,7 @@ from gateway.cache import ResultCache
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.fanout import FanOut, feature_error
-from gateway.merge import ranked, rescale
+from gateway.merge import link_people, ranked, rescale
 from gateway.resilience import InFlightLimiter
 from services.common.errors import InvalidInput, grpc_method
 from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
@@ -144,6 +144,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         response = gateway_pb2.AnalyzeResponse()
         await self.fanout.run_features(image, features, options, timeout_s, response)
         rescale(response, 1.0 / scale)
+        link_people(response)
         merged = ranked(response.tags)
         del response.tags[:]
         response.tags.extend(merged)
@@ -319,6 +320,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         if timed:
             response.tags.extend(video_merge.consensus_tags(timed))
+            response.people_count = video_merge.people_count(timed)
             response.text_lines.extend(video_merge.dedupe_text_lines(timed))
             response.frames.extend(video_merge.frame_results(timed))
             seen: set[tuple[int, str]] = set()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 
+from visionmesh import features
+
 
 def _models(args: argparse.Namespace) -> int:
     from visionmesh import models_build
@@ -158,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze = sub.add_parser("analyze", help="analyse images or videos through the gateway")
     analyze.add_argument("paths", nargs="+", help="image or video files")
     analyze.add_argument(
-        "--features", default="", help="comma list of classify,ocr,face,hash (default: all)"
+        "--features",
+        default="",
+        help=f"comma list of {','.join(features.names())} (default: all)",
     )
     analyze.add_argument("--gateway", default="127.0.0.1:50050", help="gateway address")
     analyze.add_argument(
@@ -198,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser(
         "serve", help="run one service (what a Kubernetes pod runs)", add_help=False
     )
-    serve.add_argument("service", help="classify, ocr, face, hash or gateway")
+    serve.add_argument("service", help=f"{', '.join(features.names())} or gateway")
     serve.add_argument(
         "rest",
         nargs=argparse.REMAINDER,

@@ -59,16 +59,21 @@ class TagConfig:
 
 
 @dataclass
+class MtcnnModels:
+    # Loaded only with detector.kind "mtcnn". P-Net batches only same-size pyramid levels.
+    pnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_pnet", 8, 500))
+    rnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_rnet", 256))
+    onet: ModelConfig = field(default_factory=lambda: _model("mtcnn_onet", 128))
+
+
+@dataclass
 class FaceConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     tags: TagConfig = field(default_factory=TagConfig)
     retinaface: ModelConfig = field(default_factory=lambda: _model("face_retinaface", 16))
-    # P-Net batches only same-size pyramid levels (same image size from concurrent calls).
-    pnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_pnet", 8, 500))
-    rnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_rnet", 256))
-    onet: ModelConfig = field(default_factory=lambda: _model("mtcnn_onet", 128))
+    mtcnn: MtcnnModels = field(default_factory=MtcnnModels)
     age: ModelConfig = field(default_factory=lambda: _model("face_age", 64))
     gender: ModelConfig = field(default_factory=lambda: _model("face_gender", 64))
     emotion: ModelConfig = field(default_factory=lambda: _model("face_emotion", 64))

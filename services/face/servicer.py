@@ -27,8 +27,11 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
                 f"detector.kind must be one of {sorted(DETECTOR_MODELS)}, got {config.detector.kind!r}"
             )
         # One served model (queue + batcher + engines) per network; only the chosen detector's.
+        sources = {"age": config.age, "gender": config.gender, "emotion": config.emotion}
+        sources["retinaface"] = config.retinaface
+        sources.update(pnet=config.mtcnn.pnet, rnet=config.mtcnn.rnet, onet=config.mtcnn.onet)
         names = ("age", "gender", "emotion", *DETECTOR_MODELS[config.detector.kind])
-        served = {name: ServedModel(getattr(config, name)) for name in names}
+        served = {name: ServedModel(sources[name]) for name in names}
         self.served = list(served.values())
         self.pipeline = FacePipeline(FaceModels(**served), config)
 
