@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from visionmesh import features
 from visionmesh.v1 import common_pb2, gateway_pb2
@@ -63,6 +63,13 @@ def link_people(response: gateway_pb2.AnalyzeResponse, min_inside: float = 0.8) 
         people[pi].face.age.CopyFrom(face.age)
         people[pi].face.gender.CopyFrom(face.gender)
         people[pi].face.emotion.CopyFrom(face.emotion)
+
+
+def above_floors(
+    tags: Iterable[common_pb2.Tag], floors: Mapping[str, float]
+) -> list[common_pb2.Tag]:
+    """Tags at or above their source's floor (a source without one keeps every tag)."""
+    return [t for t in tags if t.score >= floors.get(t.source, 0.0)]
 
 
 def ranked(tags: Iterable[common_pb2.Tag]) -> list[common_pb2.Tag]:

@@ -41,7 +41,9 @@ def _analyze(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"visionmesh analyze: {exc}", file=sys.stderr)
         return 2
-    options = gateway_pb2.AnalyzeOptions(no_cache=args.no_cache)
+    options = gateway_pb2.AnalyzeOptions(
+        no_cache=args.no_cache, all_tag_scores=getattr(args, "all_tags", False)
+    )
     options.hash.collection = args.collection or ""
     options.hash.k = args.k
     if args.max_distance is not None:
@@ -167,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze.add_argument("--gateway", default="127.0.0.1:50050", help="gateway address")
     analyze.add_argument(
         "--json", action="store_true", help="print JSON (tags, one key per feature, errors)"
+    )
+    analyze.add_argument(
+        "--all-tags",
+        action="store_true",
+        help="every tag with its score, also those below their source's floor",
     )
     analyze.add_argument(
         "--collection", default="", help="hash: search this collection for near-duplicates"
