@@ -13,9 +13,9 @@ DEFAULT_PORT = features.by_name("detect").default_port
 @dataclass
 class DetectorConfig:
     # Score floor of a returned detection. 0.45 counts the six people of the campus walkway
-    # frame (lowest 0.47) and five of the six of the group photo (sixth 0.32); on 100 photos
-    # without people (scikit-image and OpenCV sample data) the only boxes above it are a
-    # close-up apple and orange (0.72, 0.71). See docs/detect.md.
+    # frame (lowest 0.47) and five of the six of the group photo (sixth 0.32); on 104 sample
+    # photos the only boxes above it without a person are a close-up apple and orange (0.72,
+    # 0.71). See docs/detect.md.
     min_score: float = 0.45
     max_detections: int = 100
     # Two boxes overlapping more than this (IoU) are one object.
