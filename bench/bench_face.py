@@ -74,7 +74,7 @@ class BareModel:
         self.names = [o.name for o in self.session.get_outputs()]
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], context: object = None
+        self, inputs: dict[str, np.ndarray], deadline: object = None
     ) -> dict[str, np.ndarray]:
         return dict(zip(self.names, self.session.run(self.names, inputs), strict=True))
 

@@ -10,9 +10,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-import grpc
 import numpy as np
 
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.repository import ModelEntry
 from services.detect import ssd
 from services.detect.preprocess import to_input
@@ -24,7 +24,7 @@ class Model(Protocol):
     entry: ModelEntry
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None
+        self, inputs: dict[str, np.ndarray], deadline: Deadline = NO_DEADLINE
     ) -> dict[str, np.ndarray]: ...
 
 
@@ -49,10 +49,10 @@ class DetectPipeline:
         rgb: np.ndarray,
         min_score: float,
         max_detections: int,
-        context: grpc.aio.ServicerContext | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> Found:
         x = await asyncio.to_thread(to_input, rgb, self.spec)
-        out = await self.model.infer({"images": x}, context)
+        out = await self.model.infer({"images": x}, deadline)
         return await asyncio.to_thread(self._select, out, rgb.shape[:2], min_score, max_detections)
 
     def _select(

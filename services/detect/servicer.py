@@ -5,9 +5,10 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from services.common.errors import InvalidInput, grpc_method
+from services.common.errors import InvalidInput
 from services.common.models import ServedModel
 from services.common.protos import box, image_to_rgb
+from services.common.rpc import grpc_method, request_deadline
 from services.detect.config import DetectConfig
 from services.detect.labels import display_names
 from services.detect.pipeline import DetectPipeline
@@ -51,7 +52,9 @@ class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
     ) -> detect_pb2.DetectObjectsResponse:
         min_score, max_detections = self._limits(request)
         rgb = image_to_rgb(request.image)
-        found = await self.pipeline.detect(rgb, min_score, max_detections, context)
+        found = await self.pipeline.detect(
+            rgb, min_score, max_detections, request_deadline(context)
+        )
         detections = []
         for b, s, label in zip(found.boxes, found.scores, found.labels, strict=True):
             en, zh = display_names(label)

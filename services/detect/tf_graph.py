@@ -8,6 +8,8 @@ temporary folder when a model is built, so nothing generated is kept.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,14 @@ DTYPES = {1: np.float32, 3: np.int32, 9: np.int64}
 
 
 def _module() -> Any:
-    from grpc_tools import protoc
-
     with tempfile.TemporaryDirectory(prefix="tfgraph-") as tmp:
-        rc = protoc.main(
-            ["protoc", f"-I{PROTO.parent}", f"--python_out={tmp}", str(PROTO)]  # argv[0] ignored
+        # grpcio-tools' protoc, run as the build tool it is (the same one `make gen` uses).
+        cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}"]
+        done = subprocess.run(
+            [*cmd, f"--python_out={tmp}", str(PROTO)], capture_output=True, text=True, timeout=120
         )
-        if rc != 0:
-            raise RuntimeError(f"protoc failed on {PROTO} (exit {rc})")
+        if done.returncode != 0:
+            raise RuntimeError(f"protoc failed on {PROTO}: {done.stderr.strip()}")
         path = Path(tmp) / "tf_graph_pb2.py"
         spec = importlib.util.spec_from_file_location("tf_graph_pb2", path)
         if spec is None or spec.loader is None:

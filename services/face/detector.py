@@ -58,7 +58,7 @@ class Detector(Protocol):
         rgb: np.ndarray,
         min_face: float,
         max_faces: int,
-        context: grpc.aio.ServicerContext | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> Detections: ...
 
 
@@ -73,12 +73,12 @@ class RetinaFaceDetector:
         rgb: np.ndarray,
         min_face: float,
         max_faces: int,
-        context: grpc.aio.ServicerContext | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> Detections:
         h, w = rgb.shape[:2]
         side = retinaface.pick_bucket(h, w, self.config.buckets)
         x, box = await asyncio.to_thread(retinaface.letterbox, rgb, side)
-        out = await self.model.infer({self.input_name: x}, context)
+        out = await self.model.infer({self.input_name: x}, deadline)
         return await asyncio.to_thread(self._select, out, box, (h, w), min_face, max_faces)
 
     def _select(
