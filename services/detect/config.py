@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from services.common.config import ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("detect").default_port
@@ -39,9 +39,5 @@ class DetectConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tags: TagConfig = field(default_factory=TagConfig)
     # Every image becomes one 300 x 300 input, so all concurrent calls batch together.
-    person: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            name="person_ssdlite",
-            batcher=BatcherConfig(max_batch_size=16, max_queue_delay_us=2000),
-        )
-    )
+    # Batching policy: the model's own (services/detect/export.py).
+    person: ModelConfig = field(default_factory=lambda: ModelConfig(name="person_ssdlite"))

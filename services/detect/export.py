@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from services.common.repository import BatchingPolicy
 from visionmesh.models_build import ModelExport, package_provenance
 
 OPSET = 17
@@ -119,4 +120,13 @@ def _export(net: Any, dummy: Any, out: Path) -> None:
     )
 
 
-MODELS = [ModelExport("person_ssdlite", 1, 1, build_person_ssdlite)]
+# One 300 x 300 input per image of any size: up to 16 images per batch.
+MODELS = [
+    ModelExport(
+        "person_ssdlite",
+        1,
+        1,
+        build_person_ssdlite,
+        BatchingPolicy(max_batch_size=16, max_queue_delay_us=2000),
+    )
+]
