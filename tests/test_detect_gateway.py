@@ -138,3 +138,16 @@ async def test_video_counts_people_per_frame_and_for_the_clip(
     # The clip's count tag is the busiest frame's; the close-up comes from the astronaut.
     assert "people/group" in names and "people/close-up" in names
     assert "people/single" not in names and "people/none" not in names
+
+
+def test_text_output_shows_the_people_count() -> None:
+    from visionmesh.client import render_text
+
+    image = gateway_pb2.AnalyzeResponse()
+    image.detect.people_count = 3
+    assert "people: 3" in render_text(Path("crowd.jpg"), image)
+    video = gateway_pb2.AnalyzeVideoResponse(people_count=6)
+    for t, n in ((0.0, 1), (2.0, 6)):
+        frame = video.frames.add(timestamp_s=t)
+        frame.result.detect.people_count = n
+    assert "people: at most 6 (0.0s 1, 2.0s 6)" in render_text(Path("clip.mp4"), video)
