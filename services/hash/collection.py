@@ -15,6 +15,8 @@ of ``nlist`` cells).
 
 from __future__ import annotations
 
+from typing import Any
+
 import faiss
 import numpy as np
 
@@ -61,9 +63,10 @@ class Collection:
         self.index.remove_ids(np.asarray([label], np.int64))
 
     def _flat_contents(self) -> tuple[np.ndarray, np.ndarray]:
-        flat = faiss.downcast_IndexBinary(self.index.index)
+        idmap: Any = self.index  # an IndexBinaryIDMap until the switch
+        flat: Any = faiss.downcast_IndexBinary(idmap.index)
         codes = faiss.vector_to_array(flat.xb).reshape(-1, self.nbytes)
-        return faiss.vector_to_array(self.index.id_map), codes
+        return faiss.vector_to_array(idmap.id_map), codes
 
     def _switch_to_ivf(self) -> None:
         labels, codes = self._flat_contents()

@@ -157,6 +157,7 @@ def read_previous_format(directory: Path) -> State | None:
     first_logged = log_records[0][0] if log_records else None
     problems = []
     for snap in [*snapshots, None]:
+        state: State
         if snap is None:
             seq, state = 0, {}
         else:
