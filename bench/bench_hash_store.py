@@ -14,6 +14,7 @@ The same script runs against any checkout whose ``services.hash.store`` has the
 interface, so the previous store can be measured beside the current one:
 
     flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_hash_store --items 1000000
+    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_hash_store --index-items 10000000
     PYTHONPATH=/path/to/older/checkout .venv/bin/python bench/bench_hash_store.py --label previous
 
 Prints one markdown table row (and the load average before and after).
@@ -57,6 +58,32 @@ seconds = time.perf_counter() - start
 gc.collect()
 items = sum(len(c) for c in store.collections.values())
 print(json.dumps({"seconds": seconds, "rss": rss() - before, "items": items}))
+"""
+
+
+INDEX_ONLY = """
+import gc, sys, time
+import numpy as np
+from services.hash.collection import Collection
+from services.hash.config import IndexConfig
+
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS:"))
+
+items = int(sys.argv[1])
+coll = Collection("bench", 1, 128, "itq", IndexConfig())
+gc.collect()
+before = rss()
+start = time.perf_counter()
+for first in range(0, items, 1_000_000):
+    count = min(1_000_000, items - first)
+    codes = np.random.default_rng(first).integers(0, 256, (count, 16), dtype=np.uint8)
+    coll.add(np.arange(first, first + count, dtype=np.int64), codes)
+    del codes
+gc.collect()
+print(f"in-memory index alone, {items:,} items: {(rss() - before) / items:.1f} B/item "
+      f"({len(coll):,} indexed, IVF {coll.approximate}, {time.perf_counter() - start:.0f} s)")
 """
 
 
@@ -108,7 +135,16 @@ def main() -> None:
     parser.add_argument(
         "--dir", default=".", help="where the temporary stores go (the disk measured)"
     )
+    parser.add_argument(
+        "--index-items",
+        type=int,
+        default=0,
+        help="only measure the in-memory index (labels + codes) at this many items, e.g. 10000000",
+    )
     args = parser.parse_args()
+    if args.index_items:
+        subprocess.run([sys.executable, "-c", INDEX_ONLY, str(args.index_items)], check=True)
+        return
     load_before = os.getloadavg()
     rates = []
     for concurrency in (1, 16):
