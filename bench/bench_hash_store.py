@@ -6,7 +6,7 @@ In-process ``HashStore`` (no gRPC), 128-bit codes, string ids ``video-<n>``:
   Add before sending the next; group commit batches the 16);
 - fill to ``--items`` with 4096 Adds in flight, clean shutdown, then a fresh
   process opens the store: the time to serve again (verification + faiss
-  rebuild) and the resident memory it added, per item; the store's bytes on
+  rebuild) and the anonymous resident memory (RssAnon) it added, per item; the store's bytes on
   disk per item.
 
 The same script runs against any checkout whose ``services.hash.store`` has the
@@ -47,7 +47,7 @@ from services.hash.store import HashStore
 
 def rss():
     with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS:"))
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("RssAnon:"))
 
 store = HashStore(StorageConfig(data_dir=sys.argv[1]), IndexConfig())
 gc.collect()
@@ -69,7 +69,7 @@ from services.hash.config import IndexConfig
 
 def rss():
     with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS:"))
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("RssAnon:"))
 
 items = int(sys.argv[1])
 coll = Collection("bench", 1, 128, "itq", IndexConfig())
@@ -82,7 +82,7 @@ for first in range(0, items, 1_000_000):
     coll.add(np.arange(first, first + count, dtype=np.int64), codes)
     del codes
 gc.collect()
-print(f"in-memory index alone, {items:,} items: {(rss() - before) / items:.1f} B/item "
+print(f"in-memory index alone, {items:,} items: {(rss() - before) / items:.1f} B/item (anonymous RSS) "
       f"({len(coll):,} indexed, IVF {coll.approximate}, {time.perf_counter() - start:.0f} s)")
 """
 

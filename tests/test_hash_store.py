@@ -430,3 +430,20 @@ async def test_disk_full_fails_the_write_and_loses_no_acknowledged_one(small_dis
     await store.close()
     reopened = open_store(directory)
     assert [i for i in acked if i >= 0 and reopened.get("c", f"item-{i}") != code_for(i)] == []
+
+
+async def test_close_finishes_the_writes_it_holds(tmp_path: Path) -> None:
+    store = HashStore(StorageConfig(data_dir=str(tmp_path)), IndexConfig())
+    await store.start()
+    tasks = [
+        asyncio.create_task(
+            store.add("c", f"item-{i}", np.frombuffer(code_for(i), np.uint8), 128, "itq")
+        )
+        for i in range(200)
+    ]
+    await asyncio.sleep(0)  # every Add is queued, the first group commit may be running
+    await store.close()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    acked = [i for i, r in enumerate(results) if r is False]
+    assert all(r is False or isinstance(r, Unavailable) for r in results), results
+    assert len(acked) == 200 and missing(open_store(tmp_path), acked) == []

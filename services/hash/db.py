@@ -183,6 +183,7 @@ def open_checked(directory: Path, fsync: bool = True) -> sqlite3.Connection:
     if not path.exists() and wal_path.exists() and wal_path.stat().st_size > 0:
         raise CorruptStore(f"{path} is missing but its write-ahead log {wal_path} exists; {hint}")
     check_wal(wal_path)
+    conn: sqlite3.Connection | None = None
     try:
         conn = connect(path, fsync)
         problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
@@ -194,7 +195,11 @@ def open_checked(directory: Path, fsync: bool = True) -> sqlite3.Connection:
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
         )
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, CorruptStore) as exc:
+        if conn is not None:
+            conn.close()  # now, not whenever it is collected: the repair tool moves these files
+        if isinstance(exc, CorruptStore):
+            raise
         raise CorruptStore(f"{path}: {exc}; {hint}") from exc
     return conn
 

@@ -317,7 +317,8 @@ def repair(directory: Path, dry_run: bool = False) -> Report:
     write_store(fixed, collections, items)
     damaged.mkdir()
     for path in originals:
-        shutil.move(str(path), damaged / path.name)
+        if path.exists():
+            shutil.move(str(path), damaged / path.name)
     os.replace(fixed, directory / db.DB_NAME)
     fd = os.open(directory, os.O_RDONLY)
     try:

@@ -222,6 +222,7 @@ class HashStore:
         self._pending: list[tuple[Operation, asyncio.Future[Committed]]] = []
         self._wake = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._closing = False
         self._failed = ""
 
     # -- lifecycle --
@@ -233,12 +234,17 @@ class HashStore:
         migrated = legacy.migrate_if_present(self.directory, self.storage.fsync)
         conn = db.open_checked(self.directory, self.storage.fsync)
         writer = Writer(conn, self.limits)
-        writer.load(self.directory)
-        for row in writer.catalog.values():
-            coll = Collection(row.name, row.cid, row.bits, row.method, self.index_config)
-            for labels, codes in db.load_items(conn, self.directory, row):
-                coll.add(np.asarray(labels, np.int64), np.frombuffer(codes, np.uint8))
-            self.collections[row.name] = coll
+        try:
+            writer.load(self.directory)
+            for row in writer.catalog.values():
+                coll = Collection(row.name, row.cid, row.bits, row.method, self.index_config)
+                for labels, codes in db.load_items(conn, self.directory, row):
+                    coll.add(np.asarray(labels, np.int64), np.frombuffer(codes, np.uint8))
+                self.collections[row.name] = coll
+        except BaseException:
+            conn.close()  # now, not whenever it is collected: the repair tool moves these files
+            self.collections.clear()
+            raise
         self._writer = writer
         self._reader = db.connect(self.directory / db.DB_NAME, self.storage.fsync)
         items = sum(len(c) for c in self.collections.values())
@@ -264,8 +270,11 @@ class HashStore:
         self._committer.add_done_callback(self._committer_ended)
 
     async def close(self) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
+        if self._committer is not None and not self._committer.done():
+            # Let the committer finish what it holds (a transaction in its thread cannot be
+            # interrupted, and the connection must be idle before the final checkpoint).
+            self._closing = True
+            self._wake.set()
             await asyncio.gather(self._committer, return_exceptions=True)
         if self._writer is not None:
             try:
@@ -295,7 +304,7 @@ class HashStore:
             self.on_failure(reason)
 
     def _committer_ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
+        if task.cancelled() or (self._closing and task.exception() is None):
             return
         exc = task.exception()
         self._fail(
@@ -351,7 +360,7 @@ class HashStore:
     async def _submit(self, op: Operation) -> Committed:
         if self._failed:
             raise Unavailable(self._failed)
-        if self._committer is None or self._committer.done():
+        if self._committer is None or self._committer.done() or self._closing:
             raise Unavailable("hash store is not running")
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         self._pending.append((op, future))
@@ -364,6 +373,10 @@ class HashStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                if not self._pending:
+                    return
+                self._wake.set()  # come back after this batch, until nothing is left
             limit = self.storage.max_batch
             batch, self._pending = self._pending[:limit], self._pending[limit:]
             if self._pending:
