@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ServerConfig
+from services.common.config import ClientConfig, ImageLimitsConfig, ServerConfig
 
 DEFAULT_PORT = 50050
 
@@ -17,15 +17,10 @@ DEFAULT_SERVICES = {
 
 
 @dataclass
-class ImageLimitsConfig:
-    max_bytes: int = 32 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    max_side: int = 20_000
-
-
-@dataclass
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # Channels to the feature services (``client.tls``: CA, certificate, key).
+    client: ClientConfig = field(default_factory=ClientConfig)
     # "static" (addresses below), "consul" (server.consul_addr / CONSUL_HTTP_ADDR) or "dns".
     discovery: str = "static"
     # Static discovery: service -> instance addresses.
@@ -46,6 +41,8 @@ class GatewayConfig:
     # Images of a batch analysed at once.
     batch_concurrency: int = 16
     max_batch_images: int = 256
+    # Largest AnalyzeBatch / AnalyzeBatchStream request message.
+    max_batch_bytes: int = 64 * 1024 * 1024
     # Long side of the pixels sent to services (results are rescaled back).
     fanout_max_side: int = 2048
     images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
@@ -54,3 +51,5 @@ class GatewayConfig:
     video_max_bytes: int = 512 * 1024 * 1024
     video_frames: int = 3
     video_max_frames: int = 16
+    # Largest message of an AnalyzeVideo upload (the header, or one chunk; clients send 1 MiB).
+    video_max_message_bytes: int = 8 * 1024 * 1024

@@ -35,7 +35,8 @@ async def gateway_address() -> AsyncIterator[str]:
     async with running_service(CLASSIFY) as classify:
         dead = f"127.0.0.1:{free_port()}"  # nothing listens here: those features must fail alone
         services = {"classify": [classify.address], "ocr": [dead], "face": [dead], "hash": [dead]}
-        async with running_service(GATEWAY, {"services": services, "retry_attempts": 2}) as gateway:
+        overrides = {"services": services, "retry_attempts": 2, "server": {"reflection": True}}
+        async with running_service(GATEWAY, overrides) as gateway:
             yield gateway.address
 
 

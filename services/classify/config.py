@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from services.common.config import BatcherConfig, ImageLimitsConfig, ModelConfig, ServerConfig
 
 DEFAULT_PORT = 50051
 
@@ -52,6 +52,8 @@ class QualityConfig:
 @dataclass
 class ClassifyConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     classifier: ModelConfig = field(
         default_factory=lambda: ModelConfig(
             name="efficientnet_lite0",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from services.common.config import BatcherConfig, ImageLimitsConfig, ModelConfig, ServerConfig
 
 DEFAULT_PORT = 50053
 
@@ -46,6 +46,8 @@ class TagConfig:
 @dataclass
 class FaceConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     tags: TagConfig = field(default_factory=TagConfig)

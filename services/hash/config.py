@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from services.common.config import BatcherConfig, ImageLimitsConfig, ModelConfig, ServerConfig
 
 DEFAULT_PORT = 50054
 SUPPORTED_BITS = (64, 128, 256)
@@ -49,6 +49,8 @@ class StorageConfig:
 @dataclass
 class HashConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     features: ModelConfig = field(
         default_factory=lambda: ModelConfig(
             name="efficientnet_lite0",

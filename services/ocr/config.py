@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, EngineConfig, ModelConfig, ServerConfig
+from services.common.config import (
+    BatcherConfig,
+    EngineConfig,
+    ImageLimitsConfig,
+    ModelConfig,
+    ServerConfig,
+)
 
 DEFAULT_PORT = 50052
 
@@ -87,6 +93,8 @@ class LimitsConfig:
 @dataclass
 class OcrConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: ModelConfig = field(
         default_factory=lambda: _model("ppocr_det", HEAVY_STAGE_THREADS, 4, 1000)
     )
