@@ -12,8 +12,9 @@ from services.common.config import (
     ModelConfig,
     ServerConfig,
 )
+from visionmesh import features
 
-DEFAULT_PORT = 50052
+DEFAULT_PORT = features.by_name("ocr").default_port
 
 # ONNX Runtime intra-op threads per model. Left at the library default, each
 # of the three sessions wants every core, and under concurrent requests they
