@@ -175,6 +175,10 @@ def _assert_fuzz_clean(mesh: SecureMesh, report: FuzzReport) -> None:
         f"({report.cases / report.seconds:.0f}/s); statuses {dict(report.codes)}; "
         f"per-feature errors {dict(report.feature_codes)}"
     )
+    by_method: collections.Counter[str] = collections.Counter()
+    for seconds, _, method, code in report.timings:
+        by_method[f"{method.rsplit('/', 1)[1]} {code}"] += seconds
+    print("  call-seconds by rpc and status:", {k: round(v) for k, v in by_method.most_common(8)})
     for seconds, name, method, code in sorted(report.timings, reverse=True)[:8]:
         print(f"  slowest: {seconds:6.2f} s  {code:18s} {method}  {name}")
     dead = [name for name, proc in mesh.mesh.processes.items() if not proc.alive()]

@@ -148,7 +148,7 @@ async def test_malformed_bytes_to_the_health_service_are_invalid_argument(
         ),
         (
             gateway_pb2.AnalyzeRequest(features=[common_pb2.FEATURE_OCR, 77]),
-            "features has unknown value 77",
+            "features: unknown feature value 77",
         ),
     ],
 )

@@ -131,7 +131,9 @@ def _check(message: Message, prefix: str) -> None:
             for item in value if _repeated(field) else [value]:
                 if item not in known:
                     names = ", ".join(v.name for v in field.enum_type.values if v.number)
-                    raise InvalidInput(f"{where} has unknown value {item} (known: {names})")
+                    raise InvalidInput(
+                        f"{where}: unknown {field.enum_type.name.lower()} value {item} (known: {names})"
+                    )
             continue
         rule = RANGES.get(f"{descriptor.name}.{field.name}")
         if rule is None:
