@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -116,6 +118,8 @@ class FuzzReport:
     problems: list[str] = field(default_factory=list)
     # (seconds, case name, method, status) of every call, for the slowest-case listing.
     timings: list[tuple[float, str, str, str]] = field(default_factory=list)
+    # CPU seconds the mesh's processes spent during the run (what an idle machine needs).
+    mesh_cpu_s: float = 0.0
 
     def check_message(self, case: fuzz_corpus.Case, code: str, message: str) -> None:
         if code in FORBIDDEN:
@@ -147,8 +151,21 @@ async def _send(channel: grpc.aio.Channel, case: fuzz_corpus.Case, report: FuzzR
             report.check_message(case, f"feature {error.code}", error.message)
 
 
+def _cpu_seconds(mesh: LocalMesh) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in mesh.processes.values():
+        try:
+            fields = Path(f"/proc/{proc.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return total
+
+
 async def run_fuzz(mesh: SecureMesh, cases: list[fuzz_corpus.Case]) -> FuzzReport:
     report = FuzzReport(cases=len(cases))
+    cpu_before = _cpu_seconds(mesh.mesh)
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
     channels = {
         name: tls.aio_channel(address, mesh.client, options)
@@ -165,6 +182,7 @@ async def run_fuzz(mesh: SecureMesh, cases: list[fuzz_corpus.Case]) -> FuzzRepor
         await asyncio.gather(*(one(case) for case in cases))
     finally:
         report.seconds = time.perf_counter() - start
+        report.mesh_cpu_s = _cpu_seconds(mesh.mesh) - cpu_before
         await asyncio.gather(*(c.close() for c in channels.values()))
     return report
 
@@ -172,7 +190,8 @@ async def run_fuzz(mesh: SecureMesh, cases: list[fuzz_corpus.Case]) -> FuzzRepor
 def _assert_fuzz_clean(mesh: SecureMesh, report: FuzzReport) -> None:
     print(
         f"\nfuzz: {report.cases} cases in {report.seconds:.1f} s "
-        f"({report.cases / report.seconds:.0f}/s); statuses {dict(report.codes)}; "
+        f"({report.cases / report.seconds:.0f}/s, load average {os.getloadavg()[0]:.1f}, "
+        f"mesh CPU {report.mesh_cpu_s:.0f} s); statuses {dict(report.codes)}; "
         f"per-feature errors {dict(report.feature_codes)}"
     )
     by_method: collections.Counter[str] = collections.Counter()
