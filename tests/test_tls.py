@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +22,8 @@ from services.common.metrics import free_port
 from services.common.server import MeshServer
 from services.common.testing import running_service
 from tests.tls_certs import CertificateAuthority
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Pki:
@@ -153,3 +158,41 @@ def test_incomplete_tls_settings_are_refused_at_start(pki: Pki) -> None:
         )
     with pytest.raises(ConfigError, match="cannot be read"):
         tls.channel_credentials(ClientTlsConfig(ca_file="/nonexistent/ca.pem"))
+
+
+async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "visionmesh.cli",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_analyzes_over_mutual_tls_with_flags_or_environment(
+    mtls_gateway: MeshServer, pki: Pki, chelsea_jpeg: bytes, tmp_path: Path
+) -> None:
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(chelsea_jpeg)
+    base = ["analyze", str(photo), "--gateway", mtls_gateway.address, "--json"]
+    base += ["--features", "classify"]
+    flags = ["--tls-ca", str(pki.ca_file), "--tls-cert", str(pki.client_cert)]
+    code, out, err = await _cli(*base, *flags, "--tls-key", str(pki.client_key))
+    assert code == 0, err
+    # The gateway answered; its classify service is absent, so that is a feature error.
+    assert json.loads(out)["errors"][0]["code"] == "UNAVAILABLE"
+    env = {
+        "VISIONMESH_CLIENT__TLS__CA_FILE": str(pki.ca_file),
+        "VISIONMESH_CLIENT__TLS__CERT_FILE": str(pki.client_cert),
+        "VISIONMESH_CLIENT__TLS__KEY_FILE": str(pki.client_key),
+    }
+    code, out, err = await _cli(*base, env=env)
+    assert code == 0, err
+    code, _, err = await _cli(*base, "--tls-ca", str(pki.ca_file))  # no client certificate
+    assert code == 1 and "UNAVAILABLE" in err, err
