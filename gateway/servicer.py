@@ -17,9 +17,10 @@ from gateway.discovery import Resolver
 from gateway.fanout import FanOut, feature_error
 from gateway.merge import ranked, rescale
 from gateway.resilience import InFlightLimiter
-from services.common.errors import InvalidInput, grpc_method
+from services.common.errors import InvalidInput
 from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
 from services.common.protos import rgb_to_image
+from services.common.rpc import grpc_method, status_code
 from visionmesh import features as feature_table
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -225,7 +226,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     for task in tasks:
                         task.cancel()
         except InvalidInput as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(status_code(exc), exc.message)
         except Exception as exc:  # the rpc must end with a status, not a hang
             if isinstance(exc, grpc.aio.AbortError):
                 raise
