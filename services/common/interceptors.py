@@ -12,6 +12,7 @@ import grpc
 
 from services.common import metrics, options
 from services.common.errors import InvalidInput
+from services.common.rpc import status_code
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -145,7 +146,7 @@ class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
             try:
                 options.check_request(message)
             except InvalidInput as exc:
-                return RejectedRequest(exc.code, exc.message)
+                return RejectedRequest(status_code(exc), exc.message)
             return message
 
         return deserialize
