@@ -33,6 +33,9 @@ from tests.tls_certs import CertificateAuthority
 from visionmesh.mesh import LocalMesh, MeshTls
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
+# The mesh starts inside the first test that uses it: room for a slow, shared machine.
+pytestmark = pytest.mark.timeout(900)
+
 FORBIDDEN = {"UNKNOWN", "INTERNAL"}
 # A file path, a Python source line or a traceback in a message meant for callers.
 LEAK = re.compile(
@@ -219,6 +222,7 @@ async def test_fuzz_corpus_never_breaks_the_edge(secure_mesh: SecureMesh) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 async def test_fuzz_corpus_10000_cases(secure_mesh: SecureMesh) -> None:
     cases = fuzz_corpus.corpus(10_000, seed=7)
     report = await run_fuzz(secure_mesh, cases)
