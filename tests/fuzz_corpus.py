@@ -37,6 +37,7 @@ from PIL import Image
 from visionmesh.v1 import (
     classify_pb2,
     common_pb2,
+    detect_pb2,
     face_pb2,
     gateway_pb2,
     hash_pb2,
@@ -47,6 +48,7 @@ ANALYZE = "/visionmesh.v1.GatewayService/Analyze"
 CLASSIFY = "/visionmesh.v1.ClassifyService/Classify"
 RECOGNIZE = "/visionmesh.v1.OcrService/Recognize"
 DETECT = "/visionmesh.v1.FaceService/Detect"
+DETECT_OBJECTS = "/visionmesh.v1.DetectionService/DetectObjects"
 ENCODE = "/visionmesh.v1.HashService/Encode"
 SEARCH = "/visionmesh.v1.HashService/Search"
 
@@ -56,10 +58,11 @@ TARGETS = {
     CLASSIFY: "classify",
     RECOGNIZE: "ocr",
     DETECT: "face",
+    DETECT_OBJECTS: "detect",
     ENCODE: "hash",
     SEARCH: "hash",
 }
-IMAGE_RPCS = (ANALYZE, ANALYZE, ANALYZE, CLASSIFY, RECOGNIZE, DETECT, ENCODE)
+IMAGE_RPCS = (ANALYZE, ANALYZE, ANALYZE, CLASSIFY, RECOGNIZE, DETECT, DETECT_OBJECTS, ENCODE)
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,8 @@ def _random_options(rng: np.random.Generator, wild: bool) -> gateway_pb2.Analyze
     options.face.max_faces = int(pick([0, 2], [-1, 2**31 - 1]))
     options.face.min_face_size = pick([0.0, 20.0], [3.0, 1e30, float("-inf")])
     options.hash.bits = int(pick([0, 64, 128], [100, -64]))
+    options.detect.min_score = pick([0.0, 0.4], [1.0, -0.5, float("nan")])
+    options.detect.max_detections = int(pick([0, 10], [-1, 301]))
     options.hash.k = int(pick([0, 3], [-1, 5000]))
     if rng.integers(0, 4) == 0:
         options.hash.max_distance = int(pick([0, 10], [-1, 257]))
@@ -329,7 +334,8 @@ def _features(rng: np.random.Generator) -> list[int]:
         return []  # every feature
     if choice == 1:
         return [common_pb2.FEATURE_CLASSIFY, 99]  # an unknown enum value
-    return [[1, 2, 3, 4][int(rng.integers(0, 4))]]
+    known = [v.number for v in common_pb2.Feature.DESCRIPTOR.values if v.number]
+    return [known[int(rng.integers(0, len(known)))]]
 
 
 def image_request(
@@ -352,6 +358,12 @@ def image_request(
     if method == DETECT:
         return face_pb2.DetectRequest(
             image=image, max_faces=opts.face.max_faces, min_face_size=opts.face.min_face_size
+        ).SerializeToString()
+    if method == DETECT_OBJECTS:
+        return detect_pb2.DetectObjectsRequest(
+            image=image,
+            min_score=opts.detect.min_score,
+            max_detections=opts.detect.max_detections,
         ).SerializeToString()
     if method == ENCODE:
         frames = [image] * int(rng.integers(1, 4))

@@ -235,7 +235,7 @@ def test_corpus_is_reproducible_and_covers_every_kind() -> None:
     names = " ".join(c.name for c in first)
     for kind in ("bitflip", "truncated", "bomb-", "aspect-", "raw-", "protobuf-", "budget-"):
         assert kind in names, kind
-    assert {c.target for c in first} == {"gateway", "classify", "ocr", "face", "hash"}
+    assert {c.target for c in first} == {"gateway", "classify", "ocr", "face", "detect", "hash"}
     formats = {name.split("/")[0] for name in names.split()}
     for fmt in ("jpeg", "png", "gif", "bmp", "tiff", "webp"):
         assert any(f.startswith(fmt) for f in formats), fmt

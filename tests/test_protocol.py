@@ -25,6 +25,7 @@ from services.common.testing import running_service
 from visionmesh.v1 import (
     classify_pb2,
     common_pb2,
+    detect_pb2,
     face_pb2,
     gateway_pb2,
     hash_pb2,
@@ -34,7 +35,7 @@ from visionmesh.v1 import (
 ANALYZE = "/visionmesh.v1.GatewayService/Analyze"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_MODULES = [classify_pb2, common_pb2, face_pb2, gateway_pb2, hash_pb2, ocr_pb2]
+PROTO_MODULES = [classify_pb2, common_pb2, detect_pb2, face_pb2, gateway_pb2, hash_pb2, ocr_pb2]
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +229,11 @@ def test_range_checks_accept_the_edges_and_defaults() -> None:
     options.check_request(ok)
     options.check_request(face_pb2.DetectRequest())
     options.check_request(hash_pb2.SearchRequest(max_distance=0, k=1000))
+    options.check_request(detect_pb2.DetectObjectsRequest(min_score=0.99, max_detections=300))
+    with pytest.raises(
+        InvalidInput, match=r"min_score must be 0 \(service default\) or in \[0, 1\)"
+    ):
+        options.check_request(detect_pb2.DetectObjectsRequest(min_score=1.0))
     with pytest.raises(InvalidInput, match="max_faces"):
         options.check_request(face_pb2.DetectRequest(max_faces=1001))
     with pytest.raises(InvalidInput, match="min_face_size"):

@@ -39,15 +39,22 @@ class Range:
     low: float
     high: float
     zero_is_default: bool = False
+    # False: ``value < high`` (a probability floor of 1 would keep nothing).
+    high_inclusive: bool = True
 
     def describe(self) -> str:
-        span = f"{_num(self.low)}..{_num(self.high)}"
+        span = (
+            f"{_num(self.low)}..{_num(self.high)}"
+            if self.high_inclusive
+            else f"in [{_num(self.low)}, {_num(self.high)})"
+        )
         return f"0 (service default) or {span}" if self.zero_is_default else span
 
     def accepts(self, value: float) -> bool:
         if isinstance(value, float) and not math.isfinite(value):
             return False
-        return (self.zero_is_default and value == 0) or self.low <= value <= self.high
+        below_high = value <= self.high if self.high_inclusive else value < self.high
+        return (self.zero_is_default and value == 0) or (self.low <= value and below_high)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,10 @@ _CONFIDENCE = Range(0.0, 1.0)
 _FACE_SIDE = Range(10.0, float(MAX_SIDE_PX), zero_is_default=True)
 _BITS_OR_DEFAULT = OneOf(HASH_BITS, zero_is_default=True)
 _DISTANCE = Range(0, max(HASH_BITS))
+_SCORE_FLOOR = Range(0.0, 1.0, zero_is_default=True, high_inclusive=False)
+# Person detection's non-maximum suppression loop is bounded by this.
+MAX_DETECTIONS = 300
+_DETECTIONS = Range(1, MAX_DETECTIONS, zero_is_default=True)
 
 # "<message>.<field>" (package omitted) -> the documented range.
 RANGES: dict[str, Rule] = {
@@ -99,6 +110,10 @@ RANGES: dict[str, Rule] = {
     "SearchRequest.k": _RESULTS,
     "HashOptions.max_distance": _DISTANCE,
     "SearchRequest.max_distance": _DISTANCE,
+    "DetectObjectsRequest.min_score": _SCORE_FLOOR,
+    "DetectOptions.min_score": _SCORE_FLOOR,
+    "DetectObjectsRequest.max_detections": _DETECTIONS,
+    "DetectOptions.max_detections": _DETECTIONS,
     "VideoUploadHeader.num_frames": Range(1, MAX_VIDEO_FRAMES, zero_is_default=True),
     "VideoUploadHeader.total_size": Range(0, MAX_UPLOAD_BYTES),
 }
