@@ -52,10 +52,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.fanout = FanOut(resolver, config)
         self.cache = ResultCache(config.cache_max_bytes, config.cache_ttl_s)
         self.limiter = InFlightLimiter(config.max_in_flight)
-        lim = config.images
-        self.image_limits = ImageLimits(
-            max_bytes=lim.max_bytes, max_pixels=lim.max_pixels, max_side=lim.max_side
-        )
+        self.image_limits = ImageLimits.from_config(config.images)
         self.video_limits = video.VideoLimits(max_bytes=config.video_max_bytes)
 
     async def start(self) -> None:
