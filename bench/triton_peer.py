@@ -13,7 +13,7 @@ repository ONNX files through the same ``OnnxRuntimeEngine`` (same session
 options and intra-op threads). Triton batches requests (max batch, queue delay)
 and hands the callable a stacked ``[B, H, W, 3]`` uint8 batch.
 
-``face`` runs the face service's ``FacePipeline`` (detection, alignment, age,
+``face`` runs the face service's ``FacePipeline`` (its configured detector, alignment, age,
 gender, emotion, pose, quality) and its tags on every image of the batch, on
 ``OnnxRuntimeEngine`` sessions of the same repository models, and answers the
 serialised ``DetectResponse`` the service would send.
@@ -43,7 +43,7 @@ from services.common.config import EngineConfig
 from services.common.engines.onnxruntime_backend import OnnxRuntimeEngine
 from services.common.repository import load_entry
 from services.face.config import FaceConfig
-from services.face.pipeline import FaceModels, FacePipeline
+from services.face.pipeline import DETECTOR_MODELS, FaceModels, FacePipeline
 from services.face.tags import face_tags
 from visionmesh.v1 import face_pb2
 
@@ -135,14 +135,13 @@ class EngineModel:
 
 class FacePeer:
     def __init__(self, threads: int) -> None:
-        self.config = FaceConfig()
-        c = self.config
-        models = FaceModels(
-            *(
-                EngineModel(m.name, threads)
-                for m in (c.pnet, c.rnet, c.onet, c.age, c.gender, c.emotion)
-            )
-        )
+        self.config = c = FaceConfig()
+        # The service's own choice of models: the heads plus the configured detector's.
+        sources = {"age": c.age, "gender": c.gender, "emotion": c.emotion}
+        sources.update(retinaface=c.retinaface, pnet=c.mtcnn.pnet, rnet=c.mtcnn.rnet)
+        sources["onet"] = c.mtcnn.onet
+        names = ("age", "gender", "emotion", *DETECTOR_MODELS[c.detector.kind])
+        models = FaceModels(**{n: EngineModel(sources[n].name, threads) for n in names})  # type: ignore[arg-type]
         self.pipeline = FacePipeline(models, c)  # type: ignore[arg-type]
         # The pipeline is async; PyTriton calls us from inside its own running loop, so ours
         # runs in a thread of its own.

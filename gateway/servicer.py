@@ -15,7 +15,7 @@ from gateway.cache import ResultCache
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.fanout import FanOut, feature_error
-from gateway.merge import ranked, rescale
+from gateway.merge import above_floors, link_people, ranked, rescale
 from gateway.probe import ProbedImage, probe
 from gateway.resilience import InFlightLimiter
 from services.common.errors import InvalidInput
@@ -53,10 +53,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.fanout = FanOut(resolver, config)
         self.cache = ResultCache(config.cache_max_bytes, config.cache_ttl_s)
         self.limiter = InFlightLimiter(config.max_in_flight)
-        lim = config.images
-        self.image_limits = ImageLimits(
-            max_bytes=lim.max_bytes, max_pixels=lim.max_pixels, max_side=lim.max_side
-        )
+        self.image_limits = ImageLimits.from_config(config.images)
         self.video_limits = video.VideoLimits(max_bytes=config.video_max_bytes)
 
     async def start(self) -> None:
@@ -163,11 +160,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         response = gateway_pb2.AnalyzeResponse()
         await self.fanout.run_features(image, features, options, timeout_s, response)
+        self._finish(response, options, scale)
+        return response
+
+    def _finish(
+        self,
+        response: gateway_pb2.AnalyzeResponse,
+        options: gateway_pb2.AnalyzeOptions,
+        scale: float,
+    ) -> None:
+        """Back to the client's pixels, people linked to faces, one ranked tag list."""
         rescale(response, 1.0 / scale)
+        link_people(response)
         merged = ranked(response.tags)
+        if not options.all_tag_scores:
+            merged = above_floors(merged, self.config.tag_floors)
         del response.tags[:]
         response.tags.extend(merged)
-        return response
 
     async def analyze_encoded(
         self,
@@ -189,9 +198,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         invalid = [e for e in response.errors if e.code == "INVALID_ARGUMENT"]
         if invalid and len(response.errors) == len(features):
             raise InvalidInput(invalid[0].message)
-        merged = ranked(response.tags)
-        del response.tags[:]
-        response.tags.extend(merged)
+        self._finish(response, options, 1.0)
         return response
 
     async def analyze_frames(
@@ -215,10 +222,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             batch_calls=self.config.video_batch_calls,
         )
         for response, (_, scale) in zip(responses, fitted, strict=True):
-            rescale(response, 1.0 / scale)
-            merged = ranked(response.tags)
-            del response.tags[:]
-            response.tags.extend(merged)
+            self._finish(response, options, scale)
         return responses
 
     @grpc_method
@@ -364,9 +368,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.AnalyzeVideoResponse:
         specs = [s for s in map(feature_table.by_enum, features) if s is not None]
         per_frame = [s.enum for s in specs if s.per_frame]
+        # Frames keep every score so the clip's consensus sees them; floors apply at the end.
+        frame_options = gateway_pb2.AnalyzeOptions()
+        frame_options.CopyFrom(options)
+        frame_options.all_tag_scores = True
         frame_results = (
             await self.analyze_frames(
-                [frame.rgb for frame in clip.frames], per_frame, options, timeout_s
+                [frame.rgb for frame in clip.frames], per_frame, frame_options, timeout_s
             )
             if per_frame and clip.frames
             else []
@@ -387,7 +395,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         )
         if timed:
-            response.tags.extend(video_merge.consensus_tags(timed))
+            consensus = video_merge.consensus_tags(timed)
+            if not options.all_tag_scores:
+                consensus = above_floors(consensus, self.config.tag_floors)
+                for _, frame_result in timed:
+                    kept = above_floors(frame_result.tags, self.config.tag_floors)
+                    del frame_result.tags[:]
+                    frame_result.tags.extend(kept)
+            response.tags.extend(consensus)
+            response.people_count = video_merge.people_count(timed)
             response.text_lines.extend(video_merge.dedupe_text_lines(timed))
             response.frames.extend(video_merge.frame_results(timed))
             seen: set[tuple[int, str]] = set()
