@@ -54,6 +54,9 @@ class GatewayConfig:
     # A clip's sampled frames go to each service in one call where it has a batch method
     # (ClassifyBatch, RecognizeBatch); false: one call per frame.
     video_batch_calls: bool = True
+    # Bytes of frames one batched call carries (under the services' server.max_message_bytes,
+    # 16 MiB); more frames go in further calls.
+    batch_call_max_bytes: int = 12 * 1024 * 1024
     video_max_frames: int = 16
     # Largest message of an AnalyzeVideo upload (the header, or one chunk; clients send 1 MiB).
     video_max_message_bytes: int = 8 * 1024 * 1024

@@ -18,6 +18,7 @@ from prometheus_client import Counter, Histogram
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.resilience import call_with_retry
+from services.common.batch_rpc import MAX_BATCH_ITEMS
 from services.common.errors import ServiceError
 from visionmesh import features
 from visionmesh.features import FeatureSpec
@@ -35,6 +36,20 @@ FEATURE_ERRORS = Counter(
 FANOUT_WIDTH = Histogram(
     "visionmesh_gateway_fanout_width", "Features fanned out per image", buckets=(1, 2, 3, 4)
 )
+
+
+def _chunks(requests: list[Any], max_bytes: int, max_items: int) -> list[list[Any]]:
+    """Consecutive groups of ``requests``, each within the byte and item bounds of one batched call."""
+    chunks: list[list[Any]] = []
+    size = 0
+    for request in requests:
+        n = request.ByteSize()
+        if not chunks or len(chunks[-1]) >= max_items or size + n > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(request)
+        size += n
+    return chunks
 
 
 def feature_error(feature: int, exc: BaseException) -> common_pb2.FeatureError:
@@ -128,22 +143,24 @@ class FanOut:
 
         async def batched(spec: FeatureSpec) -> None:
             assert spec.batch_method is not None and spec.batch_request is not None
-            request = spec.batch_request([spec.request([image], options) for image in images])
-            try:
-                reply = await self.call(spec.service, spec.batch_method, request, timeout_s)
-                if len(reply.responses) != len(images):
-                    raise RuntimeError(
-                        f"{spec.batch_method} answered {len(reply.responses)} of {len(images)} frames"
-                    )
-            except Exception as exc:
-                err = self._error(spec, exc)
-                for response in responses:
-                    response.errors.append(err)
-                return
-            for answer, response in zip(reply.responses, responses, strict=True):
-                tags = list(spec.merge(answer, getattr(response, spec.result_field)))
-                if tags:
-                    response.tags.extend(tags)
+            requests = [spec.request([image], options) for image in images]
+            chunks = _chunks(requests, self.config.batch_call_max_bytes, MAX_BATCH_ITEMS)
+            replies = await asyncio.gather(
+                *(self._batch_call(spec, chunk, timeout_s) for chunk in chunks),
+                return_exceptions=True,
+            )
+            start = 0
+            for chunk, reply in zip(chunks, replies, strict=True):
+                for i in range(start, start + len(chunk)):
+                    response = responses[i]
+                    if isinstance(reply, BaseException):
+                        response.errors.append(self._error(spec, reply))
+                        continue
+                    answer = reply[i - start]
+                    tags = list(spec.merge(answer, getattr(response, spec.result_field)))
+                    if tags:
+                        response.tags.extend(tags)
+                start += len(chunk)
 
         await asyncio.gather(
             *(
@@ -153,6 +170,19 @@ class FanOut:
                 for spec in specs
             )
         )
+
+    async def _batch_call(
+        self, spec: FeatureSpec, requests: list[Any], timeout_s: float | None
+    ) -> list[Any]:
+        assert spec.batch_method is not None and spec.batch_request is not None
+        reply = await self.call(
+            spec.service, spec.batch_method, spec.batch_request(requests), timeout_s
+        )
+        if len(reply.responses) != len(requests):
+            raise RuntimeError(
+                f"{spec.batch_method} answered {len(reply.responses)} of {len(requests)} frames"
+            )
+        return list(reply.responses)
 
     def _error(self, spec: FeatureSpec, exc: BaseException) -> common_pb2.FeatureError:
         err = feature_error(spec.enum, exc)

@@ -1,4 +1,4 @@
-"""The gateway's header-only validation agrees with the full validating decode."""
+"""The gateway's header-only validation agrees with the full validating decode; frame batching bounds."""
 
 from __future__ import annotations
 
@@ -66,3 +66,17 @@ def test_over_the_byte_limit() -> None:
     data = encode(skimage.data.chelsea())
     with pytest.raises(InvalidInput, match="byte limit"):
         probe(data, ImageLimits(max_bytes=len(data) - 1))
+
+
+def test_frames_split_into_calls_within_the_byte_and_item_bounds() -> None:
+    from gateway.fanout import _chunks
+    from services.common.protos import rgb_to_image
+    from visionmesh.v1 import classify_pb2
+
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    requests = [classify_pb2.ClassifyRequest(image=rgb_to_image(frame)) for _ in range(5)]
+    size = requests[0].ByteSize()
+    chunks = _chunks(requests, max_bytes=2 * size, max_items=16)
+    assert [len(c) for c in chunks] == [2, 2, 1]
+    assert [len(c) for c in _chunks(requests, max_bytes=100 * size, max_items=3)] == [3, 2]
+    assert [r for c in chunks for r in c] == requests
