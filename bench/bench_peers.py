@@ -440,6 +440,14 @@ each image of the batch, our service's batchers merge model rows across calls. a
 
 ### The gateway against calling the services directly
 {gateway_rows if gateway_rows else "(not run: --skip-gateway)"}
+What differs between the sides is the serving layer only. Triton hands each
+batch to one Python callable (PyTriton's proxy: shared memory and ZeroMQ
+between tritonserver's Python backend and the callable's process), which runs
+the preprocessing of the batch's images one after another and then the models;
+our service preprocesses each image in worker threads while the models of
+earlier images compute, and batches per model (for face: detector rows and
+each attribute head's rows across calls). The timed region is one client
+call, request building to parsed reply; see docs/triton.md.
 """
     print(body)
     if args.write:
