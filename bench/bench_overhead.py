@@ -37,7 +37,7 @@ from bench.common import machine, median, percentiles_ms, write_section
 from services.common.metrics import free_port
 from tests.conftest import encode
 from tools.make_sample_video import make_video
-from visionmesh import client
+from visionmesh import client, features
 from visionmesh.mesh import LocalMesh, ServiceProcess, stop_process, tail, wait_healthy
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -190,6 +190,9 @@ def video(args: argparse.Namespace, work: Path) -> str:
     finally:
         mesh.stop()
     img, b, a = (median(rounds[k]) for k in ("image", "before", "after"))
+    per_frame = [spec for spec in features.all_features() if spec.per_frame]
+    batched = [spec.name for spec in per_frame if spec.batch_method]
+    unbatched = [spec.name for spec in per_frame if not spec.batch_method]
     rb = [x / y for x, y in zip(rounds["before"], rounds["image"], strict=True)]
     ra = [x / y for x, y in zip(rounds["after"], rounds["image"], strict=True)]
     fmt = ", ".join
@@ -197,8 +200,8 @@ def video(args: argparse.Namespace, work: Path) -> str:
 | every feature, cache off | median | rounds (ms) |
 |---|---:|---|
 | `Analyze`, one 1280x720 photo | {img:.0f} ms | {fmt(f"{x:.0f}" for x in rounds["image"])} |
-| `AnalyzeVideo`, 10 s 1280x720 clip, 3 keyframes, before (one call per frame and service: 9 calls) | {b:.0f} ms | {fmt(f"{x:.0f}" for x in rounds["before"])} |
-| `AnalyzeVideo`, same clip, after (classify and OCR take the 3 frames in one call each; face per frame: 5 calls) | {a:.0f} ms | {fmt(f"{x:.0f}" for x in rounds["after"])} |
+| `AnalyzeVideo`, 10 s 1280x720 clip, 3 keyframes, before (one call per frame and service: {3 * len(per_frame)} calls) | {b:.0f} ms | {fmt(f"{x:.0f}" for x in rounds["before"])} |
+| `AnalyzeVideo`, same clip, after ({", ".join(batched)} take the 3 frames in one call each; {", ".join(unbatched) or "none"} per frame: {len(batched) + 3 * len(unbatched)} calls) | {a:.0f} ms | {fmt(f"{x:.0f}" for x in rounds["after"])} |
 | **video / image, before** | **{median(rb):.2f}x** | {fmt(f"{x:.2f}" for x in rb)} |
 | **video / image, after** | **{median(ra):.2f}x** | {fmt(f"{x:.2f}" for x in ra)} |
 """
