@@ -15,9 +15,10 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
+from gateway.admission import Ticket
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
-from gateway.merge import text_tags
+from gateway.merge import FEATURE_NAMES, text_tags
 from gateway.resilience import call_with_retry
 from services.common.errors import ServiceError
 from visionmesh.v1 import (
@@ -96,8 +97,12 @@ class FanOut:
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float | None,
         response: gateway_pb2.AnalyzeResponse,
+        ticket: Ticket | None = None,
     ) -> None:
-        """Fan ``image`` out to ``features`` concurrently, filling ``response`` (results + errors)."""
+        """Fan ``image`` out to ``features`` concurrently, filling ``response`` (results + errors).
+
+        Each feature's admission slot on ``ticket`` is released as that feature ends.
+        """
         runners: dict[int, Callable[[], Awaitable[None]]] = {
             common_pb2.FEATURE_CLASSIFY: lambda: self._classify(
                 image, options, timeout_s, response
@@ -110,7 +115,7 @@ class FanOut:
         }
         FANOUT_WIDTH.observe(len(features))
         results = await asyncio.gather(
-            *(self._timed(f, runners[f]) for f in features), return_exceptions=True
+            *(self._timed(f, runners[f], ticket) for f in features), return_exceptions=True
         )
         for feature, result in zip(features, results, strict=True):
             if isinstance(result, BaseException):
@@ -118,14 +123,26 @@ class FanOut:
                 FEATURE_ERRORS.labels(common_pb2.Feature.Name(feature), err.code).inc()
                 response.errors.append(err)
 
-    async def _timed(self, feature: int, run: Callable[[], Awaitable[None]]) -> None:
+    async def _timed(
+        self, feature: int, run: Callable[[], Awaitable[None]], ticket: Ticket | None
+    ) -> None:
         start = time.perf_counter()
+        measured = False
         try:
             await run()
+            measured = True
+        except TimeoutError:
+            measured = True  # a deadline miss is a lower bound of the service's time: it counts
+            raise
+        except grpc.aio.AioRpcError as exc:
+            measured = exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            raise
         finally:
             FEATURE_SECONDS.labels(common_pb2.Feature.Name(feature)).observe(
                 time.perf_counter() - start
             )
+            if ticket is not None:
+                ticket.finish(FEATURE_NAMES[feature], measured)
 
     async def _classify(
         self,

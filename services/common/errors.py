@@ -32,7 +32,24 @@ class InvalidInput(ServiceError):
 
 
 class Overloaded(ServiceError):
+    """Refused for lack of capacity; ``retry_after_s`` (if known) travels as ``retry-after-ms`` trailing metadata."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+def retry_after_metadata(exc: ServiceError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata telling the caller when to retry (empty when the error has no hint)."""
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is None:
+        return ()
+    return ((RETRY_AFTER_KEY, str(max(1, round(retry_after * 1000)))),)
 
 
 class DeadlineExceeded(ServiceError):
@@ -58,7 +75,7 @@ def grpc_method(func: F) -> F:
         try:
             return await func(self, request, context)
         except ServiceError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, retry_after_metadata(exc))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # a bug: report it, keep serving

@@ -1,0 +1,184 @@
+"""Admission control: take a request only when the services it needs can serve it in time.
+
+Per service the gateway counts the calls it has admitted and not yet finished
+(``in_flight``) and keeps an EWMA of the seconds each admitted call adds to
+that service's queue (``item_s``: a finished call's latency, measured from
+admission, divided by the calls it found in flight plus itself; under load
+this is the service's measured time per call, 1 / throughput). A new call
+expects to wait ``(in_flight + weight) * item_s``. When that is past
+``headroom`` of the time it has (its share of the caller's deadline), the
+request is refused at once with RESOURCE_EXHAUSTED and a retry hint (how long
+the calls already admitted take to drain), instead of queueing into a deadline
+miss. The gateway's concurrency per service is then what that service can
+serve within the deadline (throughput x deadline), measured rather than fixed.
+
+A request is admitted whole or not at all: a partial answer would spend the
+capacity of the services that could take it on an answer the caller did not
+ask for. An idle service (nothing in flight) always admits, so a stale or
+pessimistic estimate is corrected by the next measurement instead of locking
+the service out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from prometheus_client import Counter, Gauge
+
+from services.common.errors import Overloaded
+
+ADMISSION_IN_FLIGHT = Gauge(
+    "visionmesh_gateway_admitted_in_flight", "Admitted calls not yet finished", ["service"]
+)
+ADMISSION_ITEM_SECONDS = Gauge(
+    "visionmesh_gateway_item_seconds",
+    "EWMA of the queue time one admitted call adds (1 / measured throughput under load)",
+    ["service"],
+)
+ADMISSION_REJECTED = Counter(
+    "visionmesh_gateway_rejected_total",
+    "Requests refused at admission because a service could not serve them before their deadline",
+    ["service"],
+)
+
+# Bounds of a retry hint: long enough not to come straight back, short enough to matter.
+MIN_RETRY_AFTER_S = 0.05
+MAX_RETRY_AFTER_S = 10.0
+
+
+@dataclass
+class ServiceLoad:
+    """One service's admitted calls and its measured seconds per call."""
+
+    name: str
+    item_s: float = 0.1
+    alpha: float = 0.2
+    in_flight: int = 0
+
+    def expected_s(self, weight: int = 1) -> float:
+        """Seconds a call of ``weight`` admitted now should take to finish."""
+        return (self.in_flight + weight) * self.item_s
+
+    def observe(self, latency_s: float, found_in_flight: int, weight: int) -> None:
+        sample = latency_s / (found_in_flight + weight)
+        self.item_s += self.alpha * (sample - self.item_s)
+        ADMISSION_ITEM_SECONDS.labels(self.name).set(self.item_s)
+
+
+@dataclass
+class _Slot:
+    load: ServiceLoad
+    weight: int
+    found_in_flight: int
+    admitted_at: float
+    open: bool = True
+
+
+@dataclass
+class Ticket:
+    """The admitted request's hold on each service; ``finish`` each as its call ends."""
+
+    clock: Callable[[], float]
+    slots: dict[str, _Slot] = field(default_factory=dict)
+
+    def finish(self, service: str, measured: bool = True) -> None:
+        """Release ``service``'s slot; ``measured`` feeds its latency to the estimate.
+
+        Measure successes and deadline misses (a lower bound of the real time);
+        not fast failures (refusals, dead instances), which would read as speed.
+        """
+        slot = self.slots.get(service)
+        if slot is None or not slot.open:
+            return
+        slot.open = False
+        slot.load.in_flight -= slot.weight
+        ADMISSION_IN_FLIGHT.labels(service).set(slot.load.in_flight)
+        if measured:
+            slot.load.observe(self.clock() - slot.admitted_at, slot.found_in_flight, slot.weight)
+
+    def close(self) -> None:
+        """Release every slot not finished yet, measuring none (cache hits, errors before fan-out)."""
+        for service in list(self.slots):
+            self.finish(service, measured=False)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Admission:
+    """Per-service loads and the admit-or-refuse decision."""
+
+    def __init__(
+        self,
+        services: list[str] | None = None,
+        *,
+        headroom: float = 0.8,
+        initial_item_s: float = 0.1,
+        alpha: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < headroom <= 1:
+            raise ValueError("headroom must be in (0, 1]")
+        self.headroom = headroom
+        self.initial_item_s = initial_item_s
+        self.alpha = alpha
+        self.clock = clock
+        self.loads: dict[str, ServiceLoad] = {}
+        for name in services or []:
+            self.load(name)
+
+    def load(self, service: str) -> ServiceLoad:
+        if service not in self.loads:
+            self.loads[service] = ServiceLoad(service, self.initial_item_s, self.alpha)
+        return self.loads[service]
+
+    def limit(self, service: str, budget_s: float) -> int:
+        """Calls of weight 1 ``service`` admits at once for ``budget_s`` (the derived in-flight cap)."""
+        load = self.load(service)
+        return max(1, int(budget_s * self.headroom / load.item_s))
+
+    def admit(self, weights: Mapping[str, int], budget_s: float | None) -> Ticket:
+        """Hold ``weights[service]`` calls on each service, or raise ``Overloaded`` with a retry hint.
+
+        ``budget_s`` is the time each call has (None: no deadline, always admitted).
+        """
+        now = self.clock()
+        if budget_s is not None:
+            late = [
+                (name, load.expected_s(w))
+                for name, w in weights.items()
+                if (load := self.load(name)).in_flight > 0
+                and load.expected_s(w) > budget_s * self.headroom
+            ]
+            if late:
+                for name, _ in late:
+                    ADMISSION_REJECTED.labels(name).inc()
+                name, expected = max(late, key=lambda item: item[1])
+                # Come back once what is admitted now has drained.
+                retry_after = min(
+                    MAX_RETRY_AFTER_S,
+                    max(MIN_RETRY_AFTER_S, self.load(name).in_flight * self.load(name).item_s),
+                )
+                raise Overloaded(
+                    f"service {name} is at capacity: a call admitted now would take ~{expected:.2f}s, "
+                    f"more than the {budget_s:.2f}s its deadline leaves; retry after {retry_after:.2f}s",
+                    retry_after_s=retry_after,
+                )
+        ticket = Ticket(self.clock)
+        for name, weight in weights.items():
+            load = self.load(name)
+            ticket.slots[name] = _Slot(load, weight, load.in_flight, now)
+            load.in_flight += weight
+            ADMISSION_IN_FLIGHT.labels(name).set(load.in_flight)
+        return ticket
