@@ -12,11 +12,12 @@ the calls already admitted take to drain), instead of queueing into a deadline
 miss. The gateway's concurrency per service is then what that service can
 serve within the deadline (throughput x deadline), measured rather than fixed.
 
-A request is admitted whole or not at all: a partial answer would spend the
-capacity of the services that could take it on an answer the caller did not
-ask for. An idle service (nothing in flight) always admits, so a stale or
-pessimistic estimate is corrected by the next measurement instead of locking
-the service out.
+Each feature is admitted on its own: a service that cannot take the call in
+time makes that feature a RESOURCE_EXHAUSTED ``FeatureError`` while the other
+features are served; only when no requested feature can be admitted is the
+whole call refused (RESOURCE_EXHAUSTED with ``retry-after-ms``). An idle
+service (nothing in flight) always admits, so a stale or pessimistic estimate
+is corrected by the next measurement instead of locking the service out.
 """
 
 from __future__ import annotations
@@ -83,12 +84,20 @@ class Ticket:
 
     clock: Callable[[], float]
     slots: dict[str, _Slot] = field(default_factory=dict)
+    # Services that could not take their call in time, with the refusal to report.
+    refused: dict[str, Overloaded] = field(default_factory=dict)
+
+    @property
+    def retry_after_s(self) -> float | None:
+        hints = [e.retry_after_s for e in self.refused.values() if e.retry_after_s is not None]
+        return max(hints) if hints else None
 
     def finish(self, service: str, measured: bool = True) -> None:
         """Release ``service``'s slot; ``measured`` feeds its latency to the estimate.
 
-        Measure successes and deadline misses (a lower bound of the real time);
-        not fast failures (refusals, dead instances), which would read as speed.
+        Measure successes only: fast failures (refusals, dead instances) would
+        read as speed, and deadline misses as the caller's budget (a hung
+        instance would inflate the estimate of a service that is merely down).
         """
         slot = self.slots.get(service)
         if slot is None or not slot.open:
@@ -149,36 +158,39 @@ class Admission:
         return max(1, int(budget_s * self.headroom / load.item_s))
 
     def admit(self, weights: Mapping[str, int], budget_s: float | None) -> Ticket:
-        """Hold ``weights[service]`` calls on each service, or raise ``Overloaded`` with a retry hint.
+        """Hold ``weights[service]`` calls on each service that can serve them within ``budget_s``.
 
-        ``budget_s`` is the time each call has (None: no deadline, always admitted).
+        Services that cannot are listed in ``ticket.refused``; when none can,
+        ``Overloaded`` is raised with the retry hint. ``budget_s`` None: no
+        deadline, always admitted.
         """
         now = self.clock()
-        if budget_s is not None:
-            late = [
-                (name, load.expected_s(w))
-                for name, w in weights.items()
-                if (load := self.load(name)).in_flight > 0
-                and load.expected_s(w) > budget_s * self.headroom
-            ]
-            if late:
-                for name, _ in late:
-                    ADMISSION_REJECTED.labels(name).inc()
-                name, expected = max(late, key=lambda item: item[1])
-                # Come back once what is admitted now has drained.
-                retry_after = min(
-                    MAX_RETRY_AFTER_S,
-                    max(MIN_RETRY_AFTER_S, self.load(name).in_flight * self.load(name).item_s),
-                )
-                raise Overloaded(
-                    f"service {name} is at capacity: a call admitted now would take ~{expected:.2f}s, "
-                    f"more than the {budget_s:.2f}s its deadline leaves; retry after {retry_after:.2f}s",
-                    retry_after_s=retry_after,
-                )
         ticket = Ticket(self.clock)
         for name, weight in weights.items():
             load = self.load(name)
+            refusal = self._refusal(load, weight, budget_s)
+            if refusal is not None:
+                ADMISSION_REJECTED.labels(name).inc()
+                ticket.refused[name] = refusal
+                continue
             ticket.slots[name] = _Slot(load, weight, load.in_flight, now)
             load.in_flight += weight
             ADMISSION_IN_FLIGHT.labels(name).set(load.in_flight)
+        if weights and not ticket.slots:
+            worst = max(ticket.refused.values(), key=lambda e: e.retry_after_s or 0.0)
+            raise worst
         return ticket
+
+    def _refusal(self, load: ServiceLoad, weight: int, budget_s: float | None) -> Overloaded | None:
+        if budget_s is None or load.in_flight == 0:
+            return None
+        expected = load.expected_s(weight)
+        if expected <= budget_s * self.headroom:
+            return None
+        # Come back once what is admitted now has drained.
+        retry_after = min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, load.in_flight * load.item_s))
+        return Overloaded(
+            f"service {load.name} is at capacity: a call admitted now would take ~{expected:.2f}s, "
+            f"more than the {budget_s:.2f}s its deadline leaves; retry after {retry_after:.2f}s",
+            retry_after_s=retry_after,
+        )

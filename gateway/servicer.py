@@ -19,7 +19,7 @@ from gateway.fanout import FanOut, feature_error
 from gateway.merge import FEATURE_NAMES, ranked, rescale
 from gateway.resilience import HealthProber, InFlightLimiter
 from gateway.upload import UploadLimits, UploadReceiver
-from services.common.errors import InvalidInput, Overloaded, grpc_method
+from services.common.errors import InvalidInput, Overloaded, grpc_method, retry_after_metadata
 from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
 from services.common.protos import rgb_to_image
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -40,6 +40,12 @@ def requested_features(features: Sequence[int]) -> list[int]:
             f"unknown feature value(s) {unknown}; use FEATURE_CLASSIFY, FEATURE_OCR, FEATURE_FACE or FEATURE_HASH"
         )
     return sorted(set(features), key=list(features).index)
+
+
+def _hint_retry(context: grpc.aio.ServicerContext, ticket: Ticket) -> None:
+    """A partly refused request still answers OK; its trailing metadata says when to retry the rest."""
+    if ticket.retry_after_s is not None:
+        context.set_trailing_metadata(retry_after_metadata(Overloaded("", ticket.retry_after_s)))
 
 
 def _encoded(image: common_pb2.Image) -> bytes | None:
@@ -183,6 +189,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             timeout_s = self._timeout(context)
             # Admitted (or refused) before any decoding: a refusal costs next to nothing.
             with self._admit(dict.fromkeys(features, 1), timeout_s) as ticket:
+                _hint_retry(context, ticket)
                 decoded = await self._decode(request.image)
                 return await self.analyze_decoded(
                     decoded, features, request.options, timeout_s, _encoded(request.image), ticket
@@ -288,10 +295,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 frames = len(clip.frames)
                 weights = {f: 1 if f == common_pb2.FEATURE_HASH else frames for f in features}
                 with self._admit(weights, timeout_s) as ticket:
-                    response = await self._analyze_clip(clip, features, header.options, timeout_s)
+                    _hint_retry(context, ticket)
+                    admitted = [f for f in features if FEATURE_NAMES[f] not in ticket.refused]
+                    response = await self._analyze_clip(clip, admitted, header.options, timeout_s)
                     failed = {e.feature for e in response.errors}
-                    for feature in features:
+                    for feature in admitted:
                         ticket.finish(FEATURE_NAMES[feature], measured=feature not in failed)
+                    for feature in features:
+                        if (refusal := ticket.refused.get(FEATURE_NAMES[feature])) is not None:
+                            response.errors.append(feature_error(feature, refusal))
                     return response
         finally:
             upload.close()

@@ -50,13 +50,19 @@ def test_refuses_what_cannot_finish_before_the_deadline_with_a_retry_hint() -> N
     assert admission.loads["classify"].in_flight == 0
 
 
-def test_a_request_is_admitted_whole_or_not_at_all() -> None:
+def test_each_feature_is_admitted_on_its_own_and_a_call_refused_only_when_none_fits() -> None:
     admission = Admission(["classify", "ocr"], headroom=1.0, initial_item_s=1.0)
     busy = admission.admit({"ocr": 1}, budget_s=None)
+    ticket = admission.admit({"classify": 1, "ocr": 1}, budget_s=1.5)
+    assert set(ticket.slots) == {"classify"} and set(ticket.refused) == {"ocr"}
+    assert ticket.refused["ocr"].code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ticket.retry_after_s == pytest.approx(1.0)
+    assert admission.loads["ocr"].in_flight == 1  # nothing held for the refused feature
     with pytest.raises(Overloaded, match="ocr"):
-        admission.admit({"classify": 1, "ocr": 1}, budget_s=1.5)
-    assert admission.loads["classify"].in_flight == 0  # nothing held for the refused request
+        admission.admit({"ocr": 1}, budget_s=1.5)
+    ticket.close()
     busy.close()
+    assert admission.loads["classify"].in_flight == admission.loads["ocr"].in_flight == 0
 
 
 def test_the_limit_follows_measured_throughput() -> None:
