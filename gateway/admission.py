@@ -12,12 +12,16 @@ the calls already admitted take to drain), instead of queueing into a deadline
 miss. The gateway's concurrency per service is then what that service can
 serve within the deadline (throughput x deadline), measured rather than fixed.
 
-Each feature is admitted on its own: a service that cannot take the call in
-time makes that feature a RESOURCE_EXHAUSTED ``FeatureError`` while the other
-features are served; only when no requested feature can be admitted is the
-whole call refused (RESOURCE_EXHAUSTED with ``retry-after-ms``). An idle
-service (nothing in flight) always admits, so a stale or pessimistic estimate
-is corrected by the next measurement instead of locking the service out.
+By default a request is admitted whole or not at all: on a machine the
+services share, a partial answer spends the capacity of the services that
+could take it on an answer the caller did not ask for, and full answers per
+second (goodput) fall as load rises. With ``partial=True`` each feature is
+admitted on its own instead (services on their own machines): a service that
+cannot take the call in time makes that feature a RESOURCE_EXHAUSTED
+``FeatureError`` while the others are served, and the whole call is refused
+only when no feature fits. An idle service (nothing in flight) always admits,
+so a stale or pessimistic estimate is corrected by the next measurement
+instead of locking the service out.
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ class Admission:
         services: list[str] | None = None,
         *,
         headroom: float = 0.8,
+        partial: bool = False,
         initial_item_s: float = 0.1,
         alpha: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
@@ -140,6 +145,7 @@ class Admission:
         if not 0 < headroom <= 1:
             raise ValueError("headroom must be in (0, 1]")
         self.headroom = headroom
+        self.partial = partial
         self.initial_item_s = initial_item_s
         self.alpha = alpha
         self.clock = clock
@@ -160,25 +166,28 @@ class Admission:
     def admit(self, weights: Mapping[str, int], budget_s: float | None) -> Ticket:
         """Hold ``weights[service]`` calls on each service that can serve them within ``budget_s``.
 
-        Services that cannot are listed in ``ticket.refused``; when none can,
-        ``Overloaded`` is raised with the retry hint. ``budget_s`` None: no
-        deadline, always admitted.
+        When one cannot, ``Overloaded`` is raised with the retry hint (nothing
+        held); with ``partial`` it is listed in ``ticket.refused`` instead, and
+        raised only when no service can. ``budget_s`` None: no deadline, always
+        admitted.
         """
         now = self.clock()
-        ticket = Ticket(self.clock)
+        refused: dict[str, Overloaded] = {}
         for name, weight in weights.items():
-            load = self.load(name)
-            refusal = self._refusal(load, weight, budget_s)
+            refusal = self._refusal(self.load(name), weight, budget_s)
             if refusal is not None:
                 ADMISSION_REJECTED.labels(name).inc()
-                ticket.refused[name] = refusal
+                refused[name] = refusal
+        if refused and (not self.partial or len(refused) == len(weights)):
+            raise max(refused.values(), key=lambda e: e.retry_after_s or 0.0)
+        ticket = Ticket(self.clock, refused=refused)
+        for name, weight in weights.items():
+            if name in refused:
                 continue
+            load = self.load(name)
             ticket.slots[name] = _Slot(load, weight, load.in_flight, now)
             load.in_flight += weight
             ADMISSION_IN_FLIGHT.labels(name).set(load.in_flight)
-        if weights and not ticket.slots:
-            worst = max(ticket.refused.values(), key=lambda e: e.retry_after_s or 0.0)
-            raise worst
         return ticket
 
     def _refusal(self, load: ServiceLoad, weight: int, budget_s: float | None) -> Overloaded | None:

@@ -54,6 +54,10 @@ class GatewayConfig:
     # at once with a retry-after-ms hint. The per-service concurrency this allows
     # is throughput x deadline, measured.
     admission_headroom: float = 0.8
+    # false: a request is admitted whole or refused whole (services share a machine:
+    # partial answers would spend capacity full answers need); true: each feature
+    # on its own, a busy one answering RESOURCE_EXHAUSTED in its FeatureError.
+    admission_partial: bool = False
     # Hard ceiling on requests being analysed at once (memory protection; the
     # capacity-derived admission above normally binds far below it).
     max_in_flight: int = 256

@@ -59,7 +59,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.fanout = FanOut(resolver, config)
         self.cache = ResultCache(config.cache_max_bytes, config.cache_ttl_s)
         self.limiter = InFlightLimiter(config.max_in_flight)
-        self.admission = Admission(list(FEATURE_NAMES.values()), headroom=config.admission_headroom)
+        self.admission = Admission(
+            list(FEATURE_NAMES.values()),
+            headroom=config.admission_headroom,
+            partial=config.admission_partial,
+        )
         self.prober = HealthProber(
             resolver.endpoints,
             period_s=config.health_period_s,

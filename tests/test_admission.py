@@ -50,8 +50,17 @@ def test_refuses_what_cannot_finish_before_the_deadline_with_a_retry_hint() -> N
     assert admission.loads["classify"].in_flight == 0
 
 
-def test_each_feature_is_admitted_on_its_own_and_a_call_refused_only_when_none_fits() -> None:
+def test_a_request_is_admitted_whole_or_not_at_all_by_default() -> None:
     admission = Admission(["classify", "ocr"], headroom=1.0, initial_item_s=1.0)
+    busy = admission.admit({"ocr": 1}, budget_s=None)
+    with pytest.raises(Overloaded, match="ocr"):
+        admission.admit({"classify": 1, "ocr": 1}, budget_s=1.5)
+    assert admission.loads["classify"].in_flight == 0  # nothing held for the refused request
+    busy.close()
+
+
+def test_partial_admission_refuses_only_the_busy_feature() -> None:
+    admission = Admission(["classify", "ocr"], headroom=1.0, partial=True, initial_item_s=1.0)
     busy = admission.admit({"ocr": 1}, budget_s=None)
     ticket = admission.admit({"classify": 1, "ocr": 1}, budget_s=1.5)
     assert set(ticket.slots) == {"classify"} and set(ticket.refused) == {"ocr"}
