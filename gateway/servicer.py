@@ -16,30 +16,42 @@ from gateway.cache import ResultCache
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.fanout import FanOut, feature_error
-from gateway.merge import FEATURE_NAMES, ranked, rescale
+from gateway.merge import ranked, rescale
 from gateway.resilience import HealthProber, InFlightLimiter
 from gateway.upload import UploadLimits, UploadReceiver
-from services.common.errors import InvalidInput, Overloaded, grpc_method, retry_after_metadata
+from services.common.errors import InvalidInput, Overloaded, retry_after_metadata
 from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
 from services.common.protos import rgb_to_image
+from services.common.rpc import grpc_method, status_code
+from visionmesh import features as feature_table
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-ALL_FEATURES = list(FEATURE_NAMES)
-# Hash codes need only the classifier's 224 px: frames for the video code travel small.
-_HASH_FRAME_SIDE = 512
+# Features over a whole clip (the video hash code) need only the classifier's 224 px:
+# their frames travel small.
+_CLIP_FRAME_SIDE = 512
 
 
 def requested_features(features: Sequence[int]) -> list[int]:
     if not features:
-        return list(ALL_FEATURES)
-    unknown = [f for f in features if f not in FEATURE_NAMES]
+        return [spec.enum for spec in feature_table.all_features()]
+    unknown = [f for f in features if feature_table.by_enum(f) is None]
     if unknown:
-        raise InvalidInput(
-            f"unknown feature value(s) {unknown}; use FEATURE_CLASSIFY, FEATURE_OCR, FEATURE_FACE or FEATURE_HASH"
-        )
+        known = ", ".join(spec.enum_name for spec in feature_table.all_features())
+        raise InvalidInput(f"unknown feature value(s) {unknown}; use {known}")
     return sorted(set(features), key=list(features).index)
+
+
+def _spec(feature: int) -> feature_table.FeatureSpec:
+    spec = feature_table.by_enum(feature)
+    if spec is None:  # requested_features() let through only known values
+        raise InvalidInput(f"unknown feature value {feature}")
+    return spec
+
+
+def _service(feature: int) -> str:
+    return _spec(feature).service
 
 
 def _hint_retry(context: grpc.aio.ServicerContext, ticket: Ticket) -> None:
@@ -60,7 +72,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.cache = ResultCache(config.cache_max_bytes, config.cache_ttl_s)
         self.limiter = InFlightLimiter(config.max_in_flight)
         self.admission = Admission(
-            list(FEATURE_NAMES.values()),
+            feature_table.names(),
             headroom=config.admission_headroom,
             partial=config.admission_partial,
         )
@@ -96,7 +108,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     def _admit(self, weights: dict[int, int], timeout_s: float) -> Ticket:
         """Admission for ``weights`` (feature -> calls) within ``timeout_s``; raises ``Overloaded``."""
-        return self.admission.admit({FEATURE_NAMES[f]: w for f, w in weights.items()}, timeout_s)
+        return self.admission.admit({_service(f): w for f, w in weights.items()}, timeout_s)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -115,8 +127,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def _cache_key(
         self, decoded: DecodedImage, features: list[int], options: gateway_pb2.AnalyzeOptions
     ) -> str | None:
-        if options.no_cache or options.hash.add_id:
-            return None  # adds have side effects: never answered from the cache
+        if options.no_cache or any(
+            spec.side_effects is not None and spec.side_effects(options)
+            for spec in map(feature_table.by_enum, features)
+            if spec is not None
+        ):
+            return None  # e.g. adds to a collection: never answered from the cache
         opts = gateway_pb2.AnalyzeOptions()
         opts.CopyFrom(options)
         return f"{decoded.sha256}:{decoded.width}x{decoded.height}:{','.join(map(str, sorted(features)))}:{opts.SerializeToString(deterministic=True).hex()}"
@@ -268,7 +284,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     for task in tasks:
                         task.cancel()
         except InvalidInput as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(status_code(exc), exc.message)
         except Exception as exc:  # the rpc must end with a status, not a hang
             if isinstance(exc, grpc.aio.AbortError):
                 raise
@@ -297,16 +313,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 )
                 timeout_s = self._timeout(context)
                 frames = len(clip.frames)
-                weights = {f: 1 if f == common_pb2.FEATURE_HASH else frames for f in features}
+                weights = {f: frames if _spec(f).per_frame else 1 for f in features}
                 with self._admit(weights, timeout_s) as ticket:
                     _hint_retry(context, ticket)
-                    admitted = [f for f in features if FEATURE_NAMES[f] not in ticket.refused]
+                    admitted = [f for f in features if _service(f) not in ticket.refused]
                     response = await self._analyze_clip(clip, admitted, header.options, timeout_s)
                     failed = {e.feature for e in response.errors}
                     for feature in admitted:
-                        ticket.finish(FEATURE_NAMES[feature], measured=feature not in failed)
+                        ticket.finish(_service(feature), measured=feature not in failed)
                     for feature in features:
-                        if (refusal := ticket.refused.get(FEATURE_NAMES[feature])) is not None:
+                        if (refusal := ticket.refused.get(_service(feature))) is not None:
                             response.errors.append(feature_error(feature, refusal))
                     return response
         finally:
@@ -319,7 +335,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float,
     ) -> gateway_pb2.AnalyzeVideoResponse:
-        per_frame = [f for f in features if f != common_pb2.FEATURE_HASH]
+        specs = [s for s in map(feature_table.by_enum, features) if s is not None]
+        per_frame = [s.enum for s in specs if s.per_frame]
         frame_results = (
             await asyncio.gather(
                 *(
@@ -355,12 +372,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     if (err.feature, err.code) not in seen:
                         seen.add((err.feature, err.code))
                         response.errors.append(err)
-        if common_pb2.FEATURE_HASH in features:
+        whole_clip = [s for s in specs if not s.per_frame]
+        if whole_clip:
             frames = [
-                rgb_to_image(fit_within(frame.rgb, _HASH_FRAME_SIDE)[0]) for frame in clip.frames
+                rgb_to_image(fit_within(frame.rgb, _CLIP_FRAME_SIDE)[0]) for frame in clip.frames
             ]
+        for spec in whole_clip:
             try:
-                await self.fanout.hash_item(frames, options.hash, timeout_s, response.hash)
+                await self.fanout.run_feature(spec, frames, options, timeout_s, response)
             except Exception as exc:
-                response.errors.append(feature_error(common_pb2.FEATURE_HASH, exc))
+                response.errors.append(feature_error(spec.enum, exc))
         return response

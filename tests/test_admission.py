@@ -12,7 +12,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.admission import Admission
 from gateway.resilience import BreakerState, CircuitBreaker, HealthProber
-from services.common.errors import DeadlineExceeded, Overloaded, retry_after_metadata
+from services.common.deadline import Deadline
+from services.common.errors import DeadlineExceeded, Overloaded, Status, retry_after_metadata
 from tests.test_batcher import RecordingEngine, make, rows
 
 
@@ -37,7 +38,7 @@ def test_refuses_what_cannot_finish_before_the_deadline_with_a_retry_hint() -> N
     held = [admission.admit({"classify": 1}, budget_s=2.0) for _ in range(4)]  # 4 x 0.5 s = 2 s
     with pytest.raises(Overloaded) as info:
         admission.admit({"classify": 1}, budget_s=2.0)
-    assert info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.code is Status.RESOURCE_EXHAUSTED
     assert "classify" in info.value.message and info.value.retry_after_s == pytest.approx(2.0)
     assert retry_after_metadata(info.value) == (("retry-after-ms", "2000"),)
     # A caller with a longer deadline still fits; one without a deadline always does.
@@ -64,7 +65,7 @@ def test_partial_admission_refuses_only_the_busy_feature() -> None:
     busy = admission.admit({"ocr": 1}, budget_s=None)
     ticket = admission.admit({"classify": 1, "ocr": 1}, budget_s=1.5)
     assert set(ticket.slots) == {"classify"} and set(ticket.refused) == {"ocr"}
-    assert ticket.refused["ocr"].code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ticket.refused["ocr"].code is Status.RESOURCE_EXHAUSTED
     assert ticket.retry_after_s == pytest.approx(1.0)
     assert admission.loads["ocr"].in_flight == 1  # nothing held for the refused feature
     with pytest.raises(Overloaded, match="ocr"):
@@ -110,7 +111,7 @@ async def test_batcher_refuses_at_admission_instead_of_missing_deadlines() -> No
             await batcher.infer(rows(1, 1.0))
         assert batcher.row_s == pytest.approx(0.1, rel=0.5)
         start = time.monotonic()
-        deadline = start + 0.45
+        deadline = Deadline(start + 0.45)
         results = await asyncio.gather(
             *(batcher.infer(rows(1, 1.0), deadline) for _ in range(20)), return_exceptions=True
         )

@@ -21,16 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from services.common.repository import default_root, verify_entry, write_entry
+from visionmesh import features
 
 log = logging.getLogger(__name__)
 
-# Modules holding each service's exports; a service that is not built yet is skipped.
-EXPORT_MODULES = (
-    "services.classify.export",
-    "services.ocr.export",
-    "services.face.export",
-    "services.hash.export",
-)
+
+def export_modules() -> list[str]:
+    """Modules holding each feature's exports (the feature table's), without repeats."""
+    return list(dict.fromkeys(spec.export_module for spec in features.all_features()))
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ def package_provenance(*dists: str) -> dict[str, Any]:
 
 def all_exports() -> list[ModelExport]:
     exports: list[ModelExport] = []
-    for module_name in EXPORT_MODULES:
+    for module_name in export_modules():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

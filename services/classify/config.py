@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from visionmesh import features
 
-DEFAULT_PORT = 50051
+DEFAULT_PORT = features.by_name("classify").default_port
 
 
 @dataclass

@@ -32,6 +32,7 @@ import numpy as np
 
 from services.common import metrics
 from services.common.config import BatcherConfig
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.engines.base import Engine
 from services.common.errors import DeadlineExceeded, Overloaded, Unavailable
 
@@ -47,7 +48,7 @@ class _Request:
     signature: Signature
     future: asyncio.Future[dict[str, np.ndarray]]
     enqueued: float
-    deadline: float | None
+    deadline: Deadline
     dequeued: float = field(default=0.0)
 
 
@@ -139,11 +140,11 @@ class DynamicBatcher:
             self._executor.shutdown(wait=False)
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], deadline: float | None = None
+        self, inputs: Mapping[str, np.ndarray], deadline: Deadline = NO_DEADLINE
     ) -> dict[str, np.ndarray]:
         """Queue ``inputs`` (dim 0 = rows) and wait for its rows of every output.
 
-        ``deadline`` is an absolute time on this batcher's clock (``time.monotonic``).
+        ``deadline.at`` is an absolute time on this batcher's clock (``time.monotonic``).
         """
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         rows = {a.shape[0] for a in arrays.values()}
@@ -167,7 +168,7 @@ class DynamicBatcher:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     async def _submit(
-        self, arrays: dict[str, np.ndarray], rows: int, deadline: float | None
+        self, arrays: dict[str, np.ndarray], rows: int, deadline: Deadline
     ) -> dict[str, np.ndarray]:
         if self._closing:
             raise Unavailable(f"model {self.name} is shutting down")
@@ -177,16 +178,17 @@ class DynamicBatcher:
                 f"model {self.name} queue is full ({self.config.max_queue_size} requests waiting)"
             )
         now = self._clock()
-        if deadline is not None and deadline <= now:
+        if deadline.passed(now):
             metrics.REJECTED.labels(self.name, "deadline").inc()
             raise DeadlineExceeded(f"deadline passed before model {self.name} was queued")
+        left = deadline.remaining(now)
         busy = self._queued_rows + self._running_rows > 0
-        if deadline is not None and busy and self.expected_wait_s(rows) > deadline - now:
+        if left is not None and busy and self.expected_wait_s(rows) > left:
             metrics.REJECTED.labels(self.name, "capacity").inc()
             drain = self.expected_wait_s(0)
             raise Overloaded(
                 f"model {self.name} cannot compute this before its deadline: ~{self.expected_wait_s(rows):.2f}s "
-                f"of work is ahead, {deadline - now:.2f}s is left; retry after {drain:.2f}s",
+                f"of work is ahead, {left:.2f}s is left; retry after {drain:.2f}s",
                 retry_after_s=drain,
             )
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
@@ -205,7 +207,11 @@ class DynamicBatcher:
             if req.future.done():
                 self._queued_rows -= req.rows
                 continue
-            if req.deadline is not None and req.deadline <= now:
+            if req.deadline.cancelled():  # the caller has gone: nobody waits for the answer
+                self._queued_rows -= req.rows
+                req.future.cancel()
+                continue
+            if req.deadline.passed(now):
                 self._queued_rows -= req.rows
                 metrics.REJECTED.labels(self.name, "deadline").inc()
                 req.future.set_exception(
@@ -293,8 +299,3 @@ class DynamicBatcher:
                 offset += req.rows
                 if not req.future.done():
                     req.future.set_result(part)
-
-
-def deadline_after(seconds: float | None) -> float | None:
-    """Absolute batcher deadline ``seconds`` from now (``None`` = no deadline)."""
-    return None if seconds is None else time.monotonic() + seconds

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import grpc
 import numpy as np
 
-from services.common.batcher import DynamicBatcher, deadline_after
+from services.common.batcher import DynamicBatcher
 from services.common.config import ModelConfig
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.engines import create_engine
 from services.common.repository import ModelEntry, load_entry
 
@@ -38,8 +38,7 @@ class ServedModel:
         await self.batcher.close()
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None
+        self, inputs: dict[str, np.ndarray], deadline: Deadline = NO_DEADLINE
     ) -> dict[str, np.ndarray]:
-        """Queue ``inputs`` behind the caller's gRPC deadline (if any)."""
-        remaining = context.time_remaining() if context is not None else None
-        return await self.batcher.infer(inputs, deadline_after(remaining))
+        """Queue ``inputs`` behind the caller's deadline (if any)."""
+        return await self.batcher.infer(inputs, deadline)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from visionmesh import features
 
-DEFAULT_PORT = 50053
+DEFAULT_PORT = features.by_name("face").default_port
 
 
 def _model(name: str, max_batch_size: int, delay_us: int = 2000) -> ModelConfig:

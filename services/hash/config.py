@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from visionmesh import features
 
-DEFAULT_PORT = 50054
+DEFAULT_PORT = features.by_name("hash").default_port
 SUPPORTED_BITS = (64, 128, 256)
 
 

@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass, field
 
 from services.common.config import BatcherConfig, EngineConfig, ModelConfig, ServerConfig
+from visionmesh import features
 
-DEFAULT_PORT = 50052
+DEFAULT_PORT = features.by_name("ocr").default_port
 
 # ONNX Runtime intra-op threads per model. Left at the library default, each
 # of the three sessions wants every core, and under concurrent requests they
