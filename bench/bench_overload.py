@@ -58,6 +58,7 @@ class LevelStats:
     feature_deadline: int = 0  # answered, some feature DEADLINE_EXCEEDED
     other: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    refusal_latencies_s: list[float] = field(default_factory=list)
 
     @property
     def goodput(self) -> float:
@@ -70,6 +71,11 @@ class LevelStats:
     @property
     def p99_ms(self) -> float:
         return float(np.percentile(self.latencies_s, 99) * 1000) if self.latencies_s else 0.0
+
+    @property
+    def refusal_p99_ms(self) -> float:
+        arr = self.refusal_latencies_s
+        return float(np.percentile(arr, 99) * 1000) if arr else 0.0
 
     @property
     def max_ms(self) -> float:
@@ -108,6 +114,7 @@ async def _caller(
             code = exc.code()
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 stats.refused += 1
+                stats.refusal_latencies_s.append(took)
                 hint = _retry_after_s(exc.trailing_metadata()) or 1.0
             elif code == grpc.StatusCode.DEADLINE_EXCEEDED or took > deadline:
                 stats.deadline_misses += 1
@@ -180,8 +187,8 @@ async def ramp(
 
 HEADER = (
     "| concurrency | calls | goodput (full answers/s) | RESOURCE_EXHAUSTED share | deadline misses "
-    "| feature DEADLINE_EXCEEDED | other errors | p99 | max |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| feature DEADLINE_EXCEEDED | other errors | p99 answered | max answered | p99 refusal |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -189,7 +196,8 @@ def row(s: LevelStats) -> str:
     other = ", ".join(f"{k} {v}" for k, v in sorted(s.other.items())) or "0"
     return (
         f"| {s.level} | {s.calls} | {s.goodput:.2f} | {s.exhausted_share:.0%} | {s.deadline_misses} "
-        f"| {s.feature_deadline} | {other} | {s.p99_ms:.0f} ms | {s.max_ms:.0f} ms |"
+        f"| {s.feature_deadline} | {other} | {s.p99_ms:.0f} ms | {s.max_ms:.0f} ms "
+        f"| {s.refusal_p99_ms:.0f} ms |"
     )
 
 
