@@ -41,6 +41,10 @@ class EngineConfig:
     device: str = "cpu"
     # ONNX Runtime intra-op threads per instance (0 = library default).
     threads: int = 0
+    # ONNX Runtime's CPU memory arena: it grows to the largest batch and shape seen
+    # and never shrinks (with variable shapes, OCR's crops, it fragments and keeps
+    # growing). Off: tensors are malloc'ed and freed per run (see docs/reliability.md).
+    cpu_mem_arena: bool = False
     # "fp32" or "fp16" (GPU backends).
     precision: str = "fp32"
     cuda_graphs: bool = False

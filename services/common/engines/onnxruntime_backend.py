@@ -33,6 +33,7 @@ class OnnxRuntimeEngine(Engine):
         if self.config.threads > 0:
             opts.intra_op_num_threads = self.config.threads
         opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = self.config.cpu_mem_arena
         providers = ["CPUExecutionProvider"]
         if self.config.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
