@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from services.common.batcher import DynamicBatcher
-from services.common.config import BatcherConfig, EngineConfig
+from services.common.config import EngineConfig
 from services.common.deadline import Deadline
 from services.common.engines.base import Engine
 from services.common.errors import DeadlineExceeded, Overloaded
-from services.common.repository import ModelEntry, TensorSpec
+from services.common.repository import BatchingPolicy, ModelEntry, TensorSpec
 
 
 class RecordingEngine(Engine):
@@ -49,7 +49,9 @@ class RecordingEngine(Engine):
 
 async def make(engines: list[RecordingEngine], **cfg: int) -> DynamicBatcher:
     it = iter(engines)
-    batcher = DynamicBatcher("test", lambda: next(it), BatcherConfig(instances=len(engines), **cfg))
+    batcher = DynamicBatcher(
+        "test", lambda: next(it), BatchingPolicy(instances=len(engines), **cfg)
+    )
     await batcher.start()
     return batcher
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.common import metrics
-from services.common.config import BatcherConfig
 from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.engines.base import Engine
 from services.common.errors import DeadlineExceeded, Overloaded, Unavailable
+from services.common.repository import BatchingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class DynamicBatcher:
         self,
         name: str,
         engine_factory: Callable[[], Engine],
-        config: BatcherConfig,
+        config: BatchingPolicy,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if config.max_batch_size < 1 or config.instances < 1 or config.max_queue_size < 1:
