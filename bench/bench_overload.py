@@ -40,7 +40,7 @@ from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LEVELS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 # A client never sleeps longer than this on a hint (nor shorter than the floor).
-MAX_BACKOFF_S = 5.0
+MAX_BACKOFF_S = 30.0
 MIN_BACKOFF_S = 0.05
 
 

@@ -26,6 +26,7 @@ instead of locking the service out.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,7 +52,12 @@ ADMISSION_REJECTED = Counter(
 
 # Bounds of a retry hint: long enough not to come straight back, short enough to matter.
 MIN_RETRY_AFTER_S = 0.05
-MAX_RETRY_AFTER_S = 10.0
+MAX_RETRY_AFTER_S = 30.0
+# Retries wanted per slot that frees: enough that no slot stays empty, few enough
+# that refusing them costs little (each refusal still costs a received request).
+RETRIES_PER_SLOT = 4.0
+# Refusals counted over this window to estimate how many callers are waiting.
+REFUSAL_WINDOW_S = 2.0
 
 
 @dataclass
@@ -62,6 +68,27 @@ class ServiceLoad:
     item_s: float = 0.1
     alpha: float = 0.2
     in_flight: int = 0
+    refusals: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=100_000)
+    )
+
+    def refused_per_s(self, now: float) -> float:
+        """Refusals per second over the last ``REFUSAL_WINDOW_S``."""
+        while self.refusals and self.refusals[0] < now - REFUSAL_WINDOW_S:
+            self.refusals.popleft()
+        return len(self.refusals) / REFUSAL_WINDOW_S
+
+    def retry_after_s(self, now: float) -> float:
+        """When to come back: once what is admitted has drained, later when many are waiting.
+
+        ``in_flight`` slots free up per drain period; callers refused at the
+        current rate would send ``rate x drain`` retries in it. The hint is
+        stretched so that about ``RETRIES_PER_SLOT`` retries arrive per freed slot.
+        """
+        drain = self.in_flight * self.item_s
+        waiting = self.refused_per_s(now) * drain
+        stretch = max(1.0, waiting / (RETRIES_PER_SLOT * max(1, self.in_flight)))
+        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, drain * stretch))
 
     def expected_s(self, weight: int = 1) -> float:
         """Seconds a call of ``weight`` admitted now should take to finish."""
@@ -174,9 +201,10 @@ class Admission:
         now = self.clock()
         refused: dict[str, Overloaded] = {}
         for name, weight in weights.items():
-            refusal = self._refusal(self.load(name), weight, budget_s)
+            refusal = self._refusal(self.load(name), weight, budget_s, now)
             if refusal is not None:
                 ADMISSION_REJECTED.labels(name).inc()
+                self.load(name).refusals.append(now)
                 refused[name] = refusal
         if refused and (not self.partial or len(refused) == len(weights)):
             raise max(refused.values(), key=lambda e: e.retry_after_s or 0.0)
@@ -190,14 +218,15 @@ class Admission:
             ADMISSION_IN_FLIGHT.labels(name).set(load.in_flight)
         return ticket
 
-    def _refusal(self, load: ServiceLoad, weight: int, budget_s: float | None) -> Overloaded | None:
+    def _refusal(
+        self, load: ServiceLoad, weight: int, budget_s: float | None, now: float
+    ) -> Overloaded | None:
         if budget_s is None or load.in_flight == 0:
             return None
         expected = load.expected_s(weight)
         if expected <= budget_s * self.headroom:
             return None
-        # Come back once what is admitted now has drained.
-        retry_after = min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, load.in_flight * load.item_s))
+        retry_after = load.retry_after_s(now)
         return Overloaded(
             f"service {load.name} is at capacity: a call admitted now would take ~{expected:.2f}s, "
             f"more than the {budget_s:.2f}s its deadline leaves; retry after {retry_after:.2f}s",

@@ -51,6 +51,28 @@ def test_refuses_what_cannot_finish_before_the_deadline_with_a_retry_hint() -> N
     assert admission.loads["classify"].in_flight == 0
 
 
+def test_the_retry_hint_stretches_when_many_callers_are_waiting() -> None:
+    """Many refusals per freed slot: callers are asked to come back later, so refusing stays cheap."""
+    clock = FakeClock()
+    admission = Admission(["ocr"], headroom=1.0, initial_item_s=0.5, clock=clock)
+    held = [admission.admit({"ocr": 1}, budget_s=None) for _ in range(4)]  # drains in 2 s
+    hints = []
+    for _ in range(200):  # 200 refusals within a second: ~400 waiting per 2 s drain, 4 slots
+        clock.now += 0.005
+        with pytest.raises(Overloaded) as info:
+            admission.admit({"ocr": 1}, budget_s=1.0)
+        hints.append(info.value.retry_after_s)
+    assert hints[0] == pytest.approx(2.0)
+    assert hints[-1] is not None and hints[-1] > 10 * hints[0] / 2
+    assert max(h for h in hints if h is not None) <= 30.0
+    clock.now += 5.0  # the crowd is gone: back to the drain time
+    with pytest.raises(Overloaded) as info:
+        admission.admit({"ocr": 1}, budget_s=1.0)
+    assert info.value.retry_after_s == pytest.approx(2.0)
+    for ticket in held:
+        ticket.close()
+
+
 def test_a_request_is_admitted_whole_or_not_at_all_by_default() -> None:
     admission = Admission(["classify", "ocr"], headroom=1.0, initial_item_s=1.0)
     busy = admission.admit({"ocr": 1}, budget_s=None)
