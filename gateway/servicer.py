@@ -92,10 +92,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 spill_dir=config.upload_spill_dir,
             )
         )
-        lim = config.images
-        self.image_limits = ImageLimits(
-            max_bytes=lim.max_bytes, max_pixels=lim.max_pixels, max_side=lim.max_side
-        )
+        self.image_limits = ImageLimits.from_config(config.images)
         self.video_limits = video.VideoLimits(max_bytes=config.video_max_bytes)
 
     async def start(self) -> None:

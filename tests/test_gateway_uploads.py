@@ -159,7 +159,7 @@ async def test_silent_streams_do_not_block_analyze_and_are_cut_when_idle(
 @pytest.mark.parametrize(
     ("total_size", "sent", "message"),
     [
-        (-5, 1000, "negative"),
+        (-5, 1000, "total_size"),
         (500, 1000, "more than the 500 bytes"),
         (5000, 1000, "ended after 1000 bytes"),
         (MAX_BYTES + 1, 10, "over the"),
