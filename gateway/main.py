@@ -15,12 +15,24 @@ from services.common.runner import ServiceDefinition, run_service
 from services.common.server import Registration
 from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
+# gRPC's default reconnect backoff grows to 120 s: a restarted instance could sit
+# unused that long. Within 0.5 s of it listening the channel is connected again.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
 
 def make_resolver(config: GatewayConfig) -> Resolver:
     # Services accept what the gateway sends them (fanout_max_side pixels, or the
     # smaller original): their server.max_message_bytes, the same setting here.
     limit = config.server.max_message_bytes
-    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    options = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        *RECONNECT_OPTIONS,
+    ]
     common: dict[str, Any] = {
         "channel_options": options,
         "tls": config.client.tls,
