@@ -5,8 +5,8 @@
 One mesh, two gateways on the same services: "before" runs with the previous
 behaviour (``validation=decode``: the gateway decodes every image once more
 before forwarding the bytes; ``video_batch_calls=false``: one call per frame
-and service), "after" with the defaults (header-only validation; a clip's
-frames in one call per service). Rounds alternate the sides (A B C, then
+and service), "after" with header-only validation and, for videos,
+``video_batch_calls=true`` (a clip's frames in one call per service). Rounds alternate the sides (A B C, then
 C B A, ...) so drift on a shared machine hits them alike.
 
 1. Gateway overhead: ``Analyze`` (classify only, cache off) through each
@@ -143,7 +143,10 @@ def video(args: argparse.Namespace, work: Path) -> str:
     options = gateway_pb2.AnalyzeOptions(no_cache=True)
     mesh = LocalMesh(
         log_dir=work / "video",
-        extra_args={"hash": ["--set", f"storage.data_dir={work / 'hash'}"]},
+        extra_args={
+            "hash": ["--set", f"storage.data_dir={work / 'hash'}"],
+            "gateway": ["--set", "video_batch_calls=true"],
+        },
     )
     try:
         after_address = mesh.start()
@@ -224,7 +227,7 @@ def main() -> None:
     body = f"""
 Command: `.venv/bin/python -m bench.bench_overhead --rounds {args.rounds} --calls {args.calls} --video-runs {args.video_runs} --write`
 Machine: {machine()}; load average {load_before} before, {load_average()} after (a shared machine: other work ran alongside).
-Two gateways on the same services, the previous behaviour and the current one, sides alternating round by round.
+Two gateways on the same services, before (`validation=decode`, `video_batch_calls=false`) and after (`validation=header`, `video_batch_calls=true`), sides alternating round by round.
 
 ### Gateway overhead: header-only validation
 

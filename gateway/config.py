@@ -77,8 +77,9 @@ class GatewayConfig:
     video_max_bytes: int = 512 * 1024 * 1024
     video_frames: int = 3
     # A clip's sampled frames go to each service in one call where it has a batch method
-    # (ClassifyBatch, RecognizeBatch); false: one call per frame.
-    video_batch_calls: bool = True
+    # (ClassifyBatch, RecognizeBatch); false: one call per frame. Off by default: on loopback
+    # with 2 cores the three concurrent per-frame calls measured faster (docs/benchmarks.md).
+    video_batch_calls: bool = False
     # Bytes of frames one batched call carries (under the services' server.max_message_bytes,
     # 16 MiB); more frames go in further calls.
     batch_call_max_bytes: int = 12 * 1024 * 1024

@@ -28,9 +28,10 @@ def cat_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.fixture(scope="module")
+# Frames as one call per frame and service, and as one batched call (ClassifyBatch).
+@pytest.fixture(scope="module", params=[False, True], ids=["per-frame", "batched"])
 async def stub(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> AsyncIterator[gateway_pb2_grpc.GatewayServiceStub]:
     data_dir = str(tmp_path_factory.mktemp("hash"))
     async with (
@@ -38,7 +39,8 @@ async def stub(
         running_service(HASH, {"storage": {"data_dir": data_dir}}) as hashing,
     ):
         services = {"classify": [classify.address], "hash": [hashing.address]}
-        async with running_service(GATEWAY, {"services": services}) as gateway:
+        config = {"services": services, "video_batch_calls": request.param}
+        async with running_service(GATEWAY, config) as gateway:
             async with grpc.aio.insecure_channel(gateway.address) as channel:
                 yield gateway_pb2_grpc.GatewayServiceStub(channel)
 
