@@ -7,6 +7,8 @@ PROTOS := $(wildcard protos/visionmesh/v1/*.proto)
 export VISIONMESH_MODEL_REPOSITORY ?= $(CURDIR)/model_repository
 export PYTHONUNBUFFERED := 1
 
+comma := ,
+
 .PHONY: setup gen models samples run test test-all lint bench loadtest clean
 
 setup: $(STAMP) gen models samples
@@ -45,8 +47,12 @@ lint: setup
 	$(PY) -m tools.tensorrt_typings .typings
 	$(PY) -m mypy services gateway visionmesh/cli.py visionmesh/client.py visionmesh/mesh.py visionmesh/models_build.py
 
+# Every benchmark, one at a time under a lock, rewriting docs/benchmarks.md (bench/run_all.py).
+# BENCH=quick: the quick subset, short settings, into var/bench/benchmarks-quick.md instead;
+# BENCH=classify,ocr: only those (names: `$(PY) -m bench.run_all --list`).
+BENCH ?= all
 bench: setup
-	$(PY) -m bench.run_all
+	flock /tmp/visionmesh-bench.lock $(PY) -m bench.run_all $(if $(filter quick,$(BENCH)),--quick,$(if $(filter-out all,$(BENCH)),--only $(subst $(comma), ,$(BENCH))))
 
 # Brings a local mesh up on free loopback ports, runs every loadtest/*.json briefly
 # (LOADTEST_DURATION, default 5s each), prints the SLO table, stops the mesh; fails on a breach.
