@@ -105,7 +105,8 @@ async def test_astronaut_is_one_happy_adult_woman(stub: face_pb2_grpc.FaceServic
     assert names["face/count"].display_name_en == "1 face"
 
 
-async def test_group_photo_recall_and_gender(
+@pytest.mark.regression  # the O-Net threshold was chosen on this photo
+async def test_regression_group_photo_recall_and_gender(
     stub: face_pb2_grpc.FaceServiceStub, group_photo: np.ndarray
 ) -> None:
     response = await detect(stub, group_photo)
