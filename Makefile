@@ -51,7 +51,7 @@ lint: setup
 	.venv/bin/ruff check .
 	cd protos && ../node_modules/.bin/buf lint
 	$(PY) -m tools.tensorrt_typings .typings
-	$(PY) -m mypy services gateway visionmesh/cli.py visionmesh/client.py visionmesh/mesh.py visionmesh/models_build.py
+	$(PY) -m mypy services gateway visionmesh/cli.py visionmesh/client.py visionmesh/mesh.py visionmesh/models_build.py visionmesh/features.py visionmesh/registry.py
 
 # Every benchmark, one at a time under a lock, rewriting docs/benchmarks.md (bench/run_all.py).
 # BENCH=quick: the quick subset, short settings, into var/bench/benchmarks-quick.md instead;

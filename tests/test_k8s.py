@@ -21,15 +21,16 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.config import DEFAULT_PORT as GATEWAY_PORT
 from services.common import config as cfgmod
+from visionmesh import features
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 DOCKER = ROOT / "docker"
 OVERLAYS = ("cpu", "gpu")
-SERVICES = ("gateway", "classify", "ocr", "face", "hash")
-# The contract's default ports, used where a service's code is not in this checkout yet.
-CONTRACT_PORTS = {"gateway": 50050, "classify": 50051, "ocr": 50052, "face": 50053, "hash": 50054}
+# The gateway and every feature's service (the feature table).
+SERVICES = ("gateway", *(spec.service for spec in features.all_features()))
 CONFIG_MODULES = {
     name: ("gateway.config" if name == "gateway" else f"services.{name}.config")
     for name in SERVICES
@@ -53,8 +54,7 @@ def _config_module(name: str) -> Any | None:
 
 
 def default_port(name: str) -> int:
-    module = _config_module(name)
-    return int(module.DEFAULT_PORT) if module is not None else CONTRACT_PORTS[name]
+    return GATEWAY_PORT if name == "gateway" else features.by_name(name).default_port
 
 
 def service_config_class(name: str) -> type:
@@ -257,9 +257,9 @@ def test_configmap_yaml_loads_into_the_service_config(name: str) -> None:
 @pytest.mark.parametrize("name", [s for s in SERVICES if s != "gateway"])
 def test_init_container_builds_the_models_the_service_loads(name: str) -> None:
     try:
-        export = importlib.import_module(f"services.{name}.export")
+        export = importlib.import_module(features.by_name(name).export_module)
     except ModuleNotFoundError:
-        pytest.skip(f"services.{name}.export is not in this checkout yet")
+        pytest.skip(f"{features.by_name(name).export_module} is not in this checkout yet")
     dep = yaml.safe_load((K8S / "base" / name / "deployment.yaml").read_text())
     (init,) = dep["spec"]["template"]["spec"]["initContainers"]
     assert init["args"][:2] == ["models", "build"]
@@ -271,6 +271,7 @@ def test_init_container_builds_the_models_the_service_loads(name: str) -> None:
     # Any service's export may be named (hash needs classify's efficientnet_lite0 built first).
     exported = {m.name for m in models_build.all_exports()}
     assert {m.name for m in export.MODELS} <= named or not named
+    assert set(features.by_name(name).models) <= named or not named
     assert named <= exported, f"init container builds unknown models {named - exported}"
     # No names = build everything; otherwise every model the config loads must be built.
     if named:
