@@ -188,7 +188,9 @@ async def test_at_least_as_accurate_as_rapidocr(stub: ocr_pb2_grpc.OcrServiceStu
 
 
 @pytest.mark.slow
-async def test_full_rendered_set_cer_within_0_2_points_of_rapidocr(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
+async def test_full_rendered_set_cer_within_0_2_points_of_rapidocr(
+    stub: ocr_pb2_grpc.OcrServiceStub,
+) -> None:
     """The 300-line clean and hard sets of the benchmark, against rapidocr on the same images."""
     reference = rapidocr_reference(ensure_ocr_models())
     for hard in (False, True):
