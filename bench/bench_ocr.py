@@ -186,8 +186,8 @@ async def accuracy(lines: int, seed: int) -> None:
             scores[label] = (ours, theirs, len(images))
     report.add(
         f"Rendered sets (`tools/ocr_render.py`, seed {seed}, {lines} lines per set; scoring in "
-        "`docs/ocr.md`). Neither the detector/recogniser (PaddleOCR's) nor any threshold of the "
-        "service was tuned on these renders. rapidocr runs the same three ONNX files."
+        "`docs/ocr.md`). The models are PaddleOCR's, not trained here; rapidocr runs the same "
+        "three ONNX files."
     )
     rows = [
         "| set | images | OCR service: CER | line recall | exact lines | rapidocr: CER | line recall | exact lines |",
