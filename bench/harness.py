@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -136,6 +137,11 @@ class Report:
     started: float = field(default_factory=time.monotonic)
     parts: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # A benchmark stopped by SIGTERM (a timeout, make interrupted) unwinds like Ctrl-C, so the
+        # `finally` blocks stop the services it started instead of leaving them running.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def add(self, text: str) -> None:
         self.parts.append(text.strip())
