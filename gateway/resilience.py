@@ -24,10 +24,15 @@ from types import TracebackType
 from typing import TypeVar
 
 import grpc
+from prometheus_client import Counter
 
 from services.common.errors import Overloaded, Unavailable
 
 T = TypeVar("T")
+# Alerting (monitoring/rules.yaml) fires on openings; a failed half-open probe counts again.
+BREAKER_OPENED = Counter(
+    "visionmesh_gateway_breaker_opened_total", "Circuit breakers opened (or re-opened)"
+)
 
 # Outcomes that say the server (not the request) is unwell.
 BREAKER_FAILURES = frozenset(
@@ -109,6 +114,8 @@ class CircuitBreaker:
         self._failures += 1
         if self._opened_at is not None or self._failures >= self.failure_threshold:
             # A failed probe (or a late failure while open) re-opens for a full timeout.
+            if self.state is not BreakerState.OPEN:
+                BREAKER_OPENED.inc()
             self._opened_at = self._clock()
         self._probe_started_at = None
 
