@@ -39,7 +39,7 @@ def make_resolver(config: GatewayConfig) -> Resolver:
 
 def build(config: GatewayConfig) -> list[Registration]:
     # Client spans need the tracer provider before the interceptors are made.
-    tracing.setup("gateway", config.server.trace_exporter)
+    tracing.setup("gateway", config.server.trace_exporter, config.server.otlp)
     servicer = GatewayServicer(config, make_resolver(config))
     return [Registration.of(gateway_pb2, gateway_pb2_grpc, "GatewayService", servicer)]
 

@@ -70,7 +70,7 @@ class MeshServer:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        tracing.setup(self.name, self.config.trace_exporter)
+        tracing.setup(self.name, self.config.trace_exporter, self.config.otlp)
         limit = self.config.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=[tracing.server_interceptor(), MetricsInterceptor()]
