@@ -18,7 +18,16 @@ from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 def make_resolver(config: GatewayConfig) -> Resolver:
     limit = config.server.max_message_bytes
-    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    options = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        # An instance that restarts is called again within a second of serving
+        # (gRPC's default reconnect backoff grows to 120 s, which turns a rolling
+        # restart of two replicas into minutes with neither reachable).
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
     common: dict[str, Any] = {
         "channel_options": options,
         "interceptors": tracing.client_interceptors() if config.server.tracing else [],
