@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/visionmesh/v1/*.proto)
 export VISIONMESH_MODEL_REPOSITORY ?= $(CURDIR)/model_repository
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup gen models samples run test test-all lint bench loadtest clean
+.PHONY: setup gen models samples run test test-all test-infra lint bench loadtest image e2e clean
 
 setup: $(STAMP) gen models samples
 
@@ -37,6 +37,11 @@ test: setup
 test-all: setup
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
+# Real infrastructure: Prometheus + promtool, an OTLP receiver, k6, a rolling restart
+# of two replicas per service, and the container image (built by `make image` first).
+test-infra: setup
+	$(PY) -m pytest --run-infra -m "infra or container" $(PYTEST_ARGS)
+
 lint: setup
 	@[[ -x node_modules/.bin/buf ]] || npm install --no-save --no-audit --no-fund @bufbuild/buf@1.75.0 >/dev/null
 	.venv/bin/ruff format --check .
@@ -48,10 +53,19 @@ lint: setup
 bench: setup
 	$(PY) -m bench.run_all
 
-# Brings a local mesh up on free loopback ports, runs every loadtest/*.json briefly
+# Brings a local mesh up on free loopback ports, runs k6 on every loadtest/*.json briefly
 # (LOADTEST_DURATION, default 5s each), prints the SLO table, stops the mesh; fails on a breach.
 loadtest: setup
 	$(PY) -m loadtest.suite --up --duration $${LOADTEST_DURATION:-5s}
+
+# The CPU image (podman, a local Debian base, the model repository built in): docker/build.sh.
+image: setup models
+	bash docker/build.sh
+
+# The gateway and every feature service from that image, one container each; analyses a
+# photo and the sample clip through the gateway and prints the merged tags.
+e2e: setup samples
+	bash docker/e2e.sh
 
 clean:
 	rm -rf .venv visionmesh/v1 model_repository samples node_modules

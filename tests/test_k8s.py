@@ -170,6 +170,8 @@ def test_every_workload_is_production_ready(overlay: str) -> None:
             # No surge for StatefulSets: with 2 replicas one always serves during a rollout.
             assert spec["replicas"] >= 2 or overlay == "gpu", name
             assert name not in hpas, "a new stateful replica starts with an empty index"
+        # Clients connect to a new pod before the rollout drains the next one.
+        assert spec["minReadySeconds"] >= 1, name
         pod = spec["template"]["spec"]
         container = main_container(workload)
         port = definition(name).default_port
