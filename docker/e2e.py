@@ -135,12 +135,21 @@ def main(argv: list[str] | None = None) -> int:
             started[name] = (containers.start(name, [*serve, "--engine-threads", "1"]), address)
         config = Path(tempfile.mkdtemp(prefix="visionmesh-e2e-")) / "gateway.yaml"
         config.write_text(
-            yaml.safe_dump({"services": {f: [started[s][1]] for f, s in registry.FEATURE_SERVICES.items()}})
+            yaml.safe_dump(
+                {"services": {f: [started[s][1]] for f, s in registry.FEATURE_SERVICES.items()}}
+            )
         )
         config.chmod(0o644)
         config.parent.chmod(0o755)
         gateway = f"127.0.0.1:{free_port('127.0.0.1')}"
-        gateway_args = ["serve", "gateway", "--host", "127.0.0.1", "--port", gateway.rsplit(":", 1)[1]]
+        gateway_args = [
+            "serve",
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            gateway.rsplit(":", 1)[1],
+        ]
         gateway_args += ["--config", "/etc/visionmesh/gateway.yaml"]
         wait_serving(containers, started)
         cname = containers.start(
