@@ -48,7 +48,7 @@ lint: setup
 	.venv/bin/ruff check .
 	cd protos && ../node_modules/.bin/buf lint
 	$(PY) -m tools.tensorrt_typings .typings
-	$(PY) -m mypy services gateway visionmesh/cli.py visionmesh/client.py visionmesh/mesh.py visionmesh/models_build.py
+	$(PY) -m mypy services gateway visionmesh/cli.py visionmesh/client.py visionmesh/mesh.py visionmesh/models_build.py visionmesh/features.py visionmesh/registry.py
 
 bench: setup
 	$(PY) -m bench.run_all

@@ -25,7 +25,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.metrics import free_port
-from visionmesh import client, registry
+from visionmesh import client, features
 from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def wait_serving(containers: Containers, started: dict[str, tuple[str, str]]) ->
         raise RuntimeError(f"not SERVING after {HEALTH_TIMEOUT_S:.0f} s: {sorted(pending)}\n{logs}")
 
 
-def check_answer(path: Path, result: object, features: list[str]) -> list[str]:
+def check_answer(path: Path, result: object, fields: list[str]) -> list[str]:
     """Problems with one answer (empty = fine)."""
     problems = []
     errors = list(getattr(result, "errors", []))
@@ -107,7 +107,7 @@ def check_answer(path: Path, result: object, features: list[str]) -> list[str]:
     if not list(getattr(result, "tags", [])):
         problems.append(f"{path.name}: no merged tags")
     if isinstance(result, gateway_pb2.AnalyzeResponse):
-        for feature in features:
+        for feature in fields:
             if not result.HasField(feature):  # type: ignore[arg-type]
                 problems.append(f"{path.name}: no {feature} answer")
     elif isinstance(result, gateway_pb2.AnalyzeVideoResponse) and result.video.frames_analyzed < 1:
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", default=str(ROOT / "samples" / "clip.mp4"))
     args = parser.parse_args(argv)
     ulimits = shlex.split(os.environ.get("VISIONMESH_ULIMITS", ""))
-    features = [f for f in registry.FEATURE_SERVICES if f in client.FEATURES]
-    services = sorted(set(registry.FEATURE_SERVICES.values()))
+    specs = features.all_features()
+    services = [spec.service for spec in specs]
     containers = Containers(args.image, ulimits)
     t0 = time.monotonic()
     try:
@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             started[name] = (containers.start(name, [*serve, "--engine-threads", "1"]), address)
         config = Path(tempfile.mkdtemp(prefix="visionmesh-e2e-")) / "gateway.yaml"
         config.write_text(
-            yaml.safe_dump(
-                {"services": {f: [started[s][1]] for f, s in registry.FEATURE_SERVICES.items()}}
-            )
+            yaml.safe_dump({"services": {spec.name: [started[spec.service][1]] for spec in specs}})
         )
         config.chmod(0o644)
         config.parent.chmod(0o755)
@@ -160,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         problems: list[str] = []
         with client.channel(gateway) as ch:
             stub = gateway_pb2_grpc.GatewayServiceStub(ch)
-            wanted = [client.FEATURES[f] for f in features]
+            wanted = [spec.enum for spec in specs]
             for path in (Path(args.photo), Path(args.clip)):
                 result = client.analyze_path(
                     stub, path, wanted, gateway_pb2.AnalyzeOptions(), frames=0, timeout_s=120
                 )
                 print(client.render_text(path, result))
-                problems += check_answer(path, result, features)
+                problems += check_answer(path, result, [spec.result_field for spec in specs])
         print(
             f"e2e: {len(services) + 1} containers of {args.image}; all SERVING after "
             f"{healthy_s:.1f} s; total {time.monotonic() - t0:.1f} s"

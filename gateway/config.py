@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.config import ServerConfig
+from visionmesh import features
 
 DEFAULT_PORT = 50050
 
-DEFAULT_SERVICES = {
-    "classify": ["127.0.0.1:50051"],
-    "ocr": ["127.0.0.1:50052"],
-    "face": ["127.0.0.1:50053"],
-    "hash": ["127.0.0.1:50054"],
-}
+
+def default_services() -> dict[str, list[str]]:
+    """Every feature's service on loopback at its default port (the feature table's)."""
+    return {spec.service: [f"127.0.0.1:{spec.default_port}"] for spec in features.all_features()}
 
 
 @dataclass
@@ -29,9 +28,7 @@ class GatewayConfig:
     # "static" (addresses below), "consul" (server.consul_addr / CONSUL_HTTP_ADDR) or "dns".
     discovery: str = "static"
     # Static discovery: service -> instance addresses.
-    services: dict[str, list[str]] = field(
-        default_factory=lambda: {k: list(v) for k, v in DEFAULT_SERVICES.items()}
-    )
+    services: dict[str, list[str]] = field(default_factory=default_services)
     # DNS discovery (Kubernetes headless services): service -> "host:port".
     dns_targets: dict[str, str] = field(default_factory=dict)
     # Deadline when the caller sets none, and the share of the caller's remaining

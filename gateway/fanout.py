@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -17,21 +17,11 @@ from prometheus_client import Counter, Histogram
 
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
-from gateway.merge import text_tags
 from gateway.resilience import call_with_retry
 from services.common.errors import ServiceError
-from visionmesh.v1 import (
-    classify_pb2,
-    classify_pb2_grpc,
-    common_pb2,
-    face_pb2,
-    face_pb2_grpc,
-    gateway_pb2,
-    hash_pb2,
-    hash_pb2_grpc,
-    ocr_pb2,
-    ocr_pb2_grpc,
-)
+from visionmesh import features
+from visionmesh.features import FeatureSpec
+from visionmesh.v1 import common_pb2, gateway_pb2
 
 FEATURE_SECONDS = Histogram(
     "visionmesh_gateway_feature_seconds",
@@ -45,13 +35,6 @@ FEATURE_ERRORS = Counter(
 FANOUT_WIDTH = Histogram(
     "visionmesh_gateway_fanout_width", "Features fanned out per image", buckets=(1, 2, 3, 4)
 )
-
-_STUBS: dict[str, Callable[[grpc.aio.Channel], Any]] = {
-    "classify": classify_pb2_grpc.ClassifyServiceStub,
-    "ocr": ocr_pb2_grpc.OcrServiceStub,
-    "face": face_pb2_grpc.FaceServiceStub,
-    "hash": hash_pb2_grpc.HashServiceStub,
-}
 
 
 def feature_error(feature: int, exc: BaseException) -> common_pb2.FeatureError:
@@ -76,7 +59,7 @@ class FanOut:
 
         async def attempt(remaining: float | None) -> Any:
             endpoint = self.resolver.pick(service)
-            stub = _STUBS[service](endpoint.channel)
+            stub = features.by_name(service).stub(endpoint.channel)
             try:
                 reply = await getattr(stub, method)(request, timeout=remaining)
             except Exception as exc:
@@ -92,123 +75,57 @@ class FanOut:
     async def run_features(
         self,
         image: common_pb2.Image,
-        features: list[int],
+        wanted: list[int],
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float | None,
         response: gateway_pb2.AnalyzeResponse,
     ) -> None:
-        """Fan ``image`` out to ``features`` concurrently, filling ``response`` (results + errors)."""
-        runners: dict[int, Callable[[], Awaitable[None]]] = {
-            common_pb2.FEATURE_CLASSIFY: lambda: self._classify(
-                image, options, timeout_s, response
-            ),
-            common_pb2.FEATURE_OCR: lambda: self._ocr(image, options, timeout_s, response),
-            common_pb2.FEATURE_FACE: lambda: self._face(image, options, timeout_s, response),
-            common_pb2.FEATURE_HASH: lambda: self.hash_item(
-                [image], options.hash, timeout_s, response.hash
-            ),
-        }
-        FANOUT_WIDTH.observe(len(features))
+        """Fan ``image`` out to ``wanted`` concurrently, filling ``response`` (results + errors)."""
+        specs = [features.by_enum(f) for f in wanted]
+        FANOUT_WIDTH.observe(len(specs))
         results = await asyncio.gather(
-            *(self._timed(f, runners[f]) for f in features), return_exceptions=True
+            *(
+                self._timed(spec, self.run_feature(spec, [image], options, timeout_s, response))
+                for spec in specs
+                if spec is not None
+            ),
+            return_exceptions=True,
         )
-        for feature, result in zip(features, results, strict=True):
+        for spec, result in zip([s for s in specs if s is not None], results, strict=True):
             if isinstance(result, BaseException):
-                err = feature_error(feature, result)
-                FEATURE_ERRORS.labels(common_pb2.Feature.Name(feature), err.code).inc()
+                err = feature_error(spec.enum, result)
+                FEATURE_ERRORS.labels(spec.enum_name, err.code).inc()
                 response.errors.append(err)
 
-    async def _timed(self, feature: int, run: Callable[[], Awaitable[None]]) -> None:
+    async def _timed(self, spec: FeatureSpec, run: Awaitable[None]) -> None:
         start = time.perf_counter()
         try:
-            await run()
+            await run
         finally:
-            FEATURE_SECONDS.labels(common_pb2.Feature.Name(feature)).observe(
-                time.perf_counter() - start
-            )
+            FEATURE_SECONDS.labels(spec.enum_name).observe(time.perf_counter() - start)
 
-    async def _classify(
+    async def run_feature(
         self,
-        image: common_pb2.Image,
+        spec: FeatureSpec,
+        images: list[common_pb2.Image],
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float | None,
-        response: gateway_pb2.AnalyzeResponse,
+        response: Any,
     ) -> None:
-        reply = await self.call(
-            "classify",
-            "Classify",
-            classify_pb2.ClassifyRequest(image=image, top_k=options.classify.top_k),
-            timeout_s,
-        )
-        response.classify.CopyFrom(reply)
-        response.tags.extend(reply.tags)
-
-    async def _ocr(
-        self,
-        image: common_pb2.Image,
-        options: gateway_pb2.AnalyzeOptions,
-        timeout_s: float | None,
-        response: gateway_pb2.AnalyzeResponse,
-    ) -> None:
-        request = ocr_pb2.RecognizeRequest(
-            image=image, max_lines=options.ocr.max_lines, min_confidence=options.ocr.min_confidence
-        )
-        reply = await self.call("ocr", "Recognize", request, timeout_s)
-        response.ocr.CopyFrom(reply)
-        response.tags.extend(text_tags(reply))
-
-    async def _face(
-        self,
-        image: common_pb2.Image,
-        options: gateway_pb2.AnalyzeOptions,
-        timeout_s: float | None,
-        response: gateway_pb2.AnalyzeResponse,
-    ) -> None:
-        request = face_pb2.DetectRequest(
-            image=image, max_faces=options.face.max_faces, min_face_size=options.face.min_face_size
-        )
-        reply = await self.call("face", "Detect", request, timeout_s)
-        response.face.CopyFrom(reply)
-        response.tags.extend(reply.tags)
-
-    async def hash_item(
-        self,
-        frames: list[common_pb2.Image],
-        options: gateway_pb2.HashOptions,
-        timeout_s: float | None,
-        result: gateway_pb2.HashResult,
-    ) -> None:
-        """Encode one item (image or video frames); search its collection, then add it if asked."""
+        """One feature for one item (an image, or a video's frames): call, merge, follow up."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-        encoded = await self.call(
-            "hash", "Encode", hash_pb2.EncodeRequest(frames=frames, bits=options.bits), left()
-        )
-        result.code.CopyFrom(encoded.code)
-        if not options.collection:
-            return
-        search = hash_pb2.SearchRequest(
-            collection=options.collection, code=encoded.code, k=options.k
-        )
-        if options.HasField("max_distance"):
-            search.max_distance = options.max_distance
-        try:
-            found = await self.call("hash", "Search", search, left())
-            result.near_duplicates.extend(found.matches)
-        except grpc.aio.AioRpcError as exc:
-            # A collection that does not exist yet simply has no duplicates.
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-        if options.add_id:
-            await self.call(
-                "hash",
-                "Add",
-                hash_pb2.AddRequest(
-                    collection=options.collection, id=options.add_id, code=encoded.code
-                ),
-                left(),
-            )
-            result.added = True
+        reply = await self.call(spec.service, spec.method, spec.request(images, options), left())
+        result = getattr(response, spec.result_field)
+        tags = list(spec.merge(reply, result))
+        if tags:
+            response.tags.extend(tags)
+        if spec.follow_up is not None:
+
+            async def call(method: str, request: Any) -> Any:
+                return await self.call(spec.service, method, request, left())
+
+            await spec.follow_up(call, reply, options, result)

@@ -15,28 +15,29 @@ from gateway.cache import ResultCache
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.fanout import FanOut, feature_error
-from gateway.merge import FEATURE_NAMES, ranked, rescale
+from gateway.merge import ranked, rescale
 from gateway.resilience import InFlightLimiter
-from services.common.errors import InvalidInput, grpc_method
+from services.common.errors import InvalidInput
 from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
 from services.common.protos import rgb_to_image
+from services.common.rpc import grpc_method, status_code
+from visionmesh import features as feature_table
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-ALL_FEATURES = list(FEATURE_NAMES)
-# Hash codes need only the classifier's 224 px: frames for the video code travel small.
-_HASH_FRAME_SIDE = 512
+# Features over a whole clip (the video hash code) need only the classifier's 224 px:
+# their frames travel small.
+_CLIP_FRAME_SIDE = 512
 
 
 def requested_features(features: Sequence[int]) -> list[int]:
     if not features:
-        return list(ALL_FEATURES)
-    unknown = [f for f in features if f not in FEATURE_NAMES]
+        return [spec.enum for spec in feature_table.all_features()]
+    unknown = [f for f in features if feature_table.by_enum(f) is None]
     if unknown:
-        raise InvalidInput(
-            f"unknown feature value(s) {unknown}; use FEATURE_CLASSIFY, FEATURE_OCR, FEATURE_FACE or FEATURE_HASH"
-        )
+        known = ", ".join(spec.enum_name for spec in feature_table.all_features())
+        raise InvalidInput(f"unknown feature value(s) {unknown}; use {known}")
     return sorted(set(features), key=list(features).index)
 
 
@@ -80,8 +81,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def _cache_key(
         self, decoded: DecodedImage, features: list[int], options: gateway_pb2.AnalyzeOptions
     ) -> str | None:
-        if options.no_cache or options.hash.add_id:
-            return None  # adds have side effects: never answered from the cache
+        if options.no_cache or any(
+            spec.side_effects is not None and spec.side_effects(options)
+            for spec in map(feature_table.by_enum, features)
+            if spec is not None
+        ):
+            return None  # e.g. adds to a collection: never answered from the cache
         opts = gateway_pb2.AnalyzeOptions()
         opts.CopyFrom(options)
         return f"{decoded.sha256}:{decoded.width}x{decoded.height}:{','.join(map(str, sorted(features)))}:{opts.SerializeToString(deterministic=True).hex()}"
@@ -224,7 +229,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     for task in tasks:
                         task.cancel()
         except InvalidInput as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(status_code(exc), exc.message)
         except Exception as exc:  # the rpc must end with a status, not a hang
             if isinstance(exc, grpc.aio.AbortError):
                 raise
@@ -286,7 +291,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float,
     ) -> gateway_pb2.AnalyzeVideoResponse:
-        per_frame = [f for f in features if f != common_pb2.FEATURE_HASH]
+        specs = [s for s in map(feature_table.by_enum, features) if s is not None]
+        per_frame = [s.enum for s in specs if s.per_frame]
         frame_results = (
             await asyncio.gather(
                 *(
@@ -322,12 +328,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     if (err.feature, err.code) not in seen:
                         seen.add((err.feature, err.code))
                         response.errors.append(err)
-        if common_pb2.FEATURE_HASH in features:
+        whole_clip = [s for s in specs if not s.per_frame]
+        if whole_clip:
             frames = [
-                rgb_to_image(fit_within(frame.rgb, _HASH_FRAME_SIDE)[0]) for frame in clip.frames
+                rgb_to_image(fit_within(frame.rgb, _CLIP_FRAME_SIDE)[0]) for frame in clip.frames
             ]
+        for spec in whole_clip:
             try:
-                await self.fanout.hash_item(frames, options.hash, timeout_s, response.hash)
+                await self.fanout.run_feature(spec, frames, options, timeout_s, response)
             except Exception as exc:
-                response.errors.append(feature_error(common_pb2.FEATURE_HASH, exc))
+                response.errors.append(feature_error(spec.enum, exc))
         return response

@@ -7,15 +7,15 @@ import threading
 import time
 from collections.abc import Mapping
 
-import grpc
 import numpy as np
 import pytest
 
 from services.common.batcher import DynamicBatcher
-from services.common.config import BatcherConfig, EngineConfig
+from services.common.config import EngineConfig
+from services.common.deadline import Deadline
 from services.common.engines.base import Engine
 from services.common.errors import DeadlineExceeded, Overloaded
-from services.common.repository import ModelEntry, TensorSpec
+from services.common.repository import BatchingPolicy, ModelEntry, TensorSpec
 
 
 class RecordingEngine(Engine):
@@ -49,7 +49,9 @@ class RecordingEngine(Engine):
 
 async def make(engines: list[RecordingEngine], **cfg: int) -> DynamicBatcher:
     it = iter(engines)
-    batcher = DynamicBatcher("test", lambda: next(it), BatcherConfig(instances=len(engines), **cfg))
+    batcher = DynamicBatcher(
+        "test", lambda: next(it), BatchingPolicy(instances=len(engines), **cfg)
+    )
     await batcher.start()
     return batcher
 
@@ -127,7 +129,7 @@ async def test_full_queue_fails_fast_with_resource_exhausted() -> None:
     overloaded = [r for r in results if isinstance(r, Overloaded)]
     served = [r for r in results if isinstance(r, dict)]
     assert overloaded, "past max_queue_size requests must be refused"
-    assert overloaded[0].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert overloaded[0].code.name == "RESOURCE_EXHAUSTED"
     assert len(served) + len(overloaded) == 6
     assert len(engine.batches) == len(served)
 
@@ -139,10 +141,10 @@ async def test_request_whose_deadline_passes_in_the_queue_is_never_computed() ->
     await asyncio.sleep(0.05)  # the engine is now busy for 0.3 s
     doomed = {"x": np.full((1, 4), 7.0, np.float32)}
     with pytest.raises(DeadlineExceeded) as info:
-        await batcher.infer(doomed, deadline=time.monotonic() + 0.1)
+        await batcher.infer(doomed, deadline=Deadline(time.monotonic() + 0.1))
     await busy
     await batcher.close()
-    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert info.value.code.name == "DEADLINE_EXCEEDED"
     assert engine.batches == [1], "the expired request must not reach the engine"
 
 
@@ -150,7 +152,7 @@ async def test_expired_deadline_is_refused_before_queueing() -> None:
     engine = RecordingEngine()
     batcher = await make([engine], max_batch_size=4, max_queue_delay_us=0, max_queue_size=10)
     with pytest.raises(DeadlineExceeded):
-        await batcher.infer(rows(1, 1.0), deadline=time.monotonic() - 1)
+        await batcher.infer(rows(1, 1.0), deadline=Deadline(time.monotonic() - 1))
     await batcher.close()
     assert engine.batches == []
 

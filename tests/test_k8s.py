@@ -24,14 +24,15 @@ import yaml
 
 from services.common import config as cfgmod
 from services.common.runner import ServiceDefinition, model_configs
-from visionmesh import registry
+from visionmesh import features, registry
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 DOCKER = ROOT / "docker"
 OVERLAYS = ("cpu", "gpu")
-SERVICES = tuple(registry.SERVICE_MODULES)
-FEATURE_SERVICES = tuple(s for s in SERVICES if s != "gateway")
+# Every feature's service (the feature table), and the gateway.
+FEATURE_SERVICES = tuple(spec.service for spec in features.all_features())
+SERVICES = ("gateway", *FEATURE_SERVICES)
 STATEFUL = {"hash"}
 WORKLOADS = ("Deployment", "StatefulSet")
 IMAGE_OF_DOCKERFILE = {
@@ -138,9 +139,10 @@ def test_every_registered_service_has_its_folder_in_the_base() -> None:
         params = yaml.safe_load((K8S / "base" / name / "params.yaml").read_text())
         assert params["kind"] == "FeatureParams"
         assert params["metadata"]["annotations"]["config.kubernetes.io/local-config"] == "true"
-        assert params["data"]["name"] == name
-        assert int(params["data"]["port"]) == definition(name).default_port, name
-        assert params["data"]["health_service"].startswith("visionmesh.v1."), name
+        spec = features.by_name(name)
+        assert params["data"]["name"] == spec.service
+        assert int(params["data"]["port"]) == spec.default_port == definition(name).default_port
+        assert params["data"]["health_service"] == f"visionmesh.v1.{spec.grpc_service}", name
 
 
 @needs_kubectl
@@ -369,12 +371,16 @@ def test_configmap_yaml_loads_into_the_service_config(name: str) -> None:
 
 @pytest.mark.parametrize("name", FEATURE_SERVICES)
 def test_image_carries_the_models_the_service_loads(name: str) -> None:
-    """The CPU image copies model_repository (built by `make models`) to /opt/visionmesh/models."""
+    """The CPU image copies model_repository (built by `make models`) to /opt/visionmesh/models.
+
+    Every model the service's ConfigMap loads (and the feature table lists) is one
+    the model build exports, so `make models` puts it in the image.
+    """
     dockerfile = (DOCKER / "Dockerfile.cpu").read_text()
     assert f"COPY model_repository {IMAGE_MODEL_REPOSITORY}" in dockerfile
     assert f"VISIONMESH_MODEL_REPOSITORY={IMAGE_MODEL_REPOSITORY}" in dockerfile
     cfg = loaded_config(name)
-    needed = {m.name for m in model_configs(cfg)}
+    needed = {m.name for m in model_configs(cfg)} | set(features.by_name(name).models)
     projection = getattr(cfg, "projection", None)
     if projection is not None and getattr(projection, "model", ""):
         needed.add(projection.model)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from services.common.metrics import free_port
-from visionmesh import registry
+from visionmesh import features
 from visionmesh.mesh import LocalMesh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def test_one_trace_spans_client_gateway_and_every_service(
         stdout=subprocess.PIPE,
         text=True,
     )
-    services = sorted(set(registry.FEATURE_SERVICES.values()))
+    services = [spec.service for spec in features.all_features()]
     monkeypatch.setenv("VISIONMESH_SERVER__TRACE_EXPORTER", "otlp")
     monkeypatch.setenv("VISIONMESH_SERVER__OTLP__ENDPOINT", f"127.0.0.1:{port}")
     monkeypatch.setenv("VISIONMESH_SERVER__OTLP__INSECURE", "true")
@@ -94,9 +94,7 @@ def test_one_trace_spans_client_gateway_and_every_service(
         return by_id[span["parent_span_id"]]
 
     # client root -> client's gRPC span -> the gateway's server span.
-    (gateway_server,) = [
-        s for s in spans if s["service"] == "gateway" and s["kind"] == SERVER
-    ]
+    (gateway_server,) = [s for s in spans if s["service"] == "gateway" and s["kind"] == SERVER]
     assert gateway_server["name"] == "/visionmesh.v1.GatewayService/Analyze"
     client_call = parent(gateway_server)
     assert (client_call["service"], client_call["kind"]) == ("client", CLIENT)
@@ -107,7 +105,11 @@ def test_one_trace_spans_client_gateway_and_every_service(
         assert server_spans, f"no server span from {name}: {sorted({s['service'] for s in spans})}"
         for span in server_spans:
             call = parent(span)
-            assert (call["service"], call["kind"], call["name"]) == ("gateway", CLIENT, span["name"])
+            assert (call["service"], call["kind"], call["name"]) == (
+                "gateway",
+                CLIENT,
+                span["name"],
+            )
             ancestor = call
             while ancestor["span_id"] != gateway_server["span_id"]:
                 assert ancestor["parent_span_id"], f"{span['name']} is not under the gateway's span"

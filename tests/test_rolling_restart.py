@@ -31,7 +31,7 @@ import yaml
 from PIL import Image
 
 from services.common.metrics import free_port
-from visionmesh import registry
+from visionmesh import features, registry
 from visionmesh.mesh import ROOT, ServiceProcess, stop_process, tail, wait_healthy
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -52,7 +52,7 @@ def spawn(name: str, port: int, log_dir: Path, extra: list[str]) -> ServiceProce
     cmd = [
         sys.executable,
         "-m",
-        registry.SERVICE_MODULES[name].rsplit(".", 1)[0],
+        registry.service_modules()[name].rsplit(".", 1)[0],
         "--host",
         "127.0.0.1",
         "--port",
@@ -83,7 +83,9 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def worker(self) -> None:
-        names = {f: common_pb2.Feature.Name(f).removeprefix("FEATURE_").lower() for f in self.features}
+        names = {
+            f: common_pb2.Feature.Name(f).removeprefix("FEATURE_").lower() for f in self.features
+        }
         with grpc.insecure_channel(self.gateway) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
             request = gateway_pb2.AnalyzeRequest(
@@ -108,7 +110,7 @@ class Load:
 @pytest.mark.infra
 @pytest.mark.timeout(600)
 def test_rolling_restart_of_every_replica_fails_no_call(tmp_path: Path) -> None:
-    services = sorted(set(registry.FEATURE_SERVICES.values()))
+    services = [spec.service for spec in features.all_features()]
     replicas: dict[str, list[ServiceProcess]] = {}
     gateway: ServiceProcess | None = None
     threads: list[threading.Thread] = []
@@ -127,8 +129,8 @@ def test_rolling_restart_of_every_replica_fails_no_call(tmp_path: Path) -> None:
             yaml.safe_dump(
                 {
                     "services": {
-                        feature: [p.address for p in replicas[service]]
-                        for feature, service in registry.FEATURE_SERVICES.items()
+                        spec.name: [p.address for p in replicas[spec.service]]
+                        for spec in features.all_features()
                     },
                     # Every call reaches the services (no cached answers).
                     "cache_max_bytes": 0,
@@ -142,16 +144,17 @@ def test_rolling_restart_of_every_replica_fails_no_call(tmp_path: Path) -> None:
         photo.thumbnail((256, 256))
         buf = io.BytesIO()
         photo.save(buf, "JPEG", quality=90)
-        features = [
-            getattr(common_pb2, f"FEATURE_{f.upper()}") for f in registry.FEATURE_SERVICES
-        ]
-        load = Load(gateway.address, buf.getvalue(), features)
+        wanted = [spec.enum for spec in features.all_features()]
+        load = Load(gateway.address, buf.getvalue(), wanted)
         threads = [threading.Thread(target=load.worker, daemon=True) for _ in range(WORKERS)]
         for t in threads:
             t.start()
         time.sleep(3)
         calls_before = load.calls
-        assert calls_before > 0 and not load.failed and not load.missing, (load.failed, load.missing)
+        assert calls_before > 0 and not load.failed and not load.missing, (
+            load.failed,
+            load.missing,
+        )
 
         restarts = []
         for name in services:

@@ -9,24 +9,26 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from visionmesh import features as feature_table
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv"}
 CHUNK_BYTES = 1024 * 1024
-FEATURES: dict[str, common_pb2.Feature] = {
-    "classify": common_pb2.FEATURE_CLASSIFY,
-    "ocr": common_pb2.FEATURE_OCR,
-    "face": common_pb2.FEATURE_FACE,
-    "hash": common_pb2.FEATURE_HASH,
-}
 
 
 def parse_features(text: str) -> list[common_pb2.Feature]:
+    """``"classify,ocr"`` -> the features' enum values (names from the feature table)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FEATURES]
+    known = feature_table.names()
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown feature(s) {unknown}; choose from {', '.join(FEATURES)}")
-    return [FEATURES[n] for n in names]
+        raise ValueError(f"unknown feature(s) {unknown}; choose from {', '.join(known)}")
+    return [feature_table.by_name(n).enum for n in names]  # type: ignore[misc]
+
+
+def feature_name(value: int) -> str:
+    spec = feature_table.by_enum(value)
+    return spec.name if spec is not None else str(value)
 
 
 def is_video(path: Path) -> bool:
@@ -115,7 +117,5 @@ def render_text(path: Path, result: Any, top: int = 10) -> str:
             f"   hash: {result.hash.code.bits} bits {result.hash.code.code.hex()}  most similar indexed: {found}"
         )
     for err in result.errors:
-        lines.append(
-            f"   error {common_pb2.Feature.Name(err.feature).removeprefix('FEATURE_').lower()}: {err.code} {err.message}"
-        )
+        lines.append(f"   error {feature_name(err.feature)}: {err.code} {err.message}")
     return "\n".join(lines)

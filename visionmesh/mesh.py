@@ -65,7 +65,7 @@ class LocalMesh:
         cmd = [
             sys.executable,
             "-m",
-            registry.SERVICE_MODULES[name].rsplit(".", 1)[0],
+            registry.service_modules()[name].rsplit(".", 1)[0],
             "--host",
             self.host,
             "--port",
@@ -118,7 +118,7 @@ class LocalMesh:
         services = {name: [p.address] for name, p in self.processes.items()}
         config_path = (self.log_dir or Path(tempfile.mkdtemp())) / "gateway.yaml"
         # Features whose service is absent still resolve to an address: callers get UNAVAILABLE.
-        for name in registry.FEATURE_SERVICES.values():
+        for name in registry.feature_services().values():
             services.setdefault(name, [f"{self.host}:{free_port(self.host)}"])
         config_path.write_text(yaml.safe_dump({"services": services}))
         gateway = self._spawn("gateway", self._port("gateway"), ["--config", str(config_path)])

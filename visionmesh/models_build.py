@@ -8,6 +8,7 @@ the network.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import json
@@ -20,17 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.repository import default_root, verify_entry, write_entry
+import yaml
+
+from services.common.repository import BatchingPolicy, default_root, verify_entry, write_entry
+from visionmesh import features
 
 log = logging.getLogger(__name__)
 
-# Modules holding each service's exports; a service that is not built yet is skipped.
-EXPORT_MODULES = (
-    "services.classify.export",
-    "services.ocr.export",
-    "services.face.export",
-    "services.hash.export",
-)
+
+def export_modules() -> list[str]:
+    """Modules holding each feature's exports (the feature table's), without repeats."""
+    return list(dict.fromkeys(spec.export_module for spec in features.all_features()))
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class ModelExport:
     revision: int
     # Writes model files into the folder; returns (config.yaml dict, provenance dict).
     build: Callable[[Path], tuple[dict[str, Any], dict[str, Any]]]
+    # The model's batching policy: config.yaml's dynamic_batching section (None = not
+    # served behind a batcher). Changing it rewrites config.yaml without re-exporting.
+    batching: BatchingPolicy | None = BatchingPolicy()
 
 
 def package_provenance(*dists: str) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def package_provenance(*dists: str) -> dict[str, Any]:
 
 def all_exports() -> list[ModelExport]:
     exports: list[ModelExport] = []
-    for module_name in EXPORT_MODULES:
+    for module_name in export_modules():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -66,6 +70,28 @@ def all_exports() -> list[ModelExport]:
             raise
         exports.extend(module.MODELS)
     return exports
+
+
+def _batching_section(export: ModelExport, engine_max_batch: int) -> dict[str, Any] | None:
+    if export.batching is None:
+        return None
+    return dataclasses.asdict(export.batching.validate(export.name, engine_max_batch))
+
+
+def _refresh_batching(path: Path, export: ModelExport) -> bool:
+    """Rewrite config.yaml's dynamic_batching when the export's policy changed; True if it did."""
+    config_file = path / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    section = _batching_section(export, int(config.get("max_batch_size", 0)))
+    if config.get("dynamic_batching") == section:
+        return False
+    config.pop("dynamic_batching", None)
+    if section is not None:
+        config["dynamic_batching"] = section
+    staged = config_file.with_name(".config.yaml.tmp")
+    staged.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    staged.replace(config_file)  # atomic: a loading service sees the old or the new file
+    return True
 
 
 def _up_to_date(path: Path, export: ModelExport) -> bool:
@@ -85,7 +111,10 @@ def build(root: Path | None = None, only: Iterable[str] = (), force: bool = Fals
             continue
         target = root / export.name / str(export.version)
         if not force and _up_to_date(target, export):
-            log.info("model %s v%d is up to date", export.name, export.version)
+            if _refresh_batching(target, export):
+                print(f"updated the batching policy of model {export.name} v{export.version}")
+            else:
+                log.info("model %s v%d is up to date", export.name, export.version)
             continue
         start = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
@@ -94,6 +123,9 @@ def build(root: Path | None = None, only: Iterable[str] = (), force: bool = Fals
             staging.mkdir()
             config, provenance = export.build(staging)
             config = {"name": export.name, "version": export.version, **config}
+            section = _batching_section(export, int(config.get("max_batch_size", 0)))
+            if section is not None:
+                config["dynamic_batching"] = section
             write_entry(staging, config, {**provenance, "export_revision": export.revision})
             if target.exists():
                 shutil.rmtree(target)

@@ -1,35 +1,43 @@
-"""Which services exist, where their definitions live, and which feature each serves."""
+"""Which services exist, where their definitions live, and which feature each serves.
+
+The feature services come from the feature table (``visionmesh/features.py``);
+the gateway is the one service that is not a feature.
+"""
 
 from __future__ import annotations
 
 import importlib
 
 from services.common.runner import ServiceDefinition
+from visionmesh import features
 
-# Service name -> module holding its ``DEFINITION``.
-SERVICE_MODULES = {
-    "classify": "services.classify.main",
-    "ocr": "services.ocr.main",
-    "face": "services.face.main",
-    "hash": "services.hash.main",
-    "gateway": "gateway.main",
-}
+GATEWAY_MODULE = "gateway.main"
 
-# Features the gateway fans out, in response order, and the service behind each.
-FEATURE_SERVICES = {"classify": "classify", "ocr": "ocr", "face": "face", "hash": "hash"}
+
+def service_modules() -> dict[str, str]:
+    """Service name -> module holding its ``DEFINITION`` (feature services, gateway last)."""
+    modules = {spec.service: spec.service_module for spec in features.all_features()}
+    modules["gateway"] = GATEWAY_MODULE
+    return modules
+
+
+def feature_services() -> dict[str, str]:
+    """Features the gateway fans out, in response order, and the service behind each."""
+    return {spec.name: spec.service for spec in features.all_features()}
 
 
 def definition(name: str) -> ServiceDefinition:
-    if name not in SERVICE_MODULES:
-        raise KeyError(f"unknown service {name!r}; known: {', '.join(SERVICE_MODULES)}")
-    module = importlib.import_module(SERVICE_MODULES[name])
+    modules = service_modules()
+    if name not in modules:
+        raise KeyError(f"unknown service {name!r}; known: {', '.join(modules)}")
+    module = importlib.import_module(modules[name])
     return module.DEFINITION  # type: ignore[no-any-return]
 
 
 def available() -> list[str]:
     """Services whose code is present in this checkout (gateway last)."""
     names = []
-    for name, module in SERVICE_MODULES.items():
+    for name, module in service_modules().items():
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from services.common.config import ModelConfig, ServerConfig
+from visionmesh import features
 
-DEFAULT_PORT = 50051
+DEFAULT_PORT = features.by_name("classify").default_port
 
 
 @dataclass
@@ -52,17 +53,9 @@ class QualityConfig:
 @dataclass
 class ClassifyConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    classifier: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            name="efficientnet_lite0",
-            batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000),
-        )
-    )
-    safety_model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            name="open_nsfw", batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000)
-        )
-    )
+    # Batching policies are the models' own (their repository config.yaml).
+    classifier: ModelConfig = field(default_factory=lambda: ModelConfig(name="efficientnet_lite0"))
+    safety_model: ModelConfig = field(default_factory=lambda: ModelConfig(name="open_nsfw"))
     # Raw ImageNet labels returned when the request does not say.
     top_k: int = 5
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.common.repository import BatchingPolicy
 from visionmesh.models_build import ModelExport, package_provenance
 
 # TF EfficientNet-Lite preprocessing: (x - 127) / 128, RGB, 224 px.
@@ -119,6 +120,18 @@ def build_open_nsfw(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 MODELS = [
-    ModelExport("efficientnet_lite0", 1, 1, build_efficientnet_lite0),
-    ModelExport("open_nsfw", 1, 1, build_open_nsfw),
+    ModelExport(
+        "efficientnet_lite0",
+        1,
+        1,
+        build_efficientnet_lite0,
+        BatchingPolicy(max_batch_size=32, max_queue_delay_us=2000),
+    ),
+    ModelExport(
+        "open_nsfw",
+        1,
+        1,
+        build_open_nsfw,
+        BatchingPolicy(max_batch_size=32, max_queue_delay_us=2000),
+    ),
 ]

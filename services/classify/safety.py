@@ -13,11 +13,11 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 from PIL import Image
 
 from services.classify.config import SafetyConfig
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.models import ServedModel
 
 NSFW_CLASS = 1  # outputs are [sfw, nsfw] probabilities
@@ -104,17 +104,13 @@ class SafetyChecker:
         self.prep = model.entry.preprocessing
         self.input_name = model.entry.inputs[0].name
 
-    async def _scores(
-        self, rows: np.ndarray, context: grpc.aio.ServicerContext | None
-    ) -> np.ndarray:
-        out = await self.model.infer({self.input_name: rows}, context)
+    async def _scores(self, rows: np.ndarray, deadline: Deadline) -> np.ndarray:
+        out = await self.model.infer({self.input_name: rows}, deadline)
         return next(iter(out.values()))[:, NSFW_CLASS]
 
-    async def assess(
-        self, rgb: np.ndarray, context: grpc.aio.ServicerContext | None = None
-    ) -> SafetyAssessment:
+    async def assess(self, rgb: np.ndarray, deadline: Deadline = NO_DEADLINE) -> SafetyAssessment:
         whole = await asyncio.to_thread(nsfw_input, rgb, self.prep)
-        score = float((await self._scores(whole[None], context))[0])
+        score = float((await self._scores(whole[None], deadline))[0])
         result = SafetyAssessment(score, verdict(score, self.config))
         if not (
             self.config.second_look
@@ -131,7 +127,7 @@ class SafetyChecker:
             )
         )
         # All crops travel as one multi-row request, so they share a batch.
-        crop_scores = await self._scores(crops, context)
+        crop_scores = await self._scores(crops, deadline)
         worst = int(np.argmax(crop_scores))
         result.second_look = True
         if float(crop_scores[worst]) > score:

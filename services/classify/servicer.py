@@ -18,9 +18,11 @@ from services.classify import safety as safety_mod
 from services.classify.config import ClassifyConfig
 from services.classify.preprocess import softmax, to_tensor
 from services.classify.taxonomy import Taxonomy, load_taxonomy
-from services.common.errors import InvalidInput, grpc_method
+from services.common.deadline import Deadline
+from services.common.errors import InvalidInput
 from services.common.models import ServedModel
 from services.common.protos import box, image_to_rgb
+from services.common.rpc import grpc_method, request_deadline
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 
 MAX_TOP_K = 1000
@@ -42,10 +44,10 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
     async def close(self) -> None:
         await asyncio.gather(self.classifier.close(), self.safety_model.close())
 
-    async def _class_probs(self, rgb: np.ndarray, context: grpc.aio.ServicerContext) -> np.ndarray:
+    async def _class_probs(self, rgb: np.ndarray, deadline: Deadline) -> np.ndarray:
         # Preprocessing is CPU work: keep it off the event loop.
         tensor = await asyncio.to_thread(to_tensor, rgb, self.classifier.entry.preprocessing)
-        out = await self.classifier.infer({"images": tensor}, context)
+        out = await self.classifier.infer({"images": tensor}, deadline)
         return softmax(out["logits"][0])
 
     @grpc_method
@@ -57,9 +59,10 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
                 f"top_k is {request.top_k}: it must be between 0 (service default) and {MAX_TOP_K}"
             )
         rgb = image_to_rgb(request.image)
+        deadline = request_deadline(context)
         probs, safety, quality = await asyncio.gather(
-            self._class_probs(rgb, context),
-            self.safety.assess(rgb, context),
+            self._class_probs(rgb, deadline),
+            self.safety.assess(rgb, deadline),
             asyncio.to_thread(quality_mod.assess, rgb, self.config.quality),
         )
         top = np.argsort(-probs)[: request.top_k or self.config.top_k]

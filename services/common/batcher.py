@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.common import metrics
-from services.common.config import BatcherConfig
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.engines.base import Engine
 from services.common.errors import DeadlineExceeded, Overloaded, Unavailable
+from services.common.repository import BatchingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class _Request:
     signature: Signature
     future: asyncio.Future[dict[str, np.ndarray]]
     enqueued: float
-    deadline: float | None
+    deadline: Deadline
     dequeued: float = field(default=0.0)
 
 
@@ -55,7 +56,7 @@ class DynamicBatcher:
         self,
         name: str,
         engine_factory: Callable[[], Engine],
-        config: BatcherConfig,
+        config: BatchingPolicy,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if config.max_batch_size < 1 or config.instances < 1 or config.max_queue_size < 1:
@@ -111,11 +112,11 @@ class DynamicBatcher:
             self._executor.shutdown(wait=False)
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], deadline: float | None = None
+        self, inputs: Mapping[str, np.ndarray], deadline: Deadline = NO_DEADLINE
     ) -> dict[str, np.ndarray]:
         """Queue ``inputs`` (dim 0 = rows) and wait for its rows of every output.
 
-        ``deadline`` is an absolute time on this batcher's clock (``time.monotonic``).
+        ``deadline.at`` is an absolute time on this batcher's clock (``time.monotonic``).
         """
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         rows = {a.shape[0] for a in arrays.values()}
@@ -139,7 +140,7 @@ class DynamicBatcher:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     async def _submit(
-        self, arrays: dict[str, np.ndarray], rows: int, deadline: float | None
+        self, arrays: dict[str, np.ndarray], rows: int, deadline: Deadline
     ) -> dict[str, np.ndarray]:
         if self._closing:
             raise Unavailable(f"model {self.name} is shutting down")
@@ -149,7 +150,7 @@ class DynamicBatcher:
                 f"model {self.name} queue is full ({self.config.max_queue_size} requests waiting)"
             )
         now = self._clock()
-        if deadline is not None and deadline <= now:
+        if deadline.passed(now):
             metrics.REJECTED.labels(self.name, "deadline").inc()
             raise DeadlineExceeded(f"deadline passed before model {self.name} was queued")
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
@@ -166,7 +167,10 @@ class DynamicBatcher:
         for req in self._queue:
             if req.future.done():
                 continue
-            if req.deadline is not None and req.deadline <= now:
+            if req.deadline.cancelled():  # the caller has gone: nobody waits for the answer
+                req.future.cancel()
+                continue
+            if req.deadline.passed(now):
                 metrics.REJECTED.labels(self.name, "deadline").inc()
                 req.future.set_exception(
                     DeadlineExceeded(
@@ -247,8 +251,3 @@ class DynamicBatcher:
                 offset += req.rows
                 if not req.future.done():
                     req.future.set_result(part)
-
-
-def deadline_after(seconds: float | None) -> float | None:
-    """Absolute batcher deadline ``seconds`` from now (``None`` = no deadline)."""
-    return None if seconds is None else time.monotonic() + seconds

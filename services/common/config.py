@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,10 +29,18 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class BatcherConfig:
-    max_batch_size: int = 32
-    max_queue_delay_us: int = 2000
-    max_queue_size: int = 512
-    instances: int = 1
+    """A service's explicit changes to a model's batching policy.
+
+    The policy itself lives with the model, in the ``dynamic_batching`` section
+    of its repository ``config.yaml`` (``BatchingPolicy``); ``None`` keeps the
+    repository's value. An override the model cannot run (a batch larger than
+    its ``max_batch_size``) stops the start with a ``ConfigError``.
+    """
+
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    max_queue_size: int | None = None
+    instances: int | None = None
 
 
 @dataclasses.dataclass
@@ -117,6 +126,12 @@ def _type_hints(cls: type) -> dict[str, Any]:
 def coerce(value: Any, target: Any, where: str) -> Any:
     """Turn a YAML/env/flag value into the dataclass field's declared type."""
     origin = typing.get_origin(target)
+    if origin in (typing.Union, types.UnionType):
+        # Optional settings: null stays None, anything else takes the other type.
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(target) if a is not type(None)]
+        return coerce(value, inner, where)
     if dataclasses.is_dataclass(target):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

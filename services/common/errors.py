@@ -1,23 +1,32 @@
-"""Errors that carry a gRPC status code, and the servicer-side mapping to aborts."""
+"""Errors that say which gRPC status they should reach the caller as.
+
+They carry the status by name (``Status``), so the code raising them (models,
+batcher, pipelines) needs no gRPC; the server layer maps them to
+``grpc.StatusCode`` (``services.common.rpc``).
+"""
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import enum
 
-import grpc
 
-log = logging.getLogger(__name__)
+class Status(enum.Enum):
+    """The gRPC status codes the mesh raises (names as in ``grpc.StatusCode``)."""
+
+    INTERNAL = "internal"
+    INVALID_ARGUMENT = "invalid argument"
+    RESOURCE_EXHAUSTED = "resource exhausted"
+    DEADLINE_EXCEEDED = "deadline exceeded"
+    NOT_FOUND = "not found"
+    UNAVAILABLE = "unavailable"
 
 
 class ServiceError(Exception):
-    """An error with the gRPC status it should reach the caller as."""
+    """An error with the status it should reach the caller as."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: Status = Status.INTERNAL
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, code: Status | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -28,43 +37,20 @@ class ServiceError(Exception):
 
 
 class InvalidInput(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Status.INVALID_ARGUMENT
 
 
 class Overloaded(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Status.RESOURCE_EXHAUSTED
 
 
 class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = Status.DEADLINE_EXCEEDED
 
 
 class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = Status.NOT_FOUND
 
 
 class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def grpc_method(func: F) -> F:
-    """Turn ``ServiceError`` into ``context.abort(code, message)``; log anything else."""
-
-    @functools.wraps(func)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await func(self, request, context)
-        except ServiceError as exc:
-            await context.abort(exc.code, exc.message)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("unhandled error in %s", func.__qualname__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-            )
-
-    return wrapper  # type: ignore[return-value]
+    code = Status.UNAVAILABLE

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import socket
 
-import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -64,5 +64,6 @@ def start_metrics_server(port: int, host: str = "127.0.0.1") -> int | None:
     return port
 
 
-def status_name(code: grpc.StatusCode | None) -> str:
-    return (code or grpc.StatusCode.OK).name
+def status_name(code: enum.Enum | None) -> str:
+    """A status code's name (``grpc.StatusCode``); no code means the call succeeded."""
+    return "OK" if code is None else code.name

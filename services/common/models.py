@@ -1,15 +1,19 @@
-"""A served model: its repository entry plus a dynamic batcher over its engines."""
+"""A served model: its repository entry plus a dynamic batcher over its engines.
+
+The batcher runs the model's own batching policy (``dynamic_batching`` in its
+repository ``config.yaml``) with the service's explicit overrides applied; an
+override the model cannot run is a ``ConfigError`` at start, never a silent clamp.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-import grpc
 import numpy as np
 
-from services.common.batcher import DynamicBatcher, deadline_after
+from services.common.batcher import DynamicBatcher
 from services.common.config import ModelConfig
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.engines import create_engine
 from services.common.repository import ModelEntry, load_entry
 
@@ -20,11 +24,9 @@ class ServedModel:
     def __init__(self, config: ModelConfig, root: Path | None = None) -> None:
         self.config = config
         self.entry: ModelEntry = load_entry(config.name, config.version, root)
-        batcher_cfg = config.batcher
-        if self.entry.max_batch_size and batcher_cfg.max_batch_size > self.entry.max_batch_size:
-            batcher_cfg = dataclasses.replace(batcher_cfg, max_batch_size=self.entry.max_batch_size)
+        self.batching = self.entry.batching_policy(config.batcher)
         self.batcher = DynamicBatcher(
-            config.name, lambda: create_engine(self.entry, config.engine), batcher_cfg
+            config.name, lambda: create_engine(self.entry, config.engine), self.batching
         )
 
     @property
@@ -38,8 +40,7 @@ class ServedModel:
         await self.batcher.close()
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None
+        self, inputs: dict[str, np.ndarray], deadline: Deadline = NO_DEADLINE
     ) -> dict[str, np.ndarray]:
-        """Queue ``inputs`` behind the caller's gRPC deadline (if any)."""
-        remaining = context.time_remaining() if context is not None else None
-        return await self.batcher.infer(inputs, deadline_after(remaining))
+        """Queue ``inputs`` behind the caller's deadline (if any)."""
+        return await self.batcher.infer(inputs, deadline)

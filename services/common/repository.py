@@ -6,6 +6,7 @@ installed wheels (see ``visionmesh/models_build.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from services.common.config import BatcherConfig, ConfigError
 
 DEFAULT_ROOT = "model_repository"
 
@@ -34,6 +37,42 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class BatchingPolicy:
+    """How a model is batched: its ``config.yaml``'s ``dynamic_batching`` section (as Triton's
+    ``config.pbtxt``). Services change it only by explicit overrides (``BatcherConfig``)."""
+
+    # Largest batch the batcher forms (at most the model's max_batch_size).
+    max_batch_size: int = 32
+    # The oldest queued request waits at most this long for company.
+    max_queue_delay_us: int = 2000
+    # Queued requests past this get RESOURCE_EXHAUSTED.
+    max_queue_size: int = 512
+    # Engine instances draining the one queue.
+    instances: int = 1
+
+    def validate(self, model: str, engine_max_batch: int) -> BatchingPolicy:
+        """This policy, or a ``ConfigError`` naming what the model cannot run."""
+        for key in ("max_batch_size", "max_queue_size", "instances"):
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"model {model}: batching {key} must be >= 1, got {getattr(self, key)}"
+                )
+        if self.max_queue_delay_us < 0:
+            raise ConfigError(f"model {model}: batching max_queue_delay_us must be >= 0")
+        if engine_max_batch and self.max_batch_size > engine_max_batch:
+            raise ConfigError(
+                f"model {model}: batching max_batch_size {self.max_batch_size} is over the "
+                f"{engine_max_batch} the model takes (max_batch_size in its config.yaml)"
+            )
+        return self
+
+    def with_overrides(self, overrides: BatcherConfig) -> BatchingPolicy:
+        """The policy with a service's explicit overrides applied (None = keep)."""
+        changes = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
 class ModelEntry:
     """A model version in the repository, as its config.yaml describes it."""
@@ -46,6 +85,8 @@ class ModelEntry:
     max_batch_size: int
     preprocessing: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # None for entries that are not served behind a batcher (e.g. the hash projection).
+    batching: BatchingPolicy | None = None
 
     @property
     def onnx_path(self) -> Path:
@@ -53,6 +94,16 @@ class ModelEntry:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def batching_policy(self, overrides: BatcherConfig | None = None) -> BatchingPolicy:
+        """The repository's batching policy with a service's explicit overrides, validated."""
+        if self.batching is None:
+            raise ConfigError(
+                f"model {self.name} v{self.version} has no dynamic_batching section in its "
+                "config.yaml; rebuild the repository with `visionmesh models build`"
+            )
+        policy = self.batching.with_overrides(overrides or BatcherConfig())
+        return policy.validate(self.name, self.max_batch_size)
 
     def labels(self) -> list[str]:
         labels_file = self.extra.get("labels")
@@ -77,7 +128,16 @@ def load_entry(name: str, version: int = 1, root: Path | None = None) -> ModelEn
             f"model {name!r} version {version} is not in the repository at {root}; run `visionmesh models build`"
         )
     cfg = yaml.safe_load(cfg_file.read_text())
-    known = {"name", "version", "inputs", "outputs", "max_batch_size", "preprocessing"}
+    known = {
+        "name",
+        "version",
+        "inputs",
+        "outputs",
+        "max_batch_size",
+        "preprocessing",
+        "dynamic_batching",
+    }
+    batching = cfg.get("dynamic_batching")
     return ModelEntry(
         name=cfg["name"],
         version=int(cfg["version"]),
@@ -87,7 +147,17 @@ def load_entry(name: str, version: int = 1, root: Path | None = None) -> ModelEn
         max_batch_size=int(cfg.get("max_batch_size", 0)),
         preprocessing=dict(cfg.get("preprocessing") or {}),
         extra={k: v for k, v in cfg.items() if k not in known},
+        batching=None if batching is None else _policy(name, batching),
     )
+
+
+def _policy(model: str, section: Any) -> BatchingPolicy:
+    fields = {f.name for f in dataclasses.fields(BatchingPolicy)}
+    if not isinstance(section, dict) or not set(section) <= fields:
+        raise ConfigError(
+            f"model {model}: dynamic_batching must be a mapping of {', '.join(sorted(fields))}"
+        )
+    return BatchingPolicy(**{k: int(v) for k, v in section.items()})
 
 
 def sha256_file(path: Path) -> str:

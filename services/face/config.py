@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from services.common.config import ModelConfig, ServerConfig
+from visionmesh import features
 
-DEFAULT_PORT = 50053
+DEFAULT_PORT = features.by_name("face").default_port
 
 
-def _model(name: str, max_batch_size: int, delay_us: int = 2000) -> ModelConfig:
-    return ModelConfig(
-        name=name, batcher=BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_us=delay_us)
-    )
+def _model(name: str) -> ModelConfig:
+    # Batching policies are the models' own (their repository config.yaml, services/face/export.py).
+    return ModelConfig(name=name)
 
 
 @dataclass
@@ -50,9 +50,9 @@ class FaceConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     tags: TagConfig = field(default_factory=TagConfig)
     # P-Net batches only same-size pyramid levels (same image size from concurrent calls).
-    pnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_pnet", 8, 500))
-    rnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_rnet", 256))
-    onet: ModelConfig = field(default_factory=lambda: _model("mtcnn_onet", 128))
-    age: ModelConfig = field(default_factory=lambda: _model("face_age", 64))
-    gender: ModelConfig = field(default_factory=lambda: _model("face_gender", 64))
-    emotion: ModelConfig = field(default_factory=lambda: _model("face_emotion", 64))
+    pnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_pnet"))
+    rnet: ModelConfig = field(default_factory=lambda: _model("mtcnn_rnet"))
+    onet: ModelConfig = field(default_factory=lambda: _model("mtcnn_onet"))
+    age: ModelConfig = field(default_factory=lambda: _model("face_age"))
+    gender: ModelConfig = field(default_factory=lambda: _model("face_gender"))
+    emotion: ModelConfig = field(default_factory=lambda: _model("face_emotion"))

@@ -12,9 +12,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-import grpc
 import numpy as np
 
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.repository import ModelEntry
 from services.face import mtcnn
 from services.face.config import DetectorConfig
@@ -26,7 +26,7 @@ class Model(Protocol):
     entry: ModelEntry
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], context: grpc.aio.ServicerContext | None = None
+        self, inputs: dict[str, np.ndarray], deadline: Deadline = NO_DEADLINE
     ) -> dict[str, np.ndarray]: ...
 
 
@@ -58,7 +58,7 @@ class MtcnnDetector:
         rgb: np.ndarray,
         min_face: float,
         max_faces: int,
-        context: grpc.aio.ServicerContext | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> Detections:
         t1, t2, t3 = self.config.thresholds
         h, w = rgb.shape[:2]
@@ -69,7 +69,7 @@ class MtcnnDetector:
             lambda: [mtcnn.normalise(level) for level in mtcnn.pyramid(rgb, scales)]
         )
         maps = await asyncio.gather(
-            *(self.pnet.infer({"images": level}, context) for level in levels)
+            *(self.pnet.infer({"images": level}, deadline) for level in levels)
         )
         boxes, scores, regs = await asyncio.to_thread(_stage1, maps, scales, t1)
         if len(boxes) == 0:
@@ -78,7 +78,7 @@ class MtcnnDetector:
         boxes = mtcnn.square(mtcnn.regress(boxes, regs, inclusive=False))
         out = await self.rnet.infer(
             {"images": mtcnn.normalise(await asyncio.to_thread(mtcnn.crops, rgb, boxes, 24))},
-            context,
+            deadline,
         )
         keep = out["prob"] >= t2
         boxes, scores, regs = boxes[keep], out["prob"][keep], out["reg"][keep]
@@ -89,7 +89,7 @@ class MtcnnDetector:
 
         out = await self.onet.infer(
             {"images": mtcnn.normalise(await asyncio.to_thread(mtcnn.crops, rgb, boxes, 48))},
-            context,
+            deadline,
         )
         keep = out["prob"] >= t3
         boxes, scores, regs, points = (

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.common.repository import BatchingPolicy
 from visionmesh.models_build import ModelExport, package_provenance
 
 OPSET = 17
@@ -177,11 +178,15 @@ def build_emotion(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, provenance
 
 
+def _batching(max_batch_size: int, delay_us: int = 2000) -> BatchingPolicy:
+    return BatchingPolicy(max_batch_size=max_batch_size, max_queue_delay_us=delay_us)
+
+
 MODELS = [
-    ModelExport("mtcnn_pnet", 1, 1, _mtcnn_builder("pnet")),
-    ModelExport("mtcnn_rnet", 1, 1, _mtcnn_builder("rnet")),
-    ModelExport("mtcnn_onet", 1, 1, _mtcnn_builder("onet")),
-    ModelExport("face_age", 1, 1, _age_gender_builder("age")),
-    ModelExport("face_gender", 1, 1, _age_gender_builder("gender")),
-    ModelExport("face_emotion", 1, 1, build_emotion),
+    ModelExport("mtcnn_pnet", 1, 1, _mtcnn_builder("pnet"), _batching(8, 500)),
+    ModelExport("mtcnn_rnet", 1, 1, _mtcnn_builder("rnet"), _batching(256)),
+    ModelExport("mtcnn_onet", 1, 1, _mtcnn_builder("onet"), _batching(128)),
+    ModelExport("face_age", 1, 1, _age_gender_builder("age"), _batching(64)),
+    ModelExport("face_gender", 1, 1, _age_gender_builder("gender"), _batching(64)),
+    ModelExport("face_emotion", 1, 1, build_emotion, _batching(64)),
 ]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.protos import box
 from services.face import attributes
 from services.face.align import extract_chip
@@ -41,9 +41,9 @@ class Chips:
     emotion: np.ndarray
 
 
-async def _run(model: Model, x: np.ndarray, context: grpc.aio.ServicerContext | None) -> np.ndarray:
+async def _run(model: Model, x: np.ndarray, deadline: Deadline) -> np.ndarray:
     """Single-input, single-output call by the names the repository entry declares."""
-    out = await model.infer({model.entry.inputs[0].name: x}, context)
+    out = await model.infer({model.entry.inputs[0].name: x}, deadline)
     return out[model.entry.outputs[0].name]
 
 
@@ -87,10 +87,10 @@ class FacePipeline:
         rgb: np.ndarray,
         min_face: float,
         max_faces: int,
-        context: grpc.aio.ServicerContext | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> list[face_pb2.Face]:
         """Every face of ``rgb`` with all its attributes."""
-        det = await self.detector.detect(rgb, min_face, max_faces, context)
+        det = await self.detector.detect(rgb, min_face, max_faces, deadline)
         if len(det) == 0:
             return []
         chips = await asyncio.to_thread(self._chips, rgb, det)
@@ -105,19 +105,19 @@ class FacePipeline:
             _run(
                 m.age,
                 attributes.rgb_chips_to_tensor(chips.age, age_pre["mean"], age_pre["scale"]),
-                context,
+                deadline,
             ),
             _run(
                 m.gender,
                 attributes.rgb_chips_to_tensor(
                     chips.gender, gender_pre["mean"], gender_pre["scale"]
                 ),
-                context,
+                deadline,
             ),
             _run(
                 m.emotion,
                 attributes.grey_chips_to_tensor(chips.emotion, emo_pre["mean"], emo_pre["scale"]),
-                context,
+                deadline,
             ),
         )
         return [self._face(det, i, chips, age_p[i], gender_p[i], emo_p[i]) for i in range(len(det))]

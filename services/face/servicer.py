@@ -7,9 +7,10 @@ import asyncio
 import grpc
 import numpy as np
 
-from services.common.errors import InvalidInput, grpc_method
+from services.common.errors import InvalidInput
 from services.common.models import ServedModel
 from services.common.protos import image_to_rgb
+from services.common.rpc import grpc_method, request_deadline
 from services.face.config import FaceConfig
 from services.face.pipeline import FaceModels, FacePipeline
 from services.face.tags import face_tags
@@ -63,5 +64,5 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     ) -> face_pb2.DetectResponse:
         min_face, max_faces = self._limits(request)
         rgb = image_to_rgb(request.image)
-        faces = await self.pipeline.analyse(rgb, min_face, max_faces, context)
+        faces = await self.pipeline.analyse(rgb, min_face, max_faces, request_deadline(context))
         return face_pb2.DetectResponse(faces=faces, tags=face_tags(faces, self.config.tags))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, ModelConfig, ServerConfig
+from services.common.config import ModelConfig, ServerConfig
+from visionmesh import features
 
-DEFAULT_PORT = 50054
+DEFAULT_PORT = features.by_name("hash").default_port
 SUPPORTED_BITS = (64, 128, 256)
 
 
@@ -49,12 +50,8 @@ class StorageConfig:
 @dataclass
 class HashConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    features: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            name="efficientnet_lite0",
-            batcher=BatcherConfig(max_batch_size=32, max_queue_delay_us=2000),
-        )
-    )
+    # Batching policy: the model's own (its repository config.yaml).
+    features: ModelConfig = field(default_factory=lambda: ModelConfig(name="efficientnet_lite0"))
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import numpy as np
 
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.models import ServedModel
 from services.common.repository import load_entry
 from services.hash.config import HashConfig
@@ -35,12 +35,12 @@ class Encoder:
         await self.model.close()
 
     async def features(
-        self, frames: list[np.ndarray], context: grpc.aio.ServicerContext | None = None
+        self, frames: list[np.ndarray], deadline: Deadline = NO_DEADLINE
     ) -> np.ndarray:
         """The item's aggregated feature vector (mean of its frames' L2-normalised features)."""
         # Preprocessing is CPU work: keep it off the event loop.
         batch = await asyncio.to_thread(to_batch, frames, self.model.entry.preprocessing)
-        out = await self.model.infer({"images": batch}, context)
+        out = await self.model.infer({"images": batch}, deadline)
         return l2_normalise(out["features"]).mean(axis=0)
 
     def code(self, features: np.ndarray, bits: int) -> np.ndarray:

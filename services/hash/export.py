@@ -48,4 +48,5 @@ def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 # Revision 3: whitened PCA-512 + random orthogonal map + ITQ; corpus with edited views and collages.
-MODELS = [ModelExport("hash_itq", 1, 3, build_hash_itq)]
+# A projection matrix, not a served model: no batching policy.
+MODELS = [ModelExport("hash_itq", 1, 3, build_hash_itq, batching=None)]

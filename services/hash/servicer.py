@@ -11,8 +11,10 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from services.common.errors import InvalidInput, NotFound, grpc_method
+from services.common.deadline import Deadline
+from services.common.errors import InvalidInput, NotFound
 from services.common.protos import image_to_rgb
+from services.common.rpc import grpc_method, request_deadline
 from services.hash import validation
 from services.hash.collection import Collection, Hit
 from services.hash.config import HashConfig
@@ -43,11 +45,11 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         await self.encoder.close()
 
     async def _encode(
-        self, frames: list[common_pb2.Image], bits: int, context: grpc.aio.ServicerContext
+        self, frames: list[common_pb2.Image], bits: int, deadline: Deadline
     ) -> np.ndarray:
         validation.frame_count(len(frames), self.config.max_frames)
         rgbs = [image_to_rgb(f) for f in frames]
-        return self.encoder.code(await self.encoder.features(rgbs, context), bits)
+        return self.encoder.code(await self.encoder.features(rgbs, deadline), bits)
 
     def _message(self, code: np.ndarray, bits: int, method: str | None = None) -> hash_pb2.HashCode:
         return hash_pb2.HashCode(code=code.tobytes(), bits=bits, method=method or self.method)
@@ -57,7 +59,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self, request: hash_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.EncodeResponse:
         bits = validation.bits(request.bits, self.default_bits)
-        code = await self._encode(list(request.frames), bits, context)
+        code = await self._encode(list(request.frames), bits, request_deadline(context))
         return hash_pb2.EncodeResponse(code=self._message(code, bits))
 
     @grpc_method
@@ -85,7 +87,10 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 raise InvalidInput(
                     f"collection {name!r} holds {existing.method} codes; this service encodes {self.method}: add codes, not frames"
                 )
-            code, method = await self._encode(list(request.frames), bits, context), self.method
+            code, method = (
+                await self._encode(list(request.frames), bits, request_deadline(context)),
+                self.method,
+            )
         replaced = await self.store.add(name, item, code, bits, method)
         return hash_pb2.AddResponse(
             id=item, code=self._message(code, bits, method), replaced=replaced
@@ -113,7 +118,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 raise InvalidInput(
                     f"collection {coll.name!r} holds {coll.method} codes; this service encodes {self.method}: search with a code"
                 )
-            query = await self._encode(list(request.frames), coll.bits, context)
+            query = await self._encode(list(request.frames), coll.bits, request_deadline(context))
         hits: list[Hit]
         if request.HasField("max_distance"):
             if not 0 <= request.max_distance <= coll.bits:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from services.common.config import BatcherConfig, EngineConfig, ModelConfig, ServerConfig
+from services.common.config import EngineConfig, ModelConfig, ServerConfig
+from visionmesh import features
 
-DEFAULT_PORT = 50052
+DEFAULT_PORT = features.by_name("ocr").default_port
 
 # ONNX Runtime intra-op threads per model. Left at the library default, each
 # of the three sessions wants every core, and under concurrent requests they
@@ -21,12 +22,9 @@ CORES = os.cpu_count() or 1
 HEAVY_STAGE_THREADS = max(1, CORES // 2)
 
 
-def _model(name: str, threads: int, max_batch_size: int, max_queue_delay_us: int) -> ModelConfig:
-    return ModelConfig(
-        name=name,
-        engine=EngineConfig(threads=threads),
-        batcher=BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us),
-    )
+def _model(name: str, threads: int) -> ModelConfig:
+    # Batching policies are the models' own (their repository config.yaml, services/ocr/export.py).
+    return ModelConfig(name=name, engine=EngineConfig(threads=threads))
 
 
 @dataclass
@@ -87,12 +85,10 @@ class LimitsConfig:
 @dataclass
 class OcrConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    detector: ModelConfig = field(
-        default_factory=lambda: _model("ppocr_det", HEAVY_STAGE_THREADS, 4, 1000)
-    )
-    direction: ModelConfig = field(default_factory=lambda: _model("ppocr_cls", 1, 64, 2000))
+    detector: ModelConfig = field(default_factory=lambda: _model("ppocr_det", HEAVY_STAGE_THREADS))
+    direction: ModelConfig = field(default_factory=lambda: _model("ppocr_cls", 1))
     recognizer: ModelConfig = field(
-        default_factory=lambda: _model("ppocr_rec", HEAVY_STAGE_THREADS, 32, 2000)
+        default_factory=lambda: _model("ppocr_rec", HEAVY_STAGE_THREADS)
     )
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.common.repository import BatchingPolicy
 from visionmesh.models_build import ModelExport, package_provenance
 
 # PaddleOCR models were trained on OpenCV (BGR) images scaled to [-1, 1].
@@ -101,7 +102,7 @@ def build_rec(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 MODELS = [
-    ModelExport("ppocr_det", 1, 1, build_det),
-    ModelExport("ppocr_cls", 1, 1, build_cls),
-    ModelExport("ppocr_rec", 1, 1, build_rec),
+    ModelExport("ppocr_det", 1, 1, build_det, BatchingPolicy(4, max_queue_delay_us=1000)),
+    ModelExport("ppocr_cls", 1, 1, build_cls, BatchingPolicy(64, max_queue_delay_us=2000)),
+    ModelExport("ppocr_rec", 1, 1, build_rec, BatchingPolicy(32, max_queue_delay_us=2000)),
 ]

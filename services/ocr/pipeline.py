@@ -12,9 +12,9 @@ import asyncio
 from dataclasses import dataclass
 
 import cv2
-import grpc
 import numpy as np
 
+from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.models import ServedModel
 from services.ocr.config import OcrConfig
 from services.ocr.detection import TextBox, boxes_from_probability, prepare, reading_order, row_ids
@@ -57,29 +57,25 @@ class OcrPipeline:
     async def close(self) -> None:
         await asyncio.gather(*(m.close() for m in self.models))
 
-    async def detect(
-        self, bgr: np.ndarray, context: grpc.aio.ServicerContext | None
-    ) -> list[TextBox]:
+    async def detect(self, bgr: np.ndarray, deadline: Deadline) -> list[TextBox]:
         cfg = self.config.detection
         det = await asyncio.to_thread(prepare, bgr, cfg)
-        out = await self.detector.infer({"x": det.tensor}, context)
+        out = await self.detector.infer({"x": det.tensor}, deadline)
         prob = next(iter(out.values()))[0, 0]
         boxes = await asyncio.to_thread(boxes_from_probability, prob, det, bgr.shape[:2], cfg)
         return reading_order(boxes)
 
-    async def _directions(
-        self, crops: list[np.ndarray], context: grpc.aio.ServicerContext | None
-    ) -> list[int]:
+    async def _directions(self, crops: list[np.ndarray], deadline: Deadline) -> list[int]:
         if not self.config.recognition.use_direction:
             return [0] * len(crops)
         batch = np.concatenate([direction_input(c) for c in crops])
-        out = await self.direction.infer({"x": batch}, context)
+        out = await self.direction.infer({"x": batch}, deadline)
         probs = next(iter(out.values()))
         threshold = self.config.recognition.direction_threshold
         return [180 if p.argmax() == 1 and p[1] > threshold else 0 for p in probs]
 
     async def _recognise(
-        self, crops: list[np.ndarray], context: grpc.aio.ServicerContext | None
+        self, crops: list[np.ndarray], deadline: Deadline
     ) -> list[tuple[str, float]]:
         buckets = self.config.recognition.width_buckets
         inputs = [recognition_input(c, self.rec_height, buckets) for c in crops]
@@ -90,7 +86,7 @@ class OcrPipeline:
 
         async def run_bucket(indices: list[int]) -> None:
             out = await self.recognizer.infer(
-                {"x": np.concatenate([inputs[i] for i in indices])}, context
+                {"x": np.concatenate([inputs[i] for i in indices])}, deadline
             )
             probs = next(iter(out.values()))
             for row, i in enumerate(indices):
@@ -104,23 +100,23 @@ class OcrPipeline:
         rgb: np.ndarray,
         min_confidence: float,
         max_lines: int,
-        context: grpc.aio.ServicerContext | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> list[RecognizedLine]:
         limits = self.config.limits
         # Every 4th pixel is plenty to tell a flat image, at 1/16 of the cost on big ones.
         if min(rgb.shape[:2]) < limits.min_image_side or float(rgb[::4, ::4].std()) < BLANK_STD:
             return []
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        boxes = await self.detect(bgr, context)
+        boxes = await self.detect(bgr, deadline)
         if not boxes:
             return []
         crops = await asyncio.to_thread(lambda: [crop_quad(bgr, b.quad) for b in boxes])
-        angles = await self._directions(crops, context)
+        angles = await self._directions(crops, deadline)
         crops = [
             cv2.rotate(c, cv2.ROTATE_180) if a == 180 else c
             for c, a in zip(crops, angles, strict=True)
         ]
-        texts = await self._recognise(crops, context)
+        texts = await self._recognise(crops, deadline)
         rows = row_ids(boxes)
         long_rows = {
             row

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from services.common.errors import InvalidInput, grpc_method
+from services.common.errors import InvalidInput
 from services.common.protos import image_to_rgb
+from services.common.rpc import grpc_method, request_deadline
 from services.ocr.config import OcrConfig
 from services.ocr.pipeline import OcrPipeline, RecognizedLine
 from visionmesh.v1 import common_pb2, ocr_pb2, ocr_pb2_grpc
@@ -54,7 +55,9 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
     ) -> ocr_pb2.RecognizeResponse:
         max_lines, min_confidence = self._limits(request)
         rgb = image_to_rgb(request.image)
-        lines = await self.pipeline.recognise(rgb, min_confidence, max_lines, context)
+        lines = await self.pipeline.recognise(
+            rgb, min_confidence, max_lines, request_deadline(context)
+        )
         return ocr_pb2.RecognizeResponse(
             lines=[line_to_proto(x) for x in lines], full_text="\n".join(x.text for x in lines)
         )
