@@ -1,7 +1,7 @@
 """Write the ghz configurations in loadtest/ (one per RPC) with real sample images inline.
 
 ghz reads each file as-is (``ghz --config loadtest/classify.json`` from the
-repository root); ``python -m loadtest.runner`` reads the same files. Image
+repository root); the k6 scripts read the same files. Image
 bytes travel as base64 in ``data`` (protobuf JSON mapping of ``bytes``).
 The photos are scikit-image's samples, so the files are reproducible:
 ``python -m loadtest.make_configs`` rewrites them, and writes one k6 script per
