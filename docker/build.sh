@@ -32,7 +32,24 @@ ca=${PIP_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 ca_args=()
 [[ -f "$ca" ]] && ca_args=(--volume "$(realpath "$ca"):/run/pip-ca.crt:ro" --build-arg PIP_CERT=/run/pip-ca.crt)
 start=$(date +%s)
+rm -f "$work/iid"
 "${ENGINE_CMD[@]}" build --network host ${FORMAT_ARGS[@]+"${FORMAT_ARGS[@]}"} "${ULIMITS[@]}" "${ca_args[@]}" \
-  --build-arg "BASE_IMAGE=$BASE_IMAGE" -f "$context/docker/Dockerfile.cpu" -t "$IMAGE" "$context"
-echo "image: built $IMAGE in $(( $(date +%s) - start )) s;" \
+  --iidfile "$work/iid" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  -f "$context/docker/Dockerfile.cpu" -t "$IMAGE" "$context" &
+build=$!
+# Podman 4.3 on vfs storage can hang after committing the image, while it removes the
+# intermediate containers. The image is complete once its id is written: allow the
+# clean-up a minute, then stop the build process (the next podman call finishes it).
+while kill -0 "$build" 2>/dev/null; do
+  if [[ -s "$work/iid" ]]; then
+    for _ in $(seq 60); do kill -0 "$build" 2>/dev/null || break; sleep 1; done
+    kill "$build" 2>/dev/null || true
+    break
+  fi
+  sleep 2
+done
+wait "$build" || [[ -s "$work/iid" ]] || { echo "image: build failed" >&2; exit 1; }
+echo "image: built $IMAGE ($(cat "$work/iid" | cut -c1-19)) in $(( $(date +%s) - start )) s;" \
   "size $("${ENGINE_CMD[@]}" image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+# Earlier builds' layers are untagged now; vfs keeps full copies of each, so drop them.
+"${ENGINE_CMD[@]}" image prune --force >/dev/null || true

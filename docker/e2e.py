@@ -63,6 +63,9 @@ class Containers:
     def start(self, name: str, args: list[str], volumes: Sequence[str] = ()) -> str:
         cname = f"{self.tag}-{name}"
         cmd = [*engine(), "run", "--detach", "--name", cname, "--network", "host"]
+        # Logs readable by `logs` without journald; no HEALTHCHECK timers (they need systemd),
+        # this script asks grpc.health.v1 itself.
+        cmd += ["--log-driver", "k8s-file", "--health-cmd", "none"]
         cmd += [*self.ulimits, *(f"--volume={v}" for v in volumes), self.image, *args]
         out = run(cmd)
         if out.returncode != 0:
@@ -79,7 +82,8 @@ class Containers:
 
     def remove(self) -> None:
         if self.names:
-            run([*engine(), "rm", "--force", "--time", "5", *self.names], timeout=120)
+            # Removing a container on vfs storage deletes a full copy of the image: minutes.
+            run([*engine(), "rm", "--force", "--time", "5", *self.names], timeout=900)
             self.names.clear()
 
 
