@@ -233,7 +233,9 @@ def test_tls_is_on_with_certificates_from_a_secret(overlay: str) -> None:
         files = [env[f"VISIONMESH_SERVER__TLS__{k}_FILE"] for k in ("CERT", "KEY", "CA")]
         assert env["VISIONMESH_SERVER__TLS__REQUIRE_CLIENT_CERT"] == "true", name  # mutual
         if name == "gateway":  # its client side calls the feature services with the same files
-            assert [env[f"VISIONMESH_CLIENT__TLS__{k}_FILE"] for k in ("CERT", "KEY", "CA")] == files
+            assert [
+                env[f"VISIONMESH_CLIENT__TLS__{k}_FILE"] for k in ("CERT", "KEY", "CA")
+            ] == files
         (directory,) = {str(Path(f).parent) for f in files}
         mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
         assert mount["readOnly"] is True

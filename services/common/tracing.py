@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
