@@ -172,8 +172,9 @@ def test_every_workload_is_production_ready(overlay: str) -> None:
             # No surge for StatefulSets: with 2 replicas one always serves during a rollout.
             assert spec["replicas"] >= 2 or overlay == "gpu", name
             assert name not in hpas, "a new stateful replica starts with an empty index"
-        # Clients connect to a new pod before the rollout drains the next one.
-        assert spec["minReadySeconds"] >= 1, name
+        # Clients connect to a new pod, and the gateway's breaker for the pod it replaced
+        # has closed again, before the rollout drains the next one.
+        assert spec["minReadySeconds"] >= loaded_config("gateway").breaker_reset_s, name
         pod = spec["template"]["spec"]
         container = main_container(workload)
         port = definition(name).default_port
