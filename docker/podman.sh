@@ -8,9 +8,11 @@ if [[ "$ENGINE" == podman ]]; then
 else
   ENGINE_CMD=("$ENGINE")
 fi
-# Docker image format: OCI drops SHELL and HEALTHCHECK.
+# Docker image format: OCI drops SHELL and HEALTHCHECK. No intermediate layers: on
+# vfs storage every committed step is a full copy of the root (a few builds filled
+# 60 GB); the base image is what is worth caching, and it is (docker/build.sh).
 FORMAT_ARGS=()
-[[ "$ENGINE" == podman ]] && FORMAT_ARGS=(--format docker)
+[[ "$ENGINE" == podman ]] && FORMAT_ARGS=(--format docker --layers=false)
 # Explicit limits: the engine's defaults exceed what this host's user limits allow.
 ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -1)
