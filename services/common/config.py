@@ -95,6 +95,50 @@ class OtlpConfig:
 
 
 @dataclasses.dataclass
+class ImageLimitsConfig:
+    """What one request may make a server decode; checked on headers, before any pixel is allocated."""
+
+    # Encoded bytes of one image.
+    max_bytes: int = 32 * 1024 * 1024
+    # Pixels of one image (decompression-bomb guard) and the longest side.
+    max_pixels: int = 50_000_000
+    max_side: int = 20_000
+    # Decoded pixels of one request, every frame together (frames x width x height).
+    max_request_pixels: int = 64_000_000
+
+
+@dataclasses.dataclass
+class ServerTlsConfig:
+    """TLS of a server: off while cert_file is empty."""
+
+    # PEM certificate chain and private key of this server.
+    cert_file: str = ""
+    key_file: str = ""
+    # PEM bundle of the CAs whose client certificates are trusted (mutual TLS).
+    ca_file: str = ""
+    # Refuse clients without a certificate signed by ca_file.
+    require_client_cert: bool = False
+
+
+@dataclasses.dataclass
+class ClientTlsConfig:
+    """TLS of a client channel: off while ca_file is empty (plaintext)."""
+
+    # PEM bundle of the CAs that sign the servers' certificates.
+    ca_file: str = ""
+    # This client's certificate and key, for servers that require one (mutual TLS).
+    cert_file: str = ""
+    key_file: str = ""
+    # Name to check the server certificate against instead of the target's host.
+    server_name: str = ""
+
+
+@dataclasses.dataclass
+class ClientConfig:
+    tls: ClientTlsConfig = dataclasses.field(default_factory=ClientTlsConfig)
+
+
+@dataclasses.dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
@@ -105,7 +149,9 @@ class ServerConfig:
     # Seconds between reporting NOT_SERVING and refusing new calls, so health
     # watchers (gateways, load balancers) move traffic away first.
     drain_delay_s: float = 0.0
-    max_message_bytes: int = 64 * 1024 * 1024
+    # Largest request message of an RPC whose service sets no limit of its own, and
+    # of every response. Services set per-RPC limits from what the RPC carries.
+    max_message_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = True
     # "none", "console", "otlp" (settings in otlp) or "memory" (tests).
@@ -117,6 +163,10 @@ class ServerConfig:
     consul_addr: str = ""
     # Address other hosts use to reach us (Consul registration); defaults to host:port.
     advertise_addr: str = ""
+    # Server reflection lists every RPC and message to anyone who connects: off
+    # outside the local mesh (``visionmesh up`` turns it on).
+    reflection: bool = False
+    tls: ServerTlsConfig = dataclasses.field(default_factory=ServerTlsConfig)
 
 
 def _type_hints(cls: type) -> dict[str, Any]:
