@@ -87,6 +87,7 @@ class MeshServer:
     port: int = 0
     metrics_port: int | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _health_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -141,6 +142,11 @@ class MeshServer:
         self.metrics_port = metrics.start_metrics_server(self.config.metrics_port, self.config.host)
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # A servicer that can fail for good (e.g. a store that stops taking writes) reports it here.
+        for servicer in self._lifecycles():
+            watch = getattr(servicer, "watch_health", None)
+            if watch is not None:
+                watch(self._not_serving)
         log.info(
             "serving",
             extra={
@@ -155,6 +161,15 @@ class MeshServer:
         )
         for hook in self.on_serving:
             await hook(self.address)
+
+    def _not_serving(self, reason: str) -> None:
+        log.error("not serving: %s", reason)
+        names = ["", *(r.full_name for r in self.registrations)]
+        self._health_task = asyncio.get_running_loop().create_task(self._set_not_serving(names))
+
+    async def _set_not_serving(self, names: list[str]) -> None:
+        for name in names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _lifecycles(self) -> list[Lifecycle]:
         seen: list[Any] = []
