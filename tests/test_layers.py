@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "services"
-# services/common modules that are the server layer (tls.py: credentials of servers and channels).
+# services/common modules that are the server layer.
 SERVER_LAYER = {"server.py", "interceptors.py", "rpc.py", "tls.py"}
 # Per service folder: the servicer and the entry point.
 SERVICE_TRANSPORT = {"servicer.py", "main.py", "__main__.py"}
