@@ -9,13 +9,19 @@ export PYTHONUNBUFFERED := 1
 
 comma := ,
 
-.PHONY: setup gen models samples testdata run test test-all lint bench loadtest clean
+.PHONY: setup setup-gpu gen models samples testdata run test test-all test-infra lint bench loadtest gpu-kit image e2e clean
 
 setup: $(STAMP) gen models samples testdata
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml tools/apt-packages.txt tools/setup.sh
 	bash tools/setup.sh
 	touch $@
+
+# On a host with an NVIDIA GPU (Linux x86_64): the CUDA build of the pinned torch replaces the CPU
+# build (`make setup` keeps it: torch==X satisfies X+cuNNN), then CUDA is checked. See docs/gpu.md.
+setup-gpu: $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -r requirements-gpu.txt
+	$(PY) -c "import torch; assert torch.cuda.is_available(), f'torch {torch.__version__} sees no CUDA device'; print('setup-gpu: torch', torch.__version__, 'CUDA', torch.version.cuda, 'on', torch.cuda.get_device_name(0))"
 
 gen: $(GEN_STAMP)
 $(GEN_STAMP): $(PROTOS) $(STAMP)
@@ -45,6 +51,11 @@ test: setup
 test-all: setup
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
+# Real infrastructure: Prometheus + promtool, an OTLP receiver, k6, a rolling restart
+# of two replicas per service, and the container image (built by `make image` first).
+test-infra: setup
+	$(PY) -m pytest --run-infra -m "infra or container" $(PYTEST_ARGS)
+
 lint: setup
 	@[[ -x node_modules/.bin/buf ]] || npm install --no-save --no-audit --no-fund @bufbuild/buf@1.75.0 >/dev/null
 	.venv/bin/ruff format --check .
@@ -60,10 +71,24 @@ BENCH ?= all
 bench: setup
 	flock /tmp/visionmesh-bench.lock $(PY) -m bench.run_all $(if $(filter quick,$(BENCH)),--quick,$(if $(filter-out all,$(BENCH)),--only $(subst $(comma), ,$(BENCH))))
 
-# Brings a local mesh up on free loopback ports, runs every loadtest/*.json briefly
+# Brings a local mesh up on free loopback ports, runs k6 on every loadtest/*.json briefly
 # (LOADTEST_DURATION, default 5s each), prints the SLO table, stops the mesh; fails on a breach.
 loadtest: setup
 	$(PY) -m loadtest.suite --up --duration $${LOADTEST_DURATION:-5s}
 
+# The CPU image (podman, a local Debian base, the model repository built in): docker/build.sh.
+image: setup models
+	bash docker/build.sh
+
+# The gateway and every feature service from that image, one container each; analyses a
+# photo and the sample clip through the gateway and prints the merged tags.
+e2e: setup samples
+	bash docker/e2e.sh
+
+# Fills .gpu-kit/ for a GPU machine (wheels, model subset, photos), checks the carry against its
+# 64 MiB limit and prints the command to run there (tools/gpu_check, docs/gpu.md).
+gpu-kit: $(STAMP) $(GEN_STAMP) models
+	$(PY) -m tools.gpu_check.prepare
+
 clean:
-	rm -rf .venv visionmesh/v1 model_repository samples node_modules
+	rm -rf .venv visionmesh/v1 model_repository samples node_modules .gpu-kit

@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.bench_loadtest [--duration 5s]
 
 Brings the mesh up on free loopback ports (``visionmesh.mesh.LocalMesh``), runs
-every ``loadtest/*.json`` config for ``--duration`` with the Python runner
-(``loadtest.suite.run_suite``), checks the SLOs of ``loadtest/slo.json`` and
+every ``loadtest/*.json`` config for ``--duration`` through k6
+(``loadtest.suite.run_suite``, what `make loadtest` runs), checks the SLOs of ``loadtest/slo.json`` and
 writes the table. These are SLO checks at the configs' modest rates, not
 capacity figures; the load average is recorded beside them.
 """
@@ -33,7 +33,9 @@ def main() -> None:
     try:
         mesh.start()
         addresses = {name: proc.address for name, proc in mesh.processes.items()}
-        reports = run_suite(files, addresses, args.duration, None, work / "reports")
+        reports, _ = run_suite(
+            files, addresses, args.duration, work / "reports", slo.DEFAULT_SLO_FILE
+        )
     finally:
         mesh.stop()
     slo_doc = json.loads(slo.DEFAULT_SLO_FILE.read_text())
@@ -53,7 +55,7 @@ def main() -> None:
             f"{'PASS' if not failed else 'FAIL (' + ', '.join(failed) + ')'} |"
         )
     report.add(
-        f"Each of the {len(files)} configs in `loadtest/` runs for {args.duration} against a mesh "
+        f"Each of the {len(files)} configs in `loadtest/` runs through k6 for {args.duration} against a mesh "
         "on free loopback ports (every service and the gateway as separate processes); SLOs from "
         "`loadtest/slo.json`. Same as `make loadtest`."
     )
