@@ -31,6 +31,7 @@ from services.classify.config import QualityConfig
 from services.classify.quality import assess
 from services.common.protos import rgb_to_image
 from services.common.testing import running_service
+from services.face.config import FaceConfig
 from services.face.main import DEFINITION as FACE
 from services.hash.corpus import COPY_TRANSFORMS
 from services.hash.main import DEFINITION as HASH
@@ -115,7 +116,8 @@ async def face_section(report: Report) -> None:
             per_case.append(f"{case.name}: {len(boxes)} found, {len(case.faces)} expected")
     expected = sum(len(c.faces) for c in cases)
     report.add(
-        f"### Face detection\n\n{len(cases)} images: the held-out face photo ({HELDOUT['face'][0]}) "
+        f"### Face detection\n\nThe face service with its default detector "
+        f"(`detector.kind={FaceConfig().detector.kind}`). {len(cases)} images: the held-out face photo ({HELDOUT['face'][0]}) "
         f"on grey and pasted at 96-200 px onto {len(HELDOUT['face']) - 1} face-free held-out "
         "backgrounds, and those backgrounds alone. A face counts as found when a returned box "
         "contains its centre. One person only: this measures detection on unseen backgrounds, "
