@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 
+from visionmesh import features
+
 
 def _models(args: argparse.Namespace) -> int:
     from visionmesh import models_build
@@ -39,14 +41,27 @@ def _analyze(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"visionmesh analyze: {exc}", file=sys.stderr)
         return 2
-    options = gateway_pb2.AnalyzeOptions(no_cache=args.no_cache)
+    options = gateway_pb2.AnalyzeOptions(
+        no_cache=args.no_cache, all_tag_scores=getattr(args, "all_tags", False)
+    )
     options.hash.collection = args.collection or ""
     options.hash.k = args.k
     if args.max_distance is not None:
         options.hash.max_distance = args.max_distance
     status = 0
     outputs = []
-    with client.channel(args.gateway) as channel:
+    try:
+        tls = client.tls_settings(
+            os.environ,
+            ca_file=getattr(args, "tls_ca", None),
+            cert_file=getattr(args, "tls_cert", None),
+            key_file=getattr(args, "tls_key", None),
+            server_name=getattr(args, "tls_server_name", None),
+        )
+    except ValueError as exc:
+        print(f"visionmesh analyze: {exc}", file=sys.stderr)
+        return 2
+    with client.channel(args.gateway, tls) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         for raw in args.paths:
             path = Path(raw)
@@ -158,11 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze = sub.add_parser("analyze", help="analyse images or videos through the gateway")
     analyze.add_argument("paths", nargs="+", help="image or video files")
     analyze.add_argument(
-        "--features", default="", help="comma list of classify,ocr,face,hash (default: all)"
+        "--features",
+        default="",
+        help=f"comma list of {','.join(features.names())} (default: all)",
     )
     analyze.add_argument("--gateway", default="127.0.0.1:50050", help="gateway address")
     analyze.add_argument(
         "--json", action="store_true", help="print JSON (tags, one key per feature, errors)"
+    )
+    analyze.add_argument(
+        "--all-tags",
+        action="store_true",
+        help="every tag with its score, also those below their source's floor",
     )
     analyze.add_argument(
         "--collection", default="", help="hash: search this collection for near-duplicates"
@@ -186,6 +208,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze.add_argument(
         "--no-cache", action="store_true", help="bypass the gateway's result cache"
     )
+    analyze.add_argument(
+        "--tls-ca",
+        help="PEM CA bundle to verify the gateway with: turns TLS on (env VISIONMESH_CLIENT__TLS__CA_FILE)",
+    )
+    analyze.add_argument(
+        "--tls-cert",
+        help="PEM client certificate for mutual TLS (VISIONMESH_CLIENT__TLS__CERT_FILE)",
+    )
+    analyze.add_argument(
+        "--tls-key", help="PEM key of --tls-cert (VISIONMESH_CLIENT__TLS__KEY_FILE)"
+    )
+    analyze.add_argument(
+        "--tls-server-name",
+        help="name to verify the gateway's certificate against (VISIONMESH_CLIENT__TLS__SERVER_NAME)",
+    )
     analyze.set_defaults(func=_analyze)
 
     demo = sub.add_parser(
@@ -198,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser(
         "serve", help="run one service (what a Kubernetes pod runs)", add_help=False
     )
-    serve.add_argument("service", help="classify, ocr, face, hash or gateway")
+    serve.add_argument("service", help=f"{', '.join(features.names())} or gateway")
     serve.add_argument(
         "rest",
         nargs=argparse.REMAINDER,

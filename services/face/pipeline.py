@@ -17,21 +17,43 @@ from services.common.protos import box
 from services.face import attributes
 from services.face.align import extract_chip
 from services.face.config import FaceConfig
-from services.face.detector import Detections, Model, MtcnnDetector
+from services.face.detector import (
+    Detections,
+    Detector,
+    Model,
+    MtcnnDetector,
+    RetinaFaceDetector,
+)
 from visionmesh.v1 import common_pb2, face_pb2
 
 # The emotion net was trained on loose face boxes; this padding around dlib's frame matches them.
 EMOTION_CHIP_PADDING = 0.25
 
 
+DETECTOR_MODELS = {"retinaface": ("retinaface",), "mtcnn": ("pnet", "rnet", "onet")}
+
+
 @dataclass
 class FaceModels:
-    pnet: Model
-    rnet: Model
-    onet: Model
     age: Model
     gender: Model
     emotion: Model
+    # Only the chosen detector's models are loaded (``DETECTOR_MODELS``).
+    retinaface: Model | None = None
+    pnet: Model | None = None
+    rnet: Model | None = None
+    onet: Model | None = None
+
+
+def make_detector(models: FaceModels, config: FaceConfig) -> Detector:
+    kind = config.detector.kind
+    if kind == "retinaface" and models.retinaface is not None:
+        return RetinaFaceDetector(models.retinaface, config.detector.retinaface)
+    if kind == "mtcnn" and models.pnet and models.rnet and models.onet:
+        return MtcnnDetector(models.pnet, models.rnet, models.onet, config.detector)
+    raise ValueError(
+        f"detector.kind must be one of {sorted(DETECTOR_MODELS)} with its models given, got {kind!r}"
+    )
 
 
 @dataclass
@@ -51,7 +73,7 @@ class FacePipeline:
     def __init__(self, models: FaceModels, config: FaceConfig) -> None:
         self.models = models
         self.config = config
-        self.detector = MtcnnDetector(models.pnet, models.rnet, models.onet, config.detector)
+        self.detector = make_detector(models, config)
         self.age_bins = np.asarray(models.age.entry.extra["age_bins"], np.float64)
         self.gender_labels = models.gender.entry.labels()
         self.emotion_labels = models.emotion.entry.labels()

@@ -15,7 +15,8 @@ import numpy as np
 
 from services.common.deadline import Deadline
 from services.common.errors import InvalidInput, NotFound, Overloaded
-from services.common.protos import image_to_rgb
+from services.common.images import ImageLimits
+from services.common.protos import frames_to_rgb
 from services.common.rpc import grpc_method, request_deadline
 from services.hash import validation
 from services.hash.collection import Collection
@@ -28,6 +29,7 @@ from visionmesh.v1 import common_pb2, hash_pb2, hash_pb2_grpc
 class HashServicer(hash_pb2_grpc.HashServiceServicer):
     def __init__(self, config: HashConfig) -> None:
         self.config = config
+        self.image_limits = ImageLimits.from_config(config.images)
         self.encoder = Encoder(config)
         self.method = config.projection.method
         self.default_bits = validation.bits(config.projection.default_bits, 128)
@@ -59,7 +61,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self, frames: list[common_pb2.Image], bits: int, deadline: Deadline
     ) -> np.ndarray:
         validation.frame_count(len(frames), self.config.max_frames)
-        rgbs = [image_to_rgb(f) for f in frames]
+        rgbs = frames_to_rgb(frames, self.image_limits)
         return self.encoder.code(await self.encoder.features(rgbs, deadline), bits)
 
     def _message(self, code: np.ndarray, bits: int, method: str | None = None) -> hash_pb2.HashCode:
