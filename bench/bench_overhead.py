@@ -1,6 +1,6 @@
 """Before/after of the serving-overhead changes, each side a live gateway, rounds alternating.
 
-    .venv/bin/python -m bench.bench_overhead [--rounds 5] [--calls 40] [--video-runs 3] [--write]
+    .venv/bin/python -m bench.bench_overhead [--rounds 5] [--calls 40] [--video-runs 3] [--dry-run]
 
 One mesh, two gateways on the same services: "before" runs with the previous
 behaviour (``validation=decode``: the gateway decodes every image once more
@@ -216,7 +216,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--video-runs", type=int, default=3)
     parser.add_argument("--skip-video", action="store_true")
-    parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print only; leave docs/benchmarks.md"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     load_before = load_average()
@@ -225,7 +227,7 @@ def main() -> None:
     vid = "" if args.skip_video else video(args, work)
     print(vid, flush=True)
     body = f"""
-Command: `.venv/bin/python -m bench.bench_overhead --rounds {args.rounds} --calls {args.calls} --video-runs {args.video_runs} --write`
+Command: `.venv/bin/python -m bench.bench_overhead --rounds {args.rounds} --calls {args.calls} --video-runs {args.video_runs}`
 Machine: {machine()}; load average {load_before} before, {load_average()} after (a shared machine: other work ran alongside).
 Two gateways on the same services, before (`validation=decode`, `video_batch_calls=false`) and after (`validation=header`, `video_batch_calls=true`), sides alternating round by round.
 
@@ -237,8 +239,8 @@ Two gateways on the same services, before (`validation=decode`, `video_batch_cal
 {vid if vid else "(not run: --skip-video)"}
 """
     print(body)
-    if args.write:
-        write_section("Serving overhead and video batching: before / after", body)
+    if not args.dry_run:
+        write_section("Serving overhead and video batching: before / after", body, key="overhead")
 
 
 if __name__ == "__main__":

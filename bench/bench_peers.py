@@ -1,7 +1,7 @@
 """Side by side with Triton: the same work behind Triton Inference Server and behind our service.
 
     make setup-triton   # once: .venv-triton with PyTriton's tritonserver 2.51
-    .venv/bin/python -m bench.bench_peers [--rounds 3] [--seconds 4] [--write]
+    .venv/bin/python -m bench.bench_peers [--rounds 3] [--seconds 4] [--dry-run]
 
 Same machine, same client process (this one, grpc.aio both ways), sides
 alternating round by round (A B, then B A, ...), medians and per-round ratios:
@@ -364,7 +364,9 @@ def main() -> None:
     parser.add_argument("--face-concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--gateway-calls", type=int, default=5)
     parser.add_argument("--skip-gateway", action="store_true")
-    parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print only; leave docs/benchmarks.md"
+    )
     args = parser.parse_args()
 
     load_before = load_average()
@@ -418,7 +420,7 @@ def main() -> None:
         print(gateway_rows, flush=True)
 
     body = f"""
-Command: `make setup-triton && .venv/bin/python -m bench.bench_peers --rounds {args.rounds} --seconds {args.seconds:g} --write`
+Command: `make setup-triton && .venv/bin/python -m bench.bench_peers --rounds {args.rounds} --seconds {args.seconds:g}`
 Machine: {machine()}; load average {load_before} before, {load_average()} after (a shared machine: other work ran alongside).
 Triton: tritonserver 2.51 from `nvidia-pytriton==0.7.0` (Python backend), in `.venv-triton`; see docs/triton.md.
 
@@ -450,8 +452,8 @@ each attribute head's rows across calls). The timed region is one client
 call, request building to parsed reply; see docs/triton.md.
 """
     print(body)
-    if args.write:
-        write_section("Side by side with Triton", body)
+    if not args.dry_run:
+        write_section("Side by side with Triton", body, key="peers")
     sys.stdout.flush()
 
 

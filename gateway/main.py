@@ -68,7 +68,7 @@ def message_limits(config: GatewayConfig) -> dict[str, int]:
 
 def build(config: GatewayConfig) -> list[Registration]:
     # Client spans need the tracer provider before the interceptors are made.
-    tracing.setup("gateway", config.server.trace_exporter)
+    tracing.setup("gateway", config.server.trace_exporter, config.server.otlp)
     servicer = GatewayServicer(config, make_resolver(config))
     return [
         Registration.of(

@@ -36,12 +36,17 @@ from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter
 
 from services.common.errors import Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Alerting (monitoring/rules.yaml) fires on openings; a failed half-open probe counts again.
+BREAKER_OPENED = Counter(
+    "visionmesh_gateway_breaker_opened_total", "Circuit breakers opened (or re-opened)"
+)
 
 # Outcomes that say the server (not the request) is unwell.
 BREAKER_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
@@ -124,6 +129,8 @@ class CircuitBreaker:
         self._failures += 1
         if self._opened_at is not None or self._failures >= self.failure_threshold:
             # A failed probe (or a late failure while open) re-opens for a full timeout.
+            if self.state is not BreakerState.OPEN:
+                BREAKER_OPENED.inc()
             self._opened_at = self._clock()
         self._probe_started_at = None
 
@@ -133,6 +140,8 @@ class CircuitBreaker:
 
     def trip(self) -> None:
         """Open now (the instance failed its health checks), whatever the failure count."""
+        if self.state is not BreakerState.OPEN:
+            BREAKER_OPENED.inc()
         self._failures = max(self._failures, self.failure_threshold)
         self._opened_at = self._clock()
         self._probe_started_at = None

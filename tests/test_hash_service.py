@@ -47,7 +47,8 @@ async def encode(
     return np.frombuffer(reply.code.code, np.uint8)
 
 
-async def test_copies_are_close_and_different_photos_far(
+@pytest.mark.regression  # the served projection was trained on these photos
+async def test_regression_training_photos_copies_are_close_and_different_photos_far(
     stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]
 ) -> None:
     chelsea = await encode(stub, photos["chelsea"])

@@ -84,6 +84,23 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class OtlpConfig:
+    """Where ``trace_exporter: otlp`` sends spans (OTLP over gRPC, e.g. an OpenTelemetry Collector)."""
+
+    endpoint: str = "127.0.0.1:4317"
+    # Sent with every export, e.g. {"authorization": "Bearer ..."}.
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Plaintext (a collector on the same host or pod); otherwise TLS with the files below.
+    insecure: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    timeout_s: float = 10.0
+    # Spans are exported in batches at least this often (and at exit).
+    flush_interval_s: float = 1.0
+
+
+@dataclasses.dataclass
 class ImageLimitsConfig:
     """What one request may make a server decode; checked on headers, before any pixel is allocated."""
 
@@ -143,8 +160,9 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = True
-    # "none", "console", or "memory" (tests).
+    # "none", "console", "otlp" (settings in otlp) or "memory" (tests).
     trace_exporter: str = "none"
+    otlp: OtlpConfig = dataclasses.field(default_factory=OtlpConfig)
     # gRPC tracing interceptors (context propagation + spans); off saves their per-call cost.
     tracing: bool = True
     # Register with Consul when set (or from CONSUL_HTTP_ADDR).

@@ -94,7 +94,7 @@ class MeshServer:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        tracing.setup(self.name, self.config.trace_exporter)
+        tracing.setup(self.name, self.config.trace_exporter, self.config.otlp)
         default_limit = self.config.max_message_bytes
         limits: dict[str, int] = {}
         for reg in self.registrations:
