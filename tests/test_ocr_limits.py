@@ -232,3 +232,23 @@ async def test_missing_or_corrupt_image_is_invalid_argument(
 def test_dictionary_file_is_in_the_repository() -> None:
     root: Path = ensure_ocr_models()
     assert (root / "ppocr_rec" / "1" / "dict.txt").read_text(encoding="utf-8").count("\n") == 18708
+
+
+async def test_batch_answers_each_page_as_a_single_call_would(
+    stub: ocr_pb2_grpc.OcrServiceStub,
+) -> None:
+    pages = [draw_lines(["hello world"])[0], draw_lines(["visionmesh 2026"])[0]]
+    singles = [await recognize(stub, page) for page in pages]
+    batch = await stub.RecognizeBatch(
+        ocr_pb2.RecognizeBatchRequest(
+            requests=[ocr_pb2.RecognizeRequest(image=rgb_to_image(page)) for page in pages]
+        ),
+        timeout=60,
+    )
+    assert [r.full_text for r in batch.responses] == [r.full_text for r in singles]
+    assert all(r.full_text for r in singles)
+    bad = ocr_pb2.RecognizeRequest(image=rgb_to_image(pages[0]), max_lines=-1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RecognizeBatch(ocr_pb2.RecognizeBatchRequest(requests=[bad]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests[0]" in (err.value.details() or "")
