@@ -66,6 +66,9 @@ class Resolver(Protocol):
     def pick(self, service: str) -> Endpoint:
         """The next endpoint for ``service``; raises ``Unavailable`` when none can take a call."""
 
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint known now, of every service (health probes walk them)."""
+
     async def close(self) -> None:
         """Stop watches and close every channel."""
 
@@ -116,6 +119,9 @@ class _PooledResolver:
         """Addresses currently known for ``service`` (for logs, status pages and tests)."""
         pool = self._pools.get(service)
         return [e.address for e in pool.endpoints] if pool else []
+
+    def endpoints(self) -> list[Endpoint]:
+        return [e for pool in self._pools.values() for e in pool.endpoints]
 
     def pick(self, service: str) -> Endpoint:
         if not self._started:

@@ -65,7 +65,11 @@ def secure_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureMesh
         client_cert_file=str(client_cert),
         client_key_file=str(client_key),
     )
-    mesh = LocalMesh(tls=mesh_tls, reflection=False, log_dir=folder / "logs")
+    # The hash index lives in this test's folder, not in the checkout's var/hash.
+    hash_dir = ["--set", f"storage.data_dir={folder / 'hash'}"]
+    mesh = LocalMesh(
+        tls=mesh_tls, reflection=False, log_dir=folder / "logs", extra_args={"hash": hash_dir}
+    )
     mesh.start(timeout_s=240)
     try:
         if mesh.failed:

@@ -50,6 +50,12 @@ class EngineConfig:
     device: str = "cpu"
     # ONNX Runtime intra-op threads per instance (0 = library default).
     threads: int = 0
+    # ONNX Runtime's CPU memory arena (faster than malloc per run), and how often
+    # (seconds; 0 = never) a run also shrinks it: the arena grows to the largest
+    # batch and shape seen and otherwise never gives memory back (with variable
+    # shapes, OCR's, it keeps growing). See services/common/memory.py.
+    cpu_mem_arena: bool = True
+    arena_shrink_period_s: float = 10.0
     # "fp32" or "fp16" (GPU backends).
     precision: str = "fp32"
     cuda_graphs: bool = False
