@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ServerConfig
+from services.common.config import ImageLimitsConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = 50050
@@ -13,13 +13,6 @@ DEFAULT_PORT = 50050
 def default_services() -> dict[str, list[str]]:
     """Every feature's service on loopback at its default port (the feature table's)."""
     return {spec.service: [f"127.0.0.1:{spec.default_port}"] for spec in features.all_features()}
-
-
-@dataclass
-class ImageLimitsConfig:
-    max_bytes: int = 32 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    max_side: int = 20_000
 
 
 @dataclass

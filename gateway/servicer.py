@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -18,8 +17,8 @@ from gateway.fanout import FanOut, feature_error
 from gateway.merge import ranked, rescale
 from gateway.resilience import InFlightLimiter
 from services.common.errors import InvalidInput
-from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
-from services.common.protos import rgb_to_image
+from services.common.images import DecodedImage, fit_within
+from services.common.protos import decode_image, image_limits, rgb_to_image
 from services.common.rpc import grpc_method, status_code
 from visionmesh import features as feature_table
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -52,10 +51,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.fanout = FanOut(resolver, config)
         self.cache = ResultCache(config.cache_max_bytes, config.cache_ttl_s)
         self.limiter = InFlightLimiter(config.max_in_flight)
-        lim = config.images
-        self.image_limits = ImageLimits(
-            max_bytes=lim.max_bytes, max_pixels=lim.max_pixels, max_side=lim.max_side
-        )
+        self.image_limits = image_limits(config.images)
         self.video_limits = video.VideoLimits(max_bytes=config.video_max_bytes)
 
     async def start(self) -> None:
@@ -70,13 +66,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return max(0.0, budget * self.config.feature_deadline_fraction)
 
     async def _decode(self, image: common_pb2.Image) -> DecodedImage:
-        source = image.WhichOneof("source")
-        if source == "encoded":
-            return await asyncio.to_thread(decode, image.encoded, self.image_limits)
-        if source == "raw":
-            rgb = from_raw(image.raw.width, image.raw.height, image.raw.rgb, self.image_limits)
-            return DecodedImage(rgb, "RAW", hashlib.sha256(image.raw.rgb).hexdigest())
-        raise InvalidInput("request has no image (set image.encoded or image.raw)")
+        # The cache key needs the pixels' digest, raw ones too.
+        return await decode_image(image, self.image_limits, digest_raw=True)
 
     def _cache_key(
         self, decoded: DecodedImage, features: list[int], options: gateway_pb2.AnalyzeOptions

@@ -174,7 +174,7 @@ async def test_classify_service_on_torch_backend_names_the_cat(chelsea_jpeg: byt
     async with running_service(
         DEFINITION, {"classifier": {"engine": {"backend": "torch"}}}
     ) as server:
-        classifier = server.registrations[0].servicer.classifier
+        classifier = server.registrations[0].servicer.pipeline.classifier
         assert classifier.batcher.engines and all(
             isinstance(e, TorchEngine) for e in classifier.batcher.engines
         )

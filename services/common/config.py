@@ -44,6 +44,15 @@ class BatcherConfig:
 
 
 @dataclasses.dataclass
+class ImageLimitsConfig:
+    """Limits every image is checked against before it is decoded (``images`` section)."""
+
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_side: int = 20_000
+
+
+@dataclasses.dataclass
 class EngineConfig:
     # "onnxruntime" (default, CPU), "torch" or "tensorrt".
     backend: str = "onnxruntime"

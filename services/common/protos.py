@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+
 import numpy as np
 
+from services.common.config import ImageLimitsConfig
 from services.common.errors import InvalidInput
-from services.common.images import ImageLimits, decode, from_raw
+from services.common.images import DecodedImage, ImageLimits, decode, from_raw
 from visionmesh.v1 import common_pb2
 
-DEFAULT_LIMITS = ImageLimits()
+
+def image_limits(config: ImageLimitsConfig) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=config.max_bytes, max_pixels=config.max_pixels, max_side=config.max_side
+    )
 
 
-def image_to_rgb(image: common_pb2.Image, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """An ``Image`` message (encoded or raw) -> ``H x W x 3`` uint8 RGB."""
+async def decode_image(
+    image: common_pb2.Image, limits: ImageLimits, digest_raw: bool = False
+) -> DecodedImage:
+    """Validate and decode an ``Image`` message (encoded or raw) within ``limits``.
+
+    The one decode path of the gateway and every service: encoded bytes are
+    decoded in a worker thread, never on the event loop; raw pixels are checked
+    and viewed in place (their SHA-256, which only the gateway's cache needs,
+    is computed in a thread when ``digest_raw``).
+    """
     source = image.WhichOneof("source")
     if source == "encoded":
-        return decode(image.encoded, limits).rgb
+        return await asyncio.to_thread(decode, image.encoded, limits)
     if source == "raw":
-        return from_raw(image.raw.width, image.raw.height, image.raw.rgb, limits)
+        raw = image.raw
+        data = raw.rgb
+        rgb = from_raw(raw.width, raw.height, data, limits)
+        digest = await asyncio.to_thread(_sha256, data) if digest_raw else ""
+        return DecodedImage(rgb, "RAW", digest)
     raise InvalidInput("request has no image (set image.encoded or image.raw)")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def rgb_to_image(rgb: np.ndarray) -> common_pb2.Image:

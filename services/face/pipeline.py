@@ -8,11 +8,14 @@ bare ONNX Runtime sessions to measure what batching and serving add.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from services.common.deadline import NO_DEADLINE, Deadline
+from services.common.models import ServedModel
+from services.common.pipeline import Pipeline
 from services.common.protos import box
 from services.face import attributes
 from services.face.align import extract_chip
@@ -47,14 +50,33 @@ async def _run(model: Model, x: np.ndarray, deadline: Deadline) -> np.ndarray:
     return out[model.entry.outputs[0].name]
 
 
-class FacePipeline:
-    def __init__(self, models: FaceModels, config: FaceConfig) -> None:
+class FacePipeline(Pipeline):
+    def __init__(
+        self, models: FaceModels, config: FaceConfig, owned: Iterable[ServedModel] = ()
+    ) -> None:
+        super().__init__(owned)
         self.models = models
         self.config = config
         self.detector = MtcnnDetector(models.pnet, models.rnet, models.onet, config.detector)
         self.age_bins = np.asarray(models.age.entry.extra["age_bins"], np.float64)
         self.gender_labels = models.gender.entry.labels()
         self.emotion_labels = models.emotion.entry.labels()
+
+    @classmethod
+    def served(cls, config: FaceConfig) -> FacePipeline:
+        """The pipeline on batched served models, one per network (owned: started and closed)."""
+        served = [
+            ServedModel(c)
+            for c in (
+                config.pnet,
+                config.rnet,
+                config.onet,
+                config.age,
+                config.gender,
+                config.emotion,
+            )
+        ]
+        return cls(FaceModels(*served), config, owned=served)
 
     def _chips(self, rgb: np.ndarray, det: Detections) -> Chips:
         age_pre, gender_pre = (

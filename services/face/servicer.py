@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import numpy as np
 
 from services.common.errors import InvalidInput
-from services.common.models import ServedModel
-from services.common.protos import image_to_rgb
+from services.common.protos import decode_image, image_limits
 from services.common.rpc import grpc_method, request_deadline
 from services.face.config import FaceConfig
-from services.face.pipeline import FaceModels, FacePipeline
+from services.face.pipeline import FacePipeline
 from services.face.tags import face_tags
 from visionmesh.v1 import face_pb2, face_pb2_grpc
 
@@ -23,25 +20,15 @@ MIN_FACE_FLOOR = 10.0
 class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     def __init__(self, config: FaceConfig) -> None:
         self.config = config
-        # One served model (queue + batcher + engines) per network.
-        self.served = [
-            ServedModel(c)
-            for c in (
-                config.pnet,
-                config.rnet,
-                config.onet,
-                config.age,
-                config.gender,
-                config.emotion,
-            )
-        ]
-        self.pipeline = FacePipeline(FaceModels(*self.served), config)
+        # One served model (queue + batcher + engines) per network, owned by the pipeline.
+        self.pipeline = FacePipeline.served(config)
+        self.image_limits = image_limits(config.images)
 
     async def start(self) -> None:
-        await asyncio.gather(*(m.start() for m in self.served))
+        await self.pipeline.start()
 
     async def close(self) -> None:
-        await asyncio.gather(*(m.close() for m in self.served))
+        await self.pipeline.close()
 
     def _limits(self, request: face_pb2.DetectRequest) -> tuple[float, int]:
         if request.max_faces < 0:
@@ -63,6 +50,6 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         self, request: face_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> face_pb2.DetectResponse:
         min_face, max_faces = self._limits(request)
-        rgb = image_to_rgb(request.image)
+        rgb = (await decode_image(request.image, self.image_limits)).rgb
         faces = await self.pipeline.analyse(rgb, min_face, max_faces, request_deadline(context))
         return face_pb2.DetectResponse(faces=faces, tags=face_tags(faces, self.config.tags))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ModelConfig, ServerConfig
+from services.common.config import ImageLimitsConfig, ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("hash").default_port
@@ -50,6 +50,8 @@ class StorageConfig:
 @dataclass
 class HashConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # Checked before any image of a request is decoded.
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     # Batching policy: the model's own (its repository config.yaml).
     features: ModelConfig = field(default_factory=lambda: ModelConfig(name="efficientnet_lite0"))
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)

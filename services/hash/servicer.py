@@ -8,12 +8,14 @@ by its first Add and keeps that code size and method for life.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 
 from services.common.deadline import Deadline
 from services.common.errors import InvalidInput, NotFound
-from services.common.protos import image_to_rgb
+from services.common.protos import decode_image, image_limits
 from services.common.rpc import grpc_method, request_deadline
 from services.hash import validation
 from services.hash.collection import Collection, Hit
@@ -27,6 +29,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
     def __init__(self, config: HashConfig) -> None:
         self.config = config
         self.encoder = Encoder(config)
+        self.image_limits = image_limits(config.images)
         self.method = config.projection.method
         self.default_bits = validation.bits(config.projection.default_bits, 128)
         for b in (64, 128, 256):
@@ -48,7 +51,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self, frames: list[common_pb2.Image], bits: int, deadline: Deadline
     ) -> np.ndarray:
         validation.frame_count(len(frames), self.config.max_frames)
-        rgbs = [image_to_rgb(f) for f in frames]
+        decoded = await asyncio.gather(*(decode_image(f, self.image_limits) for f in frames))
+        rgbs = [d.rgb for d in decoded]
         return self.encoder.code(await self.encoder.features(rgbs, deadline), bits)
 
     def _message(self, code: np.ndarray, bits: int, method: str | None = None) -> hash_pb2.HashCode:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from services.common.errors import InvalidInput
-from services.common.protos import image_to_rgb
+from services.common.protos import decode_image, image_limits
 from services.common.rpc import grpc_method, request_deadline
 from services.ocr.config import OcrConfig
 from services.ocr.pipeline import OcrPipeline, RecognizedLine
@@ -25,6 +25,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
     def __init__(self, config: OcrConfig) -> None:
         self.config = config
         self.pipeline = OcrPipeline(config)
+        self.image_limits = image_limits(config.images)
 
     async def start(self) -> None:
         await self.pipeline.start()
@@ -54,7 +55,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         self, request: ocr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
     ) -> ocr_pb2.RecognizeResponse:
         max_lines, min_confidence = self._limits(request)
-        rgb = image_to_rgb(request.image)
+        rgb = (await decode_image(request.image, self.image_limits)).rgb
         lines = await self.pipeline.recognise(
             rgb, min_confidence, max_lines, request_deadline(context)
         )
