@@ -7,13 +7,19 @@ PROTOS := $(wildcard protos/visionmesh/v1/*.proto)
 export VISIONMESH_MODEL_REPOSITORY ?= $(CURDIR)/model_repository
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup gen models samples run test test-all lint bench loadtest clean
+.PHONY: setup setup-gpu gen models samples run test test-all lint bench loadtest gpu-kit clean
 
 setup: $(STAMP) gen models samples
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml tools/apt-packages.txt tools/setup.sh
 	bash tools/setup.sh
 	touch $@
+
+# On a host with an NVIDIA GPU (Linux x86_64): the CUDA build of the pinned torch replaces the CPU
+# build (`make setup` keeps it: torch==X satisfies X+cuNNN), then CUDA is checked. See docs/gpu.md.
+setup-gpu: $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -r requirements-gpu.txt
+	$(PY) -c "import torch; assert torch.cuda.is_available(), f'torch {torch.__version__} sees no CUDA device'; print('setup-gpu: torch', torch.__version__, 'CUDA', torch.version.cuda, 'on', torch.cuda.get_device_name(0))"
 
 gen: $(GEN_STAMP)
 $(GEN_STAMP): $(PROTOS) $(STAMP)
@@ -53,5 +59,10 @@ bench: setup
 loadtest: setup
 	$(PY) -m loadtest.suite --up --duration $${LOADTEST_DURATION:-5s}
 
+# Fills .gpu-kit/ for a GPU machine (wheels, model subset, photos), checks the carry against its
+# 64 MiB limit and prints the command to run there (tools/gpu_check, docs/gpu.md).
+gpu-kit: $(STAMP) $(GEN_STAMP) models
+	$(PY) -m tools.gpu_check.prepare
+
 clean:
-	rm -rf .venv visionmesh/v1 model_repository samples node_modules
+	rm -rf .venv visionmesh/v1 model_repository samples node_modules .gpu-kit

@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
         not torch.cuda.is_available(),
-        reason="needs a CUDA GPU (this torch build or machine has none)",
+        reason="needs a CUDA GPU and the CUDA torch build (`make setup-gpu`); this torch build or machine has none",
     ),
 ]
 

@@ -1,0 +1,3 @@
+from tools.gpu_check.main import main
+
+main()
