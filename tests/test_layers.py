@@ -81,3 +81,23 @@ def test_services_do_not_import_each_other() -> None:
             parts = module.split(".")
             if parts[0] == "services" and len(parts) > 1:
                 assert parts[1] in (own, "common"), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_services_never_import_the_tools_that_import_them() -> None:
+    """No cycle: services use the generated protos and the feature table, never the builder/CLI."""
+    allowed = ("visionmesh.v1", "visionmesh.features")
+    for path in SERVICES.rglob("*.py"):
+        for module in _imports(path):
+            # ("from visionmesh import features" lists "visionmesh" and "visionmesh.features")
+            if module.split(".")[0] in ("visionmesh", "gateway", "tests", "bench", "tools") and (
+                module != "visionmesh"
+            ):
+                assert module.startswith(allowed), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_engine_backends_share_helpers_not_each_other() -> None:
+    backends = {"onnxruntime_backend", "torch_backend", "tensorrt_backend"}
+    for name in backends:
+        path = SERVICES / "common" / "engines" / f"{name}.py"
+        siblings = {m.rsplit(".", 1)[-1] for m in _imports(path)} & (backends - {name})
+        assert not siblings, f"{name} imports {siblings}; shared pieces go to engines/ helpers"
