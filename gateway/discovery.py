@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import grpc
 
 from gateway.resilience import BreakerOpen, CircuitBreaker
+from services.common.config import ConfigError
 from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -324,17 +325,17 @@ def make_resolver(
         return StaticResolver(addresses or {}, **common)
     if kind == "dns":
         if not dns_targets:
-            raise ValueError(
+            raise ConfigError(
                 "dns discovery needs dns_targets (service -> host:port of its headless Service)"
             )
         return DnsResolver(dns_targets, **common)
     if kind == "consul":
         if not consul_addr:
-            raise ValueError(
+            raise ConfigError(
                 "consul discovery needs a Consul agent address (server.consul_addr or CONSUL_HTTP_ADDR)"
             )
         names = list(service_names or (addresses or {}).keys())
         if not names:
-            raise ValueError("consul discovery needs the service names to watch")
+            raise ConfigError("consul discovery needs the service names to watch")
         return ConsulResolver(consul_addr, names, **common)
-    raise ValueError(f"unknown discovery kind {kind!r}: use static, consul or dns")
+    raise ConfigError(f"unknown discovery kind {kind!r}: use static, consul or dns")

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.main import DEFINITION as GATEWAY
 from services.classify.main import DEFINITION as CLASSIFY
-from services.common.metrics import free_port
+from services.common.net import free_port
 from services.common.testing import running_service
 
 ROOT = Path(__file__).resolve().parent.parent

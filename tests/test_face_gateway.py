@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 
 from gateway.main import DEFINITION as GATEWAY
-from services.common.metrics import free_port
+from services.common.net import free_port
 from services.common.testing import running_service
 from services.face.main import DEFINITION as FACE
 from tests.conftest import encode

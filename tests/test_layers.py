@@ -101,3 +101,11 @@ def test_engine_backends_share_helpers_not_each_other() -> None:
         path = SERVICES / "common" / "engines" / f"{name}.py"
         siblings = {m.rsplit(".", 1)[-1] for m in _imports(path)} & (backends - {name})
         assert not siblings, f"{name} imports {siblings}; shared pieces go to engines/ helpers"
+
+
+def test_one_entry_point_per_service() -> None:
+    """``python -m services.<name>`` (``__main__.py``) and ``visionmesh serve``; main.py only defines."""
+    folders = [p for p in SERVICES.iterdir() if (p / "main.py").is_file()]
+    for folder in [*folders, ROOT / "gateway"]:
+        assert (folder / "__main__.py").is_file(), folder
+        assert "__main__" not in (folder / "main.py").read_text(), folder / "main.py"

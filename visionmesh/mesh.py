@@ -19,7 +19,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.metrics import free_port
+from services.common.net import free_port
 from visionmesh import registry
 
 ROOT = Path(__file__).resolve().parent.parent

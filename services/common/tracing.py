@@ -15,6 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from services.common.config import ConfigError
+
 _provider: TracerProvider | None = None
 memory_exporter: InMemorySpanExporter | None = None
 
@@ -31,7 +33,7 @@ def setup(service: str, exporter: str = "none") -> TracerProvider:
         memory_exporter = InMemorySpanExporter()
         provider.add_span_processor(SimpleSpanProcessor(memory_exporter))
     elif exporter != "none":
-        raise ValueError(f"unknown trace exporter {exporter!r} (none, console, memory)")
+        raise ConfigError(f"unknown trace exporter {exporter!r} (none, console, memory)")
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider

@@ -13,6 +13,7 @@ import asyncio
 import grpc
 import numpy as np
 
+from services.common.config import ConfigError
 from services.common.deadline import Deadline
 from services.common.errors import InvalidInput, NotFound
 from services.common.protos import decode_image, image_limits
@@ -34,7 +35,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self.default_bits = validation.bits(config.projection.default_bits, 128)
         for b in (64, 128, 256):
             if not self.encoder.projection.supports(self.method, b):
-                raise ValueError(
+                raise ConfigError(
                     f"projection {config.projection.model} has no {self.method} matrix for {b} bits"
                 )
         self.store = HashStore(config.storage, config.index)
