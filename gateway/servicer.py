@@ -14,7 +14,7 @@ from gateway.cache import ResultCache
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.fanout import FanOut, feature_error
-from gateway.merge import ranked, rescale
+from gateway.merge import above_floors, link_people, ranked, rescale
 from gateway.resilience import InFlightLimiter
 from services.common.errors import InvalidInput
 from services.common.images import DecodedImage, fit_within
@@ -136,7 +136,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         response = gateway_pb2.AnalyzeResponse()
         await self.fanout.run_features(image, features, options, timeout_s, response)
         rescale(response, 1.0 / scale)
+        link_people(response)
         merged = ranked(response.tags)
+        if not options.all_tag_scores:
+            merged = above_floors(merged, self.config.tag_floors)
         del response.tags[:]
         response.tags.extend(merged)
         return response
@@ -284,10 +287,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.AnalyzeVideoResponse:
         specs = [s for s in map(feature_table.by_enum, features) if s is not None]
         per_frame = [s.enum for s in specs if s.per_frame]
+        # Frames keep every score so the clip's consensus sees them; floors apply at the end.
+        frame_options = gateway_pb2.AnalyzeOptions()
+        frame_options.CopyFrom(options)
+        frame_options.all_tag_scores = True
         frame_results = (
             await asyncio.gather(
                 *(
-                    self.analyze_pixels(frame.rgb, per_frame, options, timeout_s)
+                    self.analyze_pixels(frame.rgb, per_frame, frame_options, timeout_s)
                     for frame in clip.frames
                 )
             )
@@ -310,7 +317,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         )
         if timed:
-            response.tags.extend(video_merge.consensus_tags(timed))
+            consensus = video_merge.consensus_tags(timed)
+            if not options.all_tag_scores:
+                consensus = above_floors(consensus, self.config.tag_floors)
+                for _, frame_result in timed:
+                    kept = above_floors(frame_result.tags, self.config.tag_floors)
+                    del frame_result.tags[:]
+                    frame_result.tags.extend(kept)
+            response.tags.extend(consensus)
+            response.people_count = video_merge.people_count(timed)
             response.text_lines.extend(video_merge.dedupe_text_lines(timed))
             response.frames.extend(video_merge.frame_results(timed))
             seen: set[tuple[int, str]] = set()

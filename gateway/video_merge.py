@@ -13,6 +13,9 @@ Video-level tag scores, by the tag's ``source``:
   its safety tag — its verdict and score — as the video's.
 - ``quality`` — the fraction of classified frames that carry the verdict
   ("blurred in 2 of 3 frames" scores 0.67).
+- ``detect`` — the people tags of the frame with the most people (its count
+  tag and score), plus ``people/close-up`` when any frame has one (best score);
+  the clip's ``people_count`` is that frame's count.
 - ``face``, ``ocr`` and anything else — the highest score in any frame.
 
 Frames whose classify call failed (a ``FeatureError`` for FEATURE_CLASSIFY) are
@@ -38,6 +41,7 @@ TimedResult = tuple[float, gateway_pb2.AnalyzeResponse]
 _CLASSIFY_SOURCES = ("classify", "safety", "quality")
 # difflib ratio at or above which two OCR lines are the same text seen again.
 TEXT_SIMILARITY = 0.8
+CLOSE_UP = "people/close-up"
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -113,6 +117,25 @@ def _maximum(results: Sequence[TimedResult], skip: Sequence[str]) -> list[common
     return [_bare(tag, tag.score) for tag in best.values()]
 
 
+def people_count(results: Sequence[TimedResult]) -> int:
+    """Most people counted in one frame (0 when no frame has a detect answer)."""
+    return max((r.detect.people_count for _, r in results if r.HasField("detect")), default=0)
+
+
+def _people(results: Sequence[TimedResult]) -> list[common_pb2.Tag]:
+    frames = [r for _, r in results if r.HasField("detect")]
+    if not frames:
+        return []
+    # Ties: the earliest frame with the most people.
+    most = max(frames, key=lambda r: r.detect.people_count)
+    tags = [_bare(t, t.score) for t in most.tags if t.source == "detect" and t.name != CLOSE_UP]
+    close_ups = [t for r in frames for t in r.tags if t.source == "detect" and t.name == CLOSE_UP]
+    if close_ups:
+        best = max(close_ups, key=lambda t: t.score)
+        tags.append(_bare(best, best.score))
+    return tags
+
+
 def consensus_tags(results: Sequence[TimedResult]) -> list[common_pb2.Tag]:
     """One ranked video-level tag list from the frames' tags (rules in the module doc)."""
     tags: list[common_pb2.Tag] = []
@@ -121,7 +144,8 @@ def consensus_tags(results: Sequence[TimedResult]) -> list[common_pb2.Tag]:
         tags += _average(classified, "classify")
         tags += _worst_frame_safety(classified)
         tags += _fraction(classified, "quality")
-    tags += _maximum(results, skip=_CLASSIFY_SOURCES)
+    tags += _people(results)
+    tags += _maximum(results, skip=(*_CLASSIFY_SOURCES, "detect"))
     return ranked(tags)
 
 

@@ -52,7 +52,13 @@ def configs() -> dict[str, dict[str, Any]]:
     # Offered rates sit below what one CPU replica of each service sustains on a
     # small machine, so p99 measures service time, not an ever-growing queue;
     # capacity planning raises them (or the step schedule's load-end) per cluster.
-    all_features = ["FEATURE_CLASSIFY", "FEATURE_OCR", "FEATURE_FACE", "FEATURE_HASH"]
+    all_features = [
+        "FEATURE_CLASSIFY",
+        "FEATURE_OCR",
+        "FEATURE_FACE",
+        "FEATURE_HASH",
+        "FEATURE_DETECT",
+    ]
     return {
         # Gateway: ramp the offered load to find where p99 bends (ghz "step" schedule).
         "gateway_analyze.json": config(
@@ -124,6 +130,16 @@ def configs() -> dict[str, dict[str, Any]]:
             {"frames": [image("chelsea")], "bits": 128},
             concurrency=4,
             rps=16,
+            duration="30s",
+        ),
+        "detect.json": config(
+            "detect-objects",
+            "visionmesh/v1/detect.proto",
+            "visionmesh.v1.DetectionService.DetectObjects",
+            50055,
+            {"image": image("astronaut")},
+            concurrency=4,
+            rps=8,
             duration="30s",
         ),
     }

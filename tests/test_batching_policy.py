@@ -15,6 +15,7 @@ from services.common.exports import ModelExport
 from services.common.models import ServedModel
 from services.common.repository import BatchingPolicy, load_entry
 from services.common.runner import model_configs
+from services.detect.config import DetectConfig
 from services.face.config import FaceConfig
 from services.hash.config import HashConfig
 from services.ocr.config import OcrConfig
@@ -34,10 +35,14 @@ EXPECTED = {
     "ppocr_det": BatchingPolicy(4, 1000, 512, 1),
     "ppocr_cls": BatchingPolicy(64, 2000, 512, 1),
     "ppocr_rec": BatchingPolicy(32, 2000, 512, 1),
+    "face_retinaface": BatchingPolicy(16, 2000, 512, 1),
+    "person_ssdlite": BatchingPolicy(16, 2000, 512, 1),
 }
 
 
-@pytest.mark.parametrize("config_cls", [ClassifyConfig, OcrConfig, FaceConfig, HashConfig])
+@pytest.mark.parametrize(
+    "config_cls", [ClassifyConfig, OcrConfig, FaceConfig, HashConfig, DetectConfig]
+)
 def test_default_service_configs_run_the_repository_policies(config_cls: type) -> None:
     for model in model_configs(config_cls()):
         policy = load_entry(model.name, model.version).batching_policy(model.batcher)

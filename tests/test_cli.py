@@ -14,6 +14,7 @@ from gateway.main import DEFINITION as GATEWAY
 from services.classify.main import DEFINITION as CLASSIFY
 from services.common.net import free_port
 from services.common.testing import running_service
+from visionmesh import features
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 async def gateway_address() -> AsyncIterator[str]:
     async with running_service(CLASSIFY) as classify:
         dead = f"127.0.0.1:{free_port()}"
-        services = {"classify": [classify.address], "ocr": [dead], "face": [dead], "hash": [dead]}
+        services = {spec.name: [dead] for spec in features.all_features()}
+        services["classify"] = [classify.address]
         async with running_service(GATEWAY, {"services": services, "retry_attempts": 1}) as gateway:
             yield gateway.address
 

@@ -11,7 +11,7 @@ from services.common.testing import running_service
 from services.face.main import DEFINITION
 from visionmesh.v1 import face_pb2, face_pb2_grpc
 
-MODELS = ("pnet", "rnet", "onet", "age", "gender", "emotion")
+MODELS = ("retinaface", "age", "gender", "emotion")
 
 
 async def astronaut_face(engine: dict[str, object]) -> face_pb2.Face:

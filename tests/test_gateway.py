@@ -18,6 +18,7 @@ from services.classify.main import DEFINITION as CLASSIFY
 from services.common.net import free_port
 from services.common.testing import running_service
 from tests.conftest import encode
+from visionmesh import features
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 CAT_CLASSES = {
@@ -34,7 +35,8 @@ CAT_CLASSES = {
 async def gateway_address() -> AsyncIterator[str]:
     async with running_service(CLASSIFY) as classify:
         dead = f"127.0.0.1:{free_port()}"  # nothing listens here: those features must fail alone
-        services = {"classify": [classify.address], "ocr": [dead], "face": [dead], "hash": [dead]}
+        services = {spec.name: [dead] for spec in features.all_features()}
+        services["classify"] = [classify.address]
         async with running_service(GATEWAY, {"services": services, "retry_attempts": 2}) as gateway:
             yield gateway.address
 
@@ -74,9 +76,7 @@ async def test_absent_services_are_per_feature_errors(
     assert reply.classify.labels, "the working feature still answers"
     failed = {e.feature: e.code for e in reply.errors}
     assert failed == {
-        common_pb2.FEATURE_OCR: "UNAVAILABLE",
-        common_pb2.FEATURE_FACE: "UNAVAILABLE",
-        common_pb2.FEATURE_HASH: "UNAVAILABLE",
+        spec.enum: "UNAVAILABLE" for spec in features.all_features() if spec.name != "classify"
     }
 
 

@@ -56,6 +56,7 @@ SERVICE_PORTS = {
     "OcrService": 50052,
     "FaceService": 50053,
     "HashService": 50054,
+    "DetectionService": 50055,
 }
 SLO_DOC = json.loads((ROOT / "loadtest" / "slo.json").read_text())
 

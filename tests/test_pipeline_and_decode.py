@@ -17,6 +17,8 @@ from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
 from services.common.pipeline import Pipeline
 from services.common.protos import decode_image, image_limits, rgb_to_image
+from services.detect.config import DetectConfig
+from services.detect.pipeline import DetectPipeline
 from services.face.config import FaceConfig
 from services.face.pipeline import FacePipeline
 from services.hash.config import HashConfig
@@ -24,6 +26,7 @@ from services.hash.encoder import Encoder
 from services.ocr.config import OcrConfig
 from services.ocr.pipeline import OcrPipeline
 from tests.conftest import encode
+from visionmesh import features, registry
 from visionmesh.v1 import common_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,17 +70,14 @@ async def test_configured_limits_apply(chelsea: np.ndarray) -> None:
         await decode_image(rgb_to_image(chelsea), small)
 
 
-@pytest.mark.parametrize("config_cls", [ClassifyConfig, OcrConfig, FaceConfig, HashConfig])
-def test_every_service_reads_image_limits_from_its_config(config_cls: type) -> None:
-    assert config_cls().images == ImageLimitsConfig()
+@pytest.mark.parametrize("name", features.names())
+def test_every_service_reads_image_limits_from_its_config(name: str) -> None:
+    assert registry.definition(name).config_cls().images == ImageLimitsConfig()
 
 
 @pytest.mark.parametrize(
     "servicer",
-    [
-        "gateway/servicer.py",
-        *(f"services/{s}/servicer.py" for s in ("classify", "ocr", "face", "hash")),
-    ],
+    ["gateway/servicer.py", *(f"services/{name}/servicer.py" for name in features.names())],
 )
 def test_every_servicer_decodes_through_the_one_helper(servicer: str) -> None:
     source = (ROOT / servicer).read_text()
@@ -92,19 +92,14 @@ def test_pipelines_own_their_served_models() -> None:
         "ocr": [m.name for m in OcrPipeline(OcrConfig()).served_models],
         "face": [m.name for m in FacePipeline.served(FaceConfig()).served_models],
         "hash": [m.name for m in Encoder(HashConfig()).served_models],
+        "detect": [m.name for m in DetectPipeline.served(DetectConfig()).served_models],
     }
     assert owned == {
         "classify": ["efficientnet_lite0", "open_nsfw"],
         "ocr": ["ppocr_det", "ppocr_cls", "ppocr_rec"],
-        "face": [
-            "mtcnn_pnet",
-            "mtcnn_rnet",
-            "mtcnn_onet",
-            "face_age",
-            "face_gender",
-            "face_emotion",
-        ],
+        "face": ["face_age", "face_gender", "face_emotion", "face_retinaface"],
         "hash": ["efficientnet_lite0"],
+        "detect": ["person_ssdlite"],
     }
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 
+from visionmesh import features
+
 
 def _models(args: argparse.Namespace) -> int:
     from visionmesh import models_build
@@ -64,7 +66,9 @@ def analyze(args: AnalyzeRequest) -> int:
     except ValueError as exc:
         print(f"visionmesh analyze: {exc}", file=sys.stderr)
         return 2
-    options = gateway_pb2.AnalyzeOptions(no_cache=args.no_cache)
+    options = gateway_pb2.AnalyzeOptions(
+        no_cache=args.no_cache, all_tag_scores=getattr(args, "all_tags", False)
+    )
     options.hash.collection = args.collection or ""
     options.hash.k = args.k
     if args.max_distance is not None:
@@ -180,11 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze = sub.add_parser("analyze", help="analyse images or videos through the gateway")
     analyze.add_argument("paths", nargs="+", help="image or video files")
     analyze.add_argument(
-        "--features", default="", help="comma list of classify,ocr,face,hash (default: all)"
+        "--features",
+        default="",
+        help=f"comma list of {','.join(features.names())} (default: all)",
     )
     analyze.add_argument("--gateway", default="127.0.0.1:50050", help="gateway address")
     analyze.add_argument(
         "--json", action="store_true", help="print JSON (tags, one key per feature, errors)"
+    )
+    analyze.add_argument(
+        "--all-tags",
+        action="store_true",
+        help="every tag with its score, also those below their source's floor",
     )
     analyze.add_argument(
         "--collection", default="", help="hash: search this collection for near-duplicates"
@@ -220,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser(
         "serve", help="run one service (what a Kubernetes pod runs)", add_help=False
     )
-    serve.add_argument("service", help="classify, ocr, face, hash or gateway")
+    serve.add_argument("service", help=f"{', '.join(features.names())} or gateway")
     serve.add_argument(
         "rest",
         nargs=argparse.REMAINDER,

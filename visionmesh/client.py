@@ -105,9 +105,16 @@ def render_text(path: Path, result: Any, top: int = 10) -> str:
             lines.append("   text: " + result.ocr.full_text.replace("\n", " | "))
         if result.HasField("face"):
             lines.append(f"   faces: {len(result.face.faces)}")
+        if result.HasField("detect"):
+            lines.append(f"   people: {result.detect.people_count}")
     else:
         if result.text_lines:
             lines.append("   text: " + " | ".join(t.line.text for t in result.text_lines))
+        if any(f.result.HasField("detect") for f in result.frames):
+            counts = ", ".join(
+                f"{f.timestamp_s:.1f}s {f.result.detect.people_count}" for f in result.frames
+            )
+            lines.append(f"   people: at most {result.people_count} ({counts})")
     if result.HasField("hash") and result.hash.code.bits:
         found = (
             ", ".join(f"{m.id} ({m.distance} bits apart)" for m in result.hash.near_duplicates)

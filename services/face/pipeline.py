@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.config import ConfigError
 from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.models import ServedModel
 from services.common.pipeline import Pipeline
@@ -20,21 +21,43 @@ from services.common.protos import box
 from services.face import attributes
 from services.face.align import extract_chip
 from services.face.config import FaceConfig
-from services.face.detector import Detections, Model, MtcnnDetector
+from services.face.detector import (
+    Detections,
+    Detector,
+    Model,
+    MtcnnDetector,
+    RetinaFaceDetector,
+)
 from visionmesh.v1 import common_pb2, face_pb2
 
 # The emotion net was trained on loose face boxes; this padding around dlib's frame matches them.
 EMOTION_CHIP_PADDING = 0.25
 
 
+DETECTOR_MODELS = {"retinaface": ("retinaface",), "mtcnn": ("pnet", "rnet", "onet")}
+
+
 @dataclass
 class FaceModels:
-    pnet: Model
-    rnet: Model
-    onet: Model
     age: Model
     gender: Model
     emotion: Model
+    # Only the chosen detector's models are loaded (``DETECTOR_MODELS``).
+    retinaface: Model | None = None
+    pnet: Model | None = None
+    rnet: Model | None = None
+    onet: Model | None = None
+
+
+def make_detector(models: FaceModels, config: FaceConfig) -> Detector:
+    kind = config.detector.kind
+    if kind == "retinaface" and models.retinaface is not None:
+        return RetinaFaceDetector(models.retinaface, config.detector.retinaface)
+    if kind == "mtcnn" and models.pnet and models.rnet and models.onet:
+        return MtcnnDetector(models.pnet, models.rnet, models.onet, config.detector)
+    raise ValueError(
+        f"detector.kind must be one of {sorted(DETECTOR_MODELS)} with its models given, got {kind!r}"
+    )
 
 
 @dataclass
@@ -57,26 +80,25 @@ class FacePipeline(Pipeline):
         super().__init__(owned)
         self.models = models
         self.config = config
-        self.detector = MtcnnDetector(models.pnet, models.rnet, models.onet, config.detector)
+        self.detector = make_detector(models, config)
         self.age_bins = np.asarray(models.age.entry.extra["age_bins"], np.float64)
         self.gender_labels = models.gender.entry.labels()
         self.emotion_labels = models.emotion.entry.labels()
 
     @classmethod
     def served(cls, config: FaceConfig) -> FacePipeline:
-        """The pipeline on batched served models, one per network (owned: started and closed)."""
-        served = [
-            ServedModel(c)
-            for c in (
-                config.pnet,
-                config.rnet,
-                config.onet,
-                config.age,
-                config.gender,
-                config.emotion,
+        """The pipeline on batched served models, one per network of the chosen detector
+        and the attribute heads (owned: started and closed with the pipeline)."""
+        if config.detector.kind not in DETECTOR_MODELS:
+            raise ConfigError(
+                f"detector.kind must be one of {sorted(DETECTOR_MODELS)}, got {config.detector.kind!r}"
             )
-        ]
-        return cls(FaceModels(*served), config, owned=served)
+        sources = {"age": config.age, "gender": config.gender, "emotion": config.emotion}
+        sources["retinaface"] = config.retinaface
+        sources.update(pnet=config.mtcnn.pnet, rnet=config.mtcnn.rnet, onet=config.mtcnn.onet)
+        names = ("age", "gender", "emotion", *DETECTOR_MODELS[config.detector.kind])
+        served = {name: ServedModel(sources[name]) for name in names}
+        return cls(FaceModels(**served), config, owned=served.values())
 
     def _chips(self, rgb: np.ndarray, det: Detections) -> Chips:
         age_pre, gender_pre = (

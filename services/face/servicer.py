@@ -1,4 +1,4 @@
-"""FaceService: MTCNN detection, alignment, then age / gender / emotion heads batched across calls."""
+"""FaceService: RetinaFace (or MTCNN) detection, alignment, then age / gender / emotion heads batched across calls."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from services.face.pipeline import FacePipeline
 from services.face.tags import face_tags
 from visionmesh.v1 import face_pb2, face_pb2_grpc
 
-# Smallest min_face_size a caller may ask for: below it the pyramid upsamples a lot.
+# Smallest min_face_size a caller may ask for: RetinaFace's smallest prior is 16 px at stride 8.
 MIN_FACE_FLOOR = 10.0
 
 
 class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     def __init__(self, config: FaceConfig) -> None:
         self.config = config
-        # One served model (queue + batcher + engines) per network, owned by the pipeline.
+        # One served model (queue + batcher + engines) per network of the chosen detector
+        # and the attribute heads, owned by the pipeline.
         self.pipeline = FacePipeline.served(config)
         self.image_limits = image_limits(config.images)
 

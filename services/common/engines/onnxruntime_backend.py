@@ -33,7 +33,7 @@ class OnnxRuntimeEngine(Engine):
         if self.config.threads > 0:
             opts.intra_op_num_threads = self.config.threads
         opts.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if self.config.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise EngineError(
@@ -43,7 +43,7 @@ class OnnxRuntimeEngine(Engine):
             providers = [
                 ("CUDAExecutionProvider", {"device_id": device_id}),
                 "CPUExecutionProvider",
-            ]  # type: ignore[list-item]
+            ]
         self.session = ort.InferenceSession(
             str(self.entry.onnx_path), sess_options=opts, providers=providers
         )

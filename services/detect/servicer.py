@@ -1,0 +1,74 @@
+"""DetectionService: people boxes, count and tags from one batched SSDLite pass per image."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from services.common.errors import InvalidInput
+from services.common.protos import box, decode_image, image_limits
+from services.common.rpc import grpc_method, request_deadline
+from services.detect.config import DetectConfig
+from services.detect.labels import display_names
+from services.detect.pipeline import DetectPipeline
+from services.detect.tags import PERSON, people_tags
+from visionmesh.v1 import detect_pb2, detect_pb2_grpc
+
+# Largest max_detections a caller may ask for (the NMS loop is bounded by it).
+MAX_DETECTIONS_CAP = 300
+
+
+class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
+    def __init__(self, config: DetectConfig) -> None:
+        self.config = config
+        self.pipeline = DetectPipeline.served(config)
+        self.image_limits = image_limits(config.images)
+
+    async def start(self) -> None:
+        await self.pipeline.start()
+
+    async def close(self) -> None:
+        await self.pipeline.close()
+
+    def _limits(self, request: detect_pb2.DetectObjectsRequest) -> tuple[float, int]:
+        score = request.min_score
+        if not np.isfinite(score) or not 0 <= score < 1:
+            raise InvalidInput(f"min_score must be 0 (default) or in (0, 1), got {score}")
+        if not 0 <= request.max_detections <= MAX_DETECTIONS_CAP:
+            raise InvalidInput(
+                f"max_detections must be 0 (default {self.config.detector.max_detections})"
+                f" to {MAX_DETECTIONS_CAP}, got {request.max_detections}"
+            )
+        return (
+            score or self.config.detector.min_score,
+            request.max_detections or self.config.detector.max_detections,
+        )
+
+    @grpc_method
+    async def DetectObjects(
+        self, request: detect_pb2.DetectObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> detect_pb2.DetectObjectsResponse:
+        min_score, max_detections = self._limits(request)
+        rgb = (await decode_image(request.image, self.image_limits)).rgb
+        found = await self.pipeline.detect(
+            rgb, min_score, max_detections, request_deadline(context)
+        )
+        detections = []
+        for b, s, label in zip(found.boxes, found.scores, found.labels, strict=True):
+            en, zh = display_names(label)
+            detections.append(
+                detect_pb2.Detection(
+                    box=box(*b), score=float(s), label=label, display_name_en=en, display_name_zh=zh
+                )
+            )
+        people = np.array([lab == PERSON for lab in found.labels], bool)
+        tags = people_tags(
+            found.boxes[people],
+            found.scores[people],
+            found.best_score,
+            (rgb.shape[0], rgb.shape[1]),
+            self.config.tags,
+        )
+        return detect_pb2.DetectObjectsResponse(
+            detections=detections, people_count=int(people.sum()), tags=tags
+        )
