@@ -21,7 +21,7 @@ import skimage.data
 from PIL import Image
 
 from bench.common import machine, median, write_section
-from tests.conftest import encode
+from tests.support import encode
 from tools.make_sample_video import make_video
 from visionmesh import client
 from visionmesh.mesh import LocalMesh

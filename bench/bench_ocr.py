@@ -25,8 +25,8 @@ import numpy as np
 
 from services.common.protos import rgb_to_image
 from services.common.repository import default_root
-from services.common.testing import running_service
 from services.ocr.main import DEFINITION
+from tests.support import running_service
 from tools.ocr_accuracy import Prediction, Score, rapidocr_reference, score_image
 from tools.ocr_render import RenderedImage, render_set
 from visionmesh.models_build import build

@@ -25,7 +25,7 @@ from bench.bench_classify import bare_sessions
 from bench.common import machine, percentiles_ms, write_section
 from services.common.images import decode
 from services.common.protos import rgb_to_image
-from tests.conftest import encode
+from tests.support import encode
 from visionmesh.mesh import LocalMesh
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 

@@ -13,7 +13,7 @@ import pytest
 from gateway.main import DEFINITION as GATEWAY
 from services.classify.main import DEFINITION as CLASSIFY
 from services.common.net import free_port
-from services.common.testing import running_service
+from tests.support import running_service
 from visionmesh import features
 
 ROOT = Path(__file__).resolve().parent.parent

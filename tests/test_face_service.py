@@ -23,9 +23,8 @@ import skimage.data
 from PIL import Image
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.face.main import DEFINITION
-from tests.conftest import ROOT, encode
+from tests.support import ROOT, encode, running_service
 from visionmesh.v1 import common_pb2, face_pb2, face_pb2_grpc
 
 GROUP_PHOTO_CACHE = ROOT / "var" / "test-data" / "insightface-2.1" / "t1.jpg"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.hash.corpus import COPY_TRANSFORMS, load_photo
 from services.hash.main import DEFINITION
 from services.hash.projection import hamming
+from tests.support import running_service
 from visionmesh.v1 import common_pb2, hash_pb2, hash_pb2_grpc
 
 

@@ -109,3 +109,29 @@ def test_one_entry_point_per_service() -> None:
     for folder in [*folders, ROOT / "gateway"]:
         assert (folder / "__main__.py").is_file(), folder
         assert "__main__" not in (folder / "main.py").read_text(), folder / "main.py"
+
+
+def test_production_packages_hold_no_test_code() -> None:
+    for package in ("services", "gateway", "visionmesh"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert path.name not in ("testing.py", "conftest.py"), path
+            tests_imports = [m for m in _imports(path) if m.split(".")[0] == "tests"]
+            assert not tests_imports, f"{path.relative_to(ROOT)} imports {tests_imports}"
+
+
+def test_the_repository_refers_to_nothing_outside_it() -> None:
+    """A clone has only itself: no links to folders beside it."""
+    roots = ["README.md", "Makefile", "requirements.txt", "pyproject.toml"]
+    folders = ["docs", "services", "gateway", "visionmesh", "tests", "tools", "bench", "k8s"]
+    paths = [ROOT / r for r in roots] + [
+        p
+        for folder in folders
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file()
+        and p.suffix in (".md", ".py", ".yaml", ".txt", ".sh", ".toml")
+        and "/v1/" not in str(p)
+    ]
+    outside = "../" + "shared"  # spelled apart so this test does not find itself
+    for path in paths:
+        if path.is_file():
+            assert outside not in path.read_text(errors="replace"), path.relative_to(ROOT)

@@ -25,7 +25,7 @@ from services.hash.config import HashConfig
 from services.hash.encoder import Encoder
 from services.ocr.config import OcrConfig
 from services.ocr.pipeline import OcrPipeline
-from tests.conftest import encode
+from tests.support import encode
 from visionmesh import features, registry
 from visionmesh.v1 import common_pb2
 

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.classify.main import DEFINITION as CLASSIFY
 from services.common import config as cfgmod
 from services.common.runner import build_server
-from services.common.testing import running_service
+from tests.support import running_service
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 
 
