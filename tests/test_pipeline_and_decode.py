@@ -16,7 +16,7 @@ from services.common.config import ImageLimitsConfig, ModelConfig
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
 from services.common.pipeline import Pipeline
-from services.common.protos import decode_image, image_limits, rgb_to_image
+from services.common.protos import decode_image, rgb_to_image
 from services.detect.config import DetectConfig
 from services.detect.pipeline import DetectPipeline
 from services.face.config import FaceConfig
@@ -39,9 +39,9 @@ async def test_encoded_images_decode_off_the_event_loop(
     threads: list[int] = []
     real = protos.decode
 
-    def spy(data: bytes, limits: ImageLimits) -> object:
+    def spy(data: bytes, limits: ImageLimits, *rest: object) -> object:
         threads.append(threading.get_ident())
-        return real(data, limits)
+        return real(data, limits, *rest)
 
     monkeypatch.setattr(protos, "decode", spy)
     data = encode(chelsea)
@@ -63,7 +63,7 @@ async def test_raw_images_are_checked_and_digested_only_when_asked() -> None:
 
 
 async def test_configured_limits_apply(chelsea: np.ndarray) -> None:
-    small = image_limits(ImageLimitsConfig(max_bytes=1000, max_side=100))
+    small = ImageLimits.from_config(ImageLimitsConfig(max_bytes=1000, max_side=100))
     with pytest.raises(InvalidInput, match="1000-byte limit"):
         await decode_image(common_pb2.Image(encoded=encode(chelsea)), small)
     with pytest.raises(InvalidInput, match="100-pixel limit"):
@@ -81,7 +81,7 @@ def test_every_service_reads_image_limits_from_its_config(name: str) -> None:
 )
 def test_every_servicer_decodes_through_the_one_helper(servicer: str) -> None:
     source = (ROOT / servicer).read_text()
-    assert "decode_image(" in source
+    assert "decode_image(" in source or "decode_frames(" in source
     direct = re.findall(r"(?<![\w.])(?:decode|from_raw|image_to_rgb)\(", source)
     assert not direct, f"{servicer} decodes outside decode_image: {direct}"
 

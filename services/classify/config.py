@@ -53,7 +53,7 @@ class QualityConfig:
 @dataclass
 class ClassifyConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    # Checked before any image of a request is decoded.
+    # What one request may make this service decode (see services/common/images.py).
     images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     # Batching policies are the models' own (their repository config.yaml).
     classifier: ModelConfig = field(default_factory=lambda: ModelConfig(name="efficientnet_lite0"))

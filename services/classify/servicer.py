@@ -14,7 +14,8 @@ from services.classify import safety as safety_mod
 from services.classify.config import ClassifyConfig
 from services.classify.pipeline import ClassifyPipeline
 from services.common.errors import InvalidInput
-from services.common.protos import box, decode_image, image_limits
+from services.common.images import ImageLimits
+from services.common.protos import box, decode_image
 from services.common.rpc import grpc_method, request_deadline
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 
@@ -25,7 +26,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
     def __init__(self, config: ClassifyConfig) -> None:
         self.config = config
         self.pipeline = ClassifyPipeline(config)
-        self.image_limits = image_limits(config.images)
+        self.image_limits = ImageLimits.from_config(config.images)
 
     async def start(self) -> None:
         await self.pipeline.start()

@@ -36,7 +36,7 @@ class TagConfig:
 @dataclass
 class DetectConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    # Checked before any image of a request is decoded.
+    # What one request may make this service decode (see services/common/images.py).
     images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tags: TagConfig = field(default_factory=TagConfig)

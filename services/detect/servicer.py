@@ -6,7 +6,8 @@ import grpc
 import numpy as np
 
 from services.common.errors import InvalidInput
-from services.common.protos import box, decode_image, image_limits
+from services.common.images import ImageLimits
+from services.common.protos import box, decode_image
 from services.common.rpc import grpc_method, request_deadline
 from services.detect.config import DetectConfig
 from services.detect.labels import display_names
@@ -22,7 +23,7 @@ class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
     def __init__(self, config: DetectConfig) -> None:
         self.config = config
         self.pipeline = DetectPipeline.served(config)
-        self.image_limits = image_limits(config.images)
+        self.image_limits = ImageLimits.from_config(config.images)
 
     async def start(self) -> None:
         await self.pipeline.start()

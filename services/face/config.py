@@ -68,7 +68,7 @@ class MtcnnModels:
 @dataclass
 class FaceConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    # Checked before any image of a request is decoded.
+    # What one request may make this service decode (see services/common/images.py).
     images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)

@@ -6,7 +6,8 @@ import grpc
 import numpy as np
 
 from services.common.errors import InvalidInput
-from services.common.protos import decode_image, image_limits
+from services.common.images import ImageLimits
+from services.common.protos import decode_image
 from services.common.rpc import grpc_method, request_deadline
 from services.face.config import FaceConfig
 from services.face.pipeline import FacePipeline
@@ -23,7 +24,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         # One served model (queue + batcher + engines) per network of the chosen detector
         # and the attribute heads, owned by the pipeline.
         self.pipeline = FacePipeline.served(config)
-        self.image_limits = image_limits(config.images)
+        self.image_limits = ImageLimits.from_config(config.images)
 
     async def start(self) -> None:
         await self.pipeline.start()

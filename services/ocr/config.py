@@ -85,7 +85,7 @@ class LimitsConfig:
 @dataclass
 class OcrConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    # Checked before any image of a request is decoded.
+    # What one request may make this service decode (see services/common/images.py).
     images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: ModelConfig = field(default_factory=lambda: _model("ppocr_det", HEAVY_STAGE_THREADS))
     direction: ModelConfig = field(default_factory=lambda: _model("ppocr_cls", 1))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 
 from services.common.errors import InvalidInput
-from services.common.protos import decode_image, image_limits
+from services.common.images import ImageLimits
+from services.common.protos import decode_image
 from services.common.rpc import grpc_method, request_deadline
 from services.ocr.config import OcrConfig
 from services.ocr.pipeline import OcrPipeline, RecognizedLine
@@ -24,8 +25,9 @@ def line_to_proto(line: RecognizedLine) -> ocr_pb2.TextLine:
 class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
     def __init__(self, config: OcrConfig) -> None:
         self.config = config
+        self.image_limits = ImageLimits.from_config(config.images)
         self.pipeline = OcrPipeline(config)
-        self.image_limits = image_limits(config.images)
+        self.image_limits = ImageLimits.from_config(config.images)
 
     async def start(self) -> None:
         await self.pipeline.start()
