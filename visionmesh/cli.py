@@ -49,6 +49,13 @@ class AnalyzeRequest:
     frames: int = 0
     timeout: float = 60.0
     no_cache: bool = False
+    # Every tag, also those below their source's floor.
+    all_tags: bool = False
+    # Client TLS (None = from the environment, VISIONMESH_CLIENT__TLS__*).
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -66,9 +73,7 @@ def analyze(args: AnalyzeRequest) -> int:
     except ValueError as exc:
         print(f"visionmesh analyze: {exc}", file=sys.stderr)
         return 2
-    options = gateway_pb2.AnalyzeOptions(
-        no_cache=args.no_cache, all_tag_scores=getattr(args, "all_tags", False)
-    )
+    options = gateway_pb2.AnalyzeOptions(no_cache=args.no_cache, all_tag_scores=args.all_tags)
     options.hash.collection = args.collection or ""
     options.hash.k = args.k
     if args.max_distance is not None:
@@ -78,10 +83,10 @@ def analyze(args: AnalyzeRequest) -> int:
     try:
         tls = client.tls_settings(
             os.environ,
-            ca_file=getattr(args, "tls_ca", None),
-            cert_file=getattr(args, "tls_cert", None),
-            key_file=getattr(args, "tls_key", None),
-            server_name=getattr(args, "tls_server_name", None),
+            ca_file=args.tls_ca,
+            cert_file=args.tls_cert,
+            key_file=args.tls_key,
+            server_name=args.tls_server_name,
         )
     except ValueError as exc:
         print(f"visionmesh analyze: {exc}", file=sys.stderr)
