@@ -25,7 +25,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.metrics import free_port
+from services.common.net import free_port
 from visionmesh import client, features
 from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
