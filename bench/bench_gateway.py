@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.harness import Goal, Ratio, Report, Side, alternate
 from gateway.video import decode_keyframes
-from tests.conftest import encode
+from tests.support import encode
 from tools.make_sample_video import make_video
 from visionmesh import client
 from visionmesh.mesh import LocalMesh

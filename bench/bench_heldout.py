@@ -30,12 +30,12 @@ from bench.harness import Report
 from services.classify.config import QualityConfig
 from services.classify.quality import assess
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.face.config import FaceConfig
 from services.face.main import DEFINITION as FACE
 from services.hash.corpus import COPY_TRANSFORMS
 from services.hash.main import DEFINITION as HASH
 from services.ocr.main import DEFINITION as OCR
+from tests.support import running_service
 from visionmesh.v1 import face_pb2, face_pb2_grpc, hash_pb2, hash_pb2_grpc, ocr_pb2, ocr_pb2_grpc
 
 

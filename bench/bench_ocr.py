@@ -27,9 +27,9 @@ import numpy as np
 from bench.harness import Goal, Ratio, Report, Side, alternate
 from services.common.protos import rgb_to_image
 from services.common.repository import default_root
-from services.common.testing import running_service
 from services.ocr.config import HEAVY_STAGE_THREADS
 from services.ocr.main import DEFINITION
+from tests.support import running_service
 from tools.ocr_accuracy import Prediction, Score, rapidocr_reference, score_image
 from tools.ocr_render import RenderedImage, render_set
 from visionmesh.models_build import build

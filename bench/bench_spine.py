@@ -34,7 +34,7 @@ from bench.bench_classify import BarePipeline, service_throughput
 from bench.common import percentiles_ms
 from bench.harness import Goal, Ratio, Report, Side, alternate, fmt
 from services.common.images import decode
-from tests.conftest import encode
+from tests.support import encode
 from visionmesh.mesh import LocalMesh
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 

@@ -95,7 +95,7 @@ async def test_second_look_on_real_photos_matches_the_bare_model(entry, case: st
     from bench.evalsets import load
     from services.classify.main import DEFINITION
     from services.common.protos import rgb_to_image
-    from services.common.testing import running_service
+    from tests.support import running_service
     from visionmesh.v1 import classify_pb2, classify_pb2_grpc
 
     source, crop = CASES[case]

@@ -19,9 +19,8 @@ import skimage.data
 from PIL import Image
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.face.main import DEFINITION
-from tests.conftest import encode
+from tests.support import encode, running_service
 from tools.testdata import INSIGHTFACE_DIR, missing_message
 from visionmesh.v1 import common_pb2, face_pb2, face_pb2_grpc
 

@@ -13,10 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.hash.corpus import COPY_TRANSFORMS, load_photo
 from services.hash.main import DEFINITION
 from services.hash.projection import hamming
+from tests.support import running_service
 from visionmesh.v1 import common_pb2, hash_pb2, hash_pb2_grpc
 
 

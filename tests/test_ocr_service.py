@@ -14,10 +14,8 @@ import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.ocr.main import DEFINITION
-from tests.conftest import encode
-from tests.ocr_helpers import draw_lines, ensure_ocr_models
+from tests.support import draw_lines, encode, ensure_ocr_models, running_service
 from tools.ocr_accuracy import Prediction, Score, rapidocr_reference, score_image
 from tools.ocr_render import FONT_DIR, SC_FACE, RenderedImage, render_set
 from visionmesh.v1 import common_pb2, ocr_pb2, ocr_pb2_grpc

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.classify.main import DEFINITION as CLASSIFY
 from services.common import config as cfgmod
 from services.common.runner import build_server
-from services.common.testing import running_service
+from tests.support import running_service
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.config import ImageLimitsConfig, ModelConfig, ServerConfig
+from visionmesh import features
+
+DEFAULT_PORT = features.by_name("classify").default_port
 
 
 @dataclass

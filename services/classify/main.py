@@ -1,14 +1,11 @@
-"""Entry point of the classify service: ``visionmesh serve classify``."""
+"""The classify service's definition, run by ``visionmesh serve classify`` or ``python -m services.classify``."""
 
 from __future__ import annotations
 
-import sys
-
-from services.classify.config import ClassifyConfig
+from services.classify.config import DEFAULT_PORT, ClassifyConfig
 from services.classify.servicer import ClassifyServicer
-from services.common.runner import ServiceDefinition, run_service
+from services.common.runner import ServiceDefinition
 from services.common.server import Registration
-from visionmesh import features
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc
 
 
@@ -17,9 +14,4 @@ def build(config: ClassifyConfig) -> list[Registration]:
     return [Registration.of(classify_pb2, classify_pb2_grpc, "ClassifyService", servicer)]
 
 
-DEFINITION = ServiceDefinition(
-    "classify", ClassifyConfig, build, features.by_name("classify").default_port
-)
-
-if __name__ == "__main__":
-    run_service(DEFINITION, sys.argv[1:])
+DEFINITION = ServiceDefinition("classify", ClassifyConfig, build, DEFAULT_PORT)

@@ -8,7 +8,7 @@ from services.common.batch_rpc import answer_each
 from services.common.deadline import Deadline
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
-from services.common.protos import image_to_rgb
+from services.common.protos import decode_image
 from services.common.rpc import grpc_method, request_deadline
 from services.ocr.config import OcrConfig
 from services.ocr.pipeline import OcrPipeline, RecognizedLine
@@ -29,6 +29,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         self.config = config
         self.image_limits = ImageLimits.from_config(config.images)
         self.pipeline = OcrPipeline(config)
+        self.image_limits = ImageLimits.from_config(config.images)
 
     async def start(self) -> None:
         await self.pipeline.start()
@@ -71,7 +72,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         self, request: ocr_pb2.RecognizeRequest, deadline: Deadline
     ) -> ocr_pb2.RecognizeResponse:
         max_lines, min_confidence = self._limits(request)
-        rgb = image_to_rgb(request.image, self.image_limits)
+        rgb = (await decode_image(request.image, self.image_limits)).rgb
         lines = await self.pipeline.recognise(rgb, min_confidence, max_lines, deadline)
         return ocr_pb2.RecognizeResponse(
             lines=[line_to_proto(x) for x in lines], full_text="\n".join(x.text for x in lines)
