@@ -18,14 +18,12 @@ CARRY_PATHS = (KIT_DIR, "visionmesh/v1")
 # What the run may carry in all: tracked + untracked-not-ignored files + CARRY_PATHS.
 CARRY_LIMIT_BYTES = 64 * 1024 * 1024
 
-# Classifier, safety model, face detector cascade, one OCR model (the text-direction classifier:
+# Classifier, safety model, the face detector (RetinaFace, the default), one OCR model (the text-direction classifier:
 # the detector and recogniser are 9.5 and 21 MiB and do not fit beside the others).
 KIT_MODELS = (
     "efficientnet_lite0",
     "open_nsfw",
-    "mtcnn_pnet",
-    "mtcnn_rnet",
-    "mtcnn_onet",
+    "face_retinaface",
     "ppocr_cls",
 )
 
