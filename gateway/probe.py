@@ -11,13 +11,10 @@ gateway. Messages match ``images.decode``'s.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
-
 from services.common.errors import InvalidInput
-from services.common.images import ALLOWED_FORMATS, ImageLimits, _check_dims
+from services.common.images import ImageLimits, _check_dims, open_header
 
 # EXIF orientations that turn the image a quarter: width and height swap on decode.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
@@ -34,25 +31,13 @@ class ProbedImage:
 
 def probe(data: bytes, limits: ImageLimits) -> ProbedImage:
     """Format and oriented dimensions from the header, or ``InvalidInput`` saying what is wrong."""
-    if not data:
-        raise InvalidInput("image is empty (0 bytes)")
-    if len(data) > limits.max_bytes:
-        raise InvalidInput(f"image is {len(data)} bytes: over the {limits.max_bytes}-byte limit")
+    img = open_header(data, limits)
+    fmt = img.format or "UNKNOWN"
+    width, height = img.size
     try:
-        img = Image.open(io.BytesIO(data))
-        fmt = img.format or "UNKNOWN"
-        width, height = img.size
         orientation = img.getexif().get(_ORIENTATION_TAG, 1) if fmt != "GIF" else 1
-    except UnidentifiedImageError:
-        raise InvalidInput(
-            "bytes are not a recognised image format (JPEG, PNG, WebP, BMP, GIF, TIFF)"
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(f"image rejected by the decompression-bomb guard: {exc}") from None
     except Exception as exc:
         raise InvalidInput(f"image header could not be read: {exc}") from None
-    if fmt not in ALLOWED_FORMATS:
-        raise InvalidInput(f"image format {fmt} is not accepted (JPEG, PNG, WebP, BMP, GIF, TIFF)")
     if orientation in _QUARTER_TURNS:
         width, height = height, width
     _check_dims(width, height, limits)

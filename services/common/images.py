@@ -138,14 +138,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(
-    data: bytes, limits: ImageLimits = ImageLimits(), budget: PixelBudget | None = None
-) -> DecodedImage:
-    """Decode encoded image bytes into RGB, or raise ``InvalidInput`` saying why.
-
-    The header's dimensions are checked against ``limits`` and charged to
-    ``budget`` (a fresh one of ``limits`` when None) before pixels are decoded.
-    """
+def open_header(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open encoded bytes lazily (header only) within the byte limit and the accepted formats."""
     if not data:
         raise InvalidInput("image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -163,6 +157,19 @@ def decode(
     fmt = img.format or "UNKNOWN"
     if fmt not in ALLOWED_FORMATS:
         raise InvalidInput(f"image format {fmt} is not accepted (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    return img
+
+
+def decode(
+    data: bytes, limits: ImageLimits = ImageLimits(), budget: PixelBudget | None = None
+) -> DecodedImage:
+    """Decode encoded image bytes into RGB, or raise ``InvalidInput`` saying why.
+
+    The header's dimensions are checked against ``limits`` and charged to
+    ``budget`` (a fresh one of ``limits`` when None) before pixels are decoded.
+    """
+    img = open_header(data, limits)
+    fmt = img.format or "UNKNOWN"
     _check_dims(img.width, img.height, limits)
     (budget or limits.budget()).charge(img.width, img.height)
     try:
