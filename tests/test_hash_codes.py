@@ -28,7 +28,9 @@ def test_trim_borders_recovers_a_letterboxed_photo(vertical: bool, colour: int) 
     # JPEG-like noise in the bars must not stop the trim.
     noisy = boxed.astype(np.int16) + np.random.default_rng(0).integers(-6, 7, boxed.shape)
     trimmed = trim_borders(np.clip(noisy, 0, 255).astype(np.uint8))
-    assert abs(trimmed.shape[0] - photo.shape[0]) <= 2 and abs(trimmed.shape[1] - photo.shape[1]) <= 2
+    assert (
+        abs(trimmed.shape[0] - photo.shape[0]) <= 2 and abs(trimmed.shape[1] - photo.shape[1]) <= 2
+    )
 
 
 def test_trim_borders_leaves_photos_and_flat_images_whole() -> None:
@@ -82,4 +84,7 @@ def test_fit_still_gives_every_method_and_size() -> None:
     projection = fit(rng.standard_normal((600, 1280)).astype(np.float32), (64, 128), 7, 5)
     for method in ("itq", "lsh"):
         for bits in (64, 128):
-            assert projection.encode(rng.standard_normal((3, 1280)), method, bits).shape == (3, bits // 8)
+            assert projection.encode(rng.standard_normal((3, 1280)), method, bits).shape == (
+                3,
+                bits // 8,
+            )
