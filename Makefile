@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/visionmesh/v1/*.proto)
 export VISIONMESH_MODEL_REPOSITORY ?= $(CURDIR)/model_repository
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-gpu gen models samples run test test-all lint bench loadtest gpu-kit clean
+.PHONY: setup setup-gpu gen models samples run test test-all test-infra lint bench loadtest gpu-kit image e2e clean
 
 setup: $(STAMP) gen models samples
 
@@ -43,6 +43,11 @@ test: setup
 test-all: setup
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
+# Real infrastructure: Prometheus + promtool, an OTLP receiver, k6, a rolling restart
+# of two replicas per service, and the container image (built by `make image` first).
+test-infra: setup
+	$(PY) -m pytest --run-infra -m "infra or container" $(PYTEST_ARGS)
+
 lint: setup
 	@[[ -x node_modules/.bin/buf ]] || npm install --no-save --no-audit --no-fund @bufbuild/buf@1.75.0 >/dev/null
 	.venv/bin/ruff format --check .
@@ -54,10 +59,19 @@ lint: setup
 bench: setup
 	$(PY) -m bench.run_all
 
-# Brings a local mesh up on free loopback ports, runs every loadtest/*.json briefly
+# Brings a local mesh up on free loopback ports, runs k6 on every loadtest/*.json briefly
 # (LOADTEST_DURATION, default 5s each), prints the SLO table, stops the mesh; fails on a breach.
 loadtest: setup
 	$(PY) -m loadtest.suite --up --duration $${LOADTEST_DURATION:-5s}
+
+# The CPU image (podman, a local Debian base, the model repository built in): docker/build.sh.
+image: setup models
+	bash docker/build.sh
+
+# The gateway and every feature service from that image, one container each; analyses a
+# photo and the sample clip through the gateway and prints the merged tags.
+e2e: setup samples
+	bash docker/e2e.sh
 
 # Fills .gpu-kit/ for a GPU machine (wheels, model subset, photos), checks the carry against its
 # 64 MiB limit and prints the command to run there (tools/gpu_check, docs/gpu.md).

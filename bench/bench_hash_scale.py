@@ -4,8 +4,8 @@ Synthetic but shaped like a re-upload workload: 100k "originals" (random codes)
 each with 10 near-duplicate variants (every bit flipped with p = 0.05, ~6 bits),
 1M codes in all. Queries are fresh variants of random originals, so a query's
 true 10 nearest neighbours are the 10 variants of its original. Measures: add
-time (through ``Collection.put_many``, the path the store applies logged adds
-with; WAL fsync cost is separate), resident memory per item, single and batched
+time (through ``Collection.add``, the path the store applies committed adds
+with; the store's fsync cost is separate, see ``bench/bench_hash_store.py``), resident memory per item, single and batched
 search latency of the IVF index at several ``nprobe``, and its recall@10
 against exact search (faiss ``IndexBinaryFlat``).
 
@@ -86,20 +86,20 @@ def main() -> None:
     rng = np.random.default_rng(0)
     bases, codes = make_codes(args.items, rng)
     rss0 = rss_bytes()
-    ids = [f"video-{i}" for i in range(len(codes))]
     coll = Collection(
         "scale",
+        1,
         BITS,
         "itq",
         IndexConfig(ivf_threshold=min(200_000, args.items // 2), nlist=args.nlist, nprobe=16),
     )
     start = time.perf_counter()
     for s in range(0, len(codes), 10_000):
-        coll.put_many(ids[s : s + 10_000], codes[s : s + 10_000])
+        coll.add(np.arange(s, min(s + 10_000, len(codes)), dtype=np.int64), codes[s : s + 10_000])
     add_s = time.perf_counter() - start
     per_item = (rss_bytes() - rss0) / len(codes)
     print(
-        f"added {len(codes)} codes in {add_s:.1f}s ({add_s / len(codes) * 1e6:.1f} us/item, IVF switch included); memory {per_item:.0f} B/item (RSS delta: id strings, id->label dict, faiss lists, code array)"
+        f"added {len(codes)} codes in {add_s:.1f}s ({add_s / len(codes) * 1e6:.1f} us/item, IVF switch included); memory {per_item:.0f} B/item (RSS delta: the faiss index of codes and int64 labels; ids live in the store on disk)"
     )
 
     queries = variants(bases[rng.integers(0, len(bases), args.queries)], rng)
@@ -128,9 +128,9 @@ def main() -> None:
         found = []
         for q in queries:
             t = time.perf_counter()
-            hits = coll.search(q[None], 10)[0]
+            _, labels = coll.search(q[None], 10)[0]
             single.append(time.perf_counter() - t)
-            found.append({int(h.id[6:]) for h in hits})
+            found.append({int(label) for label in labels})
         t = time.perf_counter()
         for s in range(0, len(queries), 100):
             coll.search(queries[s : s + 100], 10)

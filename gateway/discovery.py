@@ -14,9 +14,10 @@ round-robin, skipping instances whose breaker is open.
   come and go; ``pick`` returns that one endpoint. Its breaker guards the
   service as a whole (round_robin already routes around single dead pods).
 
-Channels are made with ``grpc.aio.insecure_channel(target, options, interceptors)``
-using the caller's options (message sizes) and interceptors (tracing), and
-only in ``start()``, inside the running event loop.
+Channels are made with ``services.common.tls.aio_channel`` (TLS or mutual TLS
+when a ``ClientTlsConfig`` names files, plaintext otherwise) using the caller's
+options (message sizes) and interceptors (tracing), and only in ``start()``,
+inside the running event loop.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import Any, Protocol
 import grpc
 
 from gateway.resilience import BreakerOpen, CircuitBreaker
+from services.common import tls as tlsmod
+from services.common.config import ClientTlsConfig
 from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,9 @@ class Resolver(Protocol):
     def pick(self, service: str) -> Endpoint:
         """The next endpoint for ``service``; raises ``Unavailable`` when none can take a call."""
 
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint known now, of every service (health probes walk them)."""
+
     async def close(self) -> None:
         """Stop watches and close every channel."""
 
@@ -86,7 +92,9 @@ class _PooledResolver:
         interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
         breaker_failures: int = 5,
         breaker_reset_s: float = 5.0,
+        tls: ClientTlsConfig | None = None,
     ) -> None:
+        self.tls = tls or ClientTlsConfig()
         self.channel_options = list(channel_options or [])
         self.interceptors = list(interceptors or [])
         self.breaker_failures = breaker_failures
@@ -97,8 +105,9 @@ class _PooledResolver:
     def _endpoint(
         self, address: str, target: str | None = None, extra_options: ChannelOptions = ()
     ) -> Endpoint:
-        channel = grpc.aio.insecure_channel(
+        channel = tlsmod.aio_channel(
             target or address,
+            self.tls,
             options=[*self.channel_options, *extra_options],
             interceptors=self.interceptors or None,
         )
@@ -110,6 +119,9 @@ class _PooledResolver:
         """Addresses currently known for ``service`` (for logs, status pages and tests)."""
         pool = self._pools.get(service)
         return [e.address for e in pool.endpoints] if pool else []
+
+    def endpoints(self) -> list[Endpoint]:
+        return [e for pool in self._pools.values() for e in pool.endpoints]
 
     def pick(self, service: str) -> Endpoint:
         if not self._started:
@@ -151,8 +163,9 @@ class StaticResolver(_PooledResolver):
         interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
         breaker_failures: int = 5,
         breaker_reset_s: float = 5.0,
+        tls: ClientTlsConfig | None = None,
     ) -> None:
-        super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s)
+        super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s, tls)
         self.configured = {
             service: list(dict.fromkeys(addrs)) for service, addrs in addresses.items()
         }
@@ -179,8 +192,9 @@ class DnsResolver(_PooledResolver):
         interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
         breaker_failures: int = 5,
         breaker_reset_s: float = 5.0,
+        tls: ClientTlsConfig | None = None,
     ) -> None:
-        super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s)
+        super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s, tls)
         self.targets = {service: dns_target(host_port) for service, host_port in targets.items()}
 
     async def start(self) -> None:
@@ -218,8 +232,9 @@ class ConsulResolver(_PooledResolver):
         breaker_reset_s: float = 5.0,
         watch_wait: str = WATCH_WAIT,
         retry_s: float = 1.0,
+        tls: ClientTlsConfig | None = None,
     ) -> None:
-        super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s)
+        super().__init__(channel_options, interceptors, breaker_failures, breaker_reset_s, tls)
         self.consul_addr = consul_addr
         self.service_names = list(dict.fromkeys(service_names))
         self.watch_wait = watch_wait

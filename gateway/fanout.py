@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
+from gateway.admission import Ticket
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.resilience import call_with_retry
@@ -79,30 +80,47 @@ class FanOut:
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float | None,
         response: gateway_pb2.AnalyzeResponse,
+        ticket: Ticket | None = None,
     ) -> None:
-        """Fan ``image`` out to ``wanted`` concurrently, filling ``response`` (results + errors)."""
-        specs = [features.by_enum(f) for f in wanted]
+        """Fan ``image`` out to ``wanted`` concurrently, filling ``response`` (results + errors).
+
+        Each feature's admission slot on ``ticket`` is released as that feature ends;
+        features ``ticket`` refused get a RESOURCE_EXHAUSTED error and are not called.
+        """
+        specs = [s for s in (features.by_enum(f) for f in wanted) if s is not None]
+        if ticket is not None and ticket.refused:
+            for spec in specs:
+                if (refusal := ticket.refused.get(spec.service)) is not None:
+                    err = feature_error(spec.enum, refusal)
+                    FEATURE_ERRORS.labels(spec.enum_name, err.code).inc()
+                    response.errors.append(err)
+            specs = [s for s in specs if s.service not in ticket.refused]
         FANOUT_WIDTH.observe(len(specs))
         results = await asyncio.gather(
             *(
-                self._timed(spec, self.run_feature(spec, [image], options, timeout_s, response))
+                self._timed(
+                    spec, self.run_feature(spec, [image], options, timeout_s, response), ticket
+                )
                 for spec in specs
-                if spec is not None
             ),
             return_exceptions=True,
         )
-        for spec, result in zip([s for s in specs if s is not None], results, strict=True):
+        for spec, result in zip(specs, results, strict=True):
             if isinstance(result, BaseException):
                 err = feature_error(spec.enum, result)
                 FEATURE_ERRORS.labels(spec.enum_name, err.code).inc()
                 response.errors.append(err)
 
-    async def _timed(self, spec: FeatureSpec, run: Awaitable[None]) -> None:
+    async def _timed(self, spec: FeatureSpec, run: Awaitable[None], ticket: Ticket | None) -> None:
         start = time.perf_counter()
+        measured = False
         try:
             await run
+            measured = True
         finally:
             FEATURE_SECONDS.labels(spec.enum_name).observe(time.perf_counter() - start)
+            if ticket is not None:
+                ticket.finish(spec.service, measured)
 
     async def run_feature(
         self,

@@ -1,9 +1,18 @@
-"""Staying up when services are not: circuit breakers, bounded retries, an in-flight cap.
+"""Staying up when services are not: circuit breakers, health probes, bounded retries, an in-flight cap.
 
 - ``CircuitBreaker`` — per service instance. After ``failure_threshold``
   consecutive failures it opens (calls are refused at once, so a dead instance
   costs callers nothing); after ``reset_timeout_s`` it lets one probe through
-  (half-open); the probe's outcome closes it or opens it again.
+  (half-open); the probe's outcome closes it or opens it again. Only real
+  failures count (UNAVAILABLE, INTERNAL): a busy instance (RESOURCE_EXHAUSTED)
+  is alive, and a call that ran out of the caller's deadline says nothing
+  about the instance (the caller may simply have asked for too little time).
+- ``HealthProber`` — asks every instance's ``grpc.health.v1`` service on a
+  short period. An open breaker closes as soon as its instance answers
+  SERVING (recovery within a probe period of the instance being healthy, not
+  after ``reset_timeout_s``); an instance that stops answering its health
+  checks (hung, SIGSTOPped, draining) is tripped open, which the breaker's own
+  counting cannot do now that deadlines do not count.
 - ``call_with_retry`` — one logical call: retried with exponential backoff and
   full jitter, but only on UNAVAILABLE (the request never reached a server
   that could act on it, so repeating it is safe) and never past the caller's
@@ -17,22 +26,33 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
+import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter
 
 from services.common.errors import Overloaded, Unavailable
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+# Alerting (monitoring/rules.yaml) fires on openings; a failed half-open probe counts again.
+BREAKER_OPENED = Counter(
+    "visionmesh_gateway_breaker_opened_total", "Circuit breakers opened (or re-opened)"
+)
 
 # Outcomes that say the server (not the request) is unwell.
-BREAKER_FAILURES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
-)
+BREAKER_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+# Outcomes that say nothing about the server: the caller's own deadline ran out,
+# or the caller went away. They neither count as failures nor close a breaker.
+BREAKER_NEUTRAL = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 # The only status worth a retry: nothing was processed, another attempt (maybe another instance) can succeed.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
@@ -109,17 +129,34 @@ class CircuitBreaker:
         self._failures += 1
         if self._opened_at is not None or self._failures >= self.failure_threshold:
             # A failed probe (or a late failure while open) re-opens for a full timeout.
+            if self.state is not BreakerState.OPEN:
+                BREAKER_OPENED.inc()
             self._opened_at = self._clock()
+        self._probe_started_at = None
+
+    def record_neutral(self) -> None:
+        """An attempt that proved nothing (deadline, cancellation): only free the half-open probe slot."""
+        self._probe_started_at = None
+
+    def trip(self) -> None:
+        """Open now (the instance failed its health checks), whatever the failure count."""
+        if self.state is not BreakerState.OPEN:
+            BREAKER_OPENED.inc()
+        self._failures = max(self._failures, self.failure_threshold)
+        self._opened_at = self._clock()
         self._probe_started_at = None
 
     def record(self, exc: BaseException | None) -> None:
         """Record an attempt's outcome: only server-side trouble counts against the instance."""
         if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in BREAKER_FAILURES:
             self.record_failure()
-        elif isinstance(exc, asyncio.TimeoutError | TimeoutError):
-            self.record_failure()
+        elif isinstance(exc, grpc.aio.AioRpcError) and exc.code() in BREAKER_NEUTRAL:
+            self.record_neutral()
+        elif isinstance(exc, asyncio.TimeoutError | TimeoutError | asyncio.CancelledError):
+            self.record_neutral()
         else:
-            # Success, or the caller's fault (INVALID_ARGUMENT, NOT_FOUND...): the instance is fine.
+            # Success, a busy answer (RESOURCE_EXHAUSTED: alive, just full) or the
+            # caller's fault (INVALID_ARGUMENT, NOT_FOUND...): the instance is fine.
             self.record_success()
 
     def __repr__(self) -> str:
@@ -210,3 +247,107 @@ class InFlightLimiter:
         tb: TracebackType | None,
     ) -> None:
         self.in_flight -= 1
+
+
+class ProbedEndpoint(Protocol):
+    """What the prober needs of an endpoint (``gateway.discovery.Endpoint`` fits)."""
+
+    address: str
+    channel: grpc.aio.Channel
+    breaker: CircuitBreaker
+
+
+class HealthProber:
+    """Background ``grpc.health.v1`` checks of every endpoint ``endpoints()`` returns.
+
+    An endpoint whose breaker is not closed is asked every ``recovering_period_s``
+    and closed on the first SERVING; a closed one is asked every ``period_s``
+    and tripped open after ``down_after`` consecutive failed checks (no answer
+    within ``timeout_s``, UNAVAILABLE, NOT_SERVING). The default ``timeout_s``
+    is generous on purpose: a busy instance answers its health checks late,
+    and tripping it would turn "busy" into "unavailable".
+    """
+
+    def __init__(
+        self,
+        endpoints: Callable[[], Iterable[ProbedEndpoint]],
+        *,
+        period_s: float = 1.0,
+        recovering_period_s: float = 0.1,
+        timeout_s: float = 2.0,
+        down_after: int = 3,
+    ) -> None:
+        self._endpoints = endpoints
+        self.period_s = period_s
+        self.recovering_period_s = recovering_period_s
+        self.timeout_s = timeout_s
+        self.down_after = down_after
+        self._failed_checks: dict[str, int] = {}
+        self._last_check: dict[str, float] = {}
+        self._checking: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="health-prober")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        self._inflight.clear()
+
+    async def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            for endpoint in list(self._endpoints()):
+                recovering = endpoint.breaker.state is not BreakerState.CLOSED
+                period = self.recovering_period_s if recovering else self.period_s
+                if endpoint.address in self._checking:
+                    continue
+                if now - self._last_check.get(endpoint.address, -math.inf) < period:
+                    continue
+                self._last_check[endpoint.address] = now
+                self._checking.add(endpoint.address)
+                task = asyncio.create_task(self._check(endpoint))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            await asyncio.sleep(self.recovering_period_s / 2)
+
+    async def _check(self, endpoint: ProbedEndpoint) -> None:
+        try:
+            serving = await self.check(endpoint.channel, self.timeout_s)
+        finally:
+            self._checking.discard(endpoint.address)
+        breaker = endpoint.breaker
+        if serving:
+            self._failed_checks[endpoint.address] = 0
+            if breaker.state is not BreakerState.CLOSED:
+                log.info(
+                    "instance healthy again: breaker closed",
+                    extra={"fields": {"address": endpoint.address}},
+                )
+                breaker.record_success()
+            return
+        failed = self._failed_checks.get(endpoint.address, 0) + 1
+        self._failed_checks[endpoint.address] = failed
+        if failed >= self.down_after and breaker.state is BreakerState.CLOSED:
+            log.warning(
+                "instance failed its health checks: breaker opened",
+                extra={"fields": {"address": endpoint.address, "failed_checks": failed}},
+            )
+            breaker.trip()
+
+    @staticmethod
+    async def check(channel: grpc.aio.Channel, timeout_s: float) -> bool:
+        """One ``Health.Check`` of the whole server: SERVING within ``timeout_s``?"""
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -11,13 +11,15 @@ import grpc
 import numpy as np
 
 from gateway import video, video_merge
+from gateway.admission import Admission, Ticket
 from gateway.cache import ResultCache
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.fanout import FanOut, feature_error
 from gateway.merge import above_floors, link_people, ranked, rescale
-from gateway.resilience import InFlightLimiter
-from services.common.errors import InvalidInput
+from gateway.resilience import HealthProber, InFlightLimiter
+from gateway.upload import UploadLimits, UploadReceiver
+from services.common.errors import InvalidInput, Overloaded, retry_after_metadata
 from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
 from services.common.protos import rgb_to_image
 from services.common.rpc import grpc_method, status_code
@@ -41,6 +43,23 @@ def requested_features(features: Sequence[int]) -> list[int]:
     return sorted(set(features), key=list(features).index)
 
 
+def _spec(feature: int) -> feature_table.FeatureSpec:
+    spec = feature_table.by_enum(feature)
+    if spec is None:  # requested_features() let through only known values
+        raise InvalidInput(f"unknown feature value {feature}")
+    return spec
+
+
+def _service(feature: int) -> str:
+    return _spec(feature).service
+
+
+def _hint_retry(context: grpc.aio.ServicerContext, ticket: Ticket) -> None:
+    """A partly refused request still answers OK; its trailing metadata says when to retry the rest."""
+    if ticket.retry_after_s is not None:
+        context.set_trailing_metadata(retry_after_metadata(Overloaded("", ticket.retry_after_s)))
+
+
 def _encoded(image: common_pb2.Image) -> bytes | None:
     return image.encoded if image.WhichOneof("source") == "encoded" else None
 
@@ -52,17 +71,41 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.fanout = FanOut(resolver, config)
         self.cache = ResultCache(config.cache_max_bytes, config.cache_ttl_s)
         self.limiter = InFlightLimiter(config.max_in_flight)
-        lim = config.images
-        self.image_limits = ImageLimits(
-            max_bytes=lim.max_bytes, max_pixels=lim.max_pixels, max_side=lim.max_side
+        self.admission = Admission(
+            feature_table.names(),
+            headroom=config.admission_headroom,
+            partial=config.admission_partial,
         )
+        self.prober = HealthProber(
+            resolver.endpoints,
+            period_s=config.health_period_s,
+            recovering_period_s=config.health_recovering_period_s,
+            timeout_s=config.health_timeout_s,
+            down_after=config.health_down_after,
+        )
+        self.uploads = UploadReceiver(
+            UploadLimits(
+                max_bytes=config.video_max_bytes,
+                max_in_progress=config.upload_max_in_progress,
+                idle_timeout_s=config.upload_idle_timeout_s,
+                spill_bytes=config.upload_spill_bytes,
+                spill_dir=config.upload_spill_dir,
+            )
+        )
+        self.image_limits = ImageLimits.from_config(config.images)
         self.video_limits = video.VideoLimits(max_bytes=config.video_max_bytes)
 
     async def start(self) -> None:
         await self.resolver.start()
+        self.prober.start()
 
     async def close(self) -> None:
+        await self.prober.close()
         await self.resolver.close()
+
+    def _admit(self, weights: dict[int, int], timeout_s: float) -> Ticket:
+        """Admission for ``weights`` (feature -> calls) within ``timeout_s``; raises ``Overloaded``."""
+        return self.admission.admit({_service(f): w for f, w in weights.items()}, timeout_s)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -98,13 +141,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float,
         encoded: bytes | None = None,
+        ticket: Ticket | None = None,
     ) -> gateway_pb2.AnalyzeResponse:
         key = self._cache_key(decoded, features, options)
         if key is not None and (hit := self.cache.get(key)) is not None:
             cached = gateway_pb2.AnalyzeResponse.FromString(hit)
             cached.cached = True
             return cached
-        response = await self.analyze_pixels(decoded.rgb, features, options, timeout_s, encoded)
+        response = await self.analyze_pixels(
+            decoded.rgb, features, options, timeout_s, encoded, ticket
+        )
         response.image.CopyFrom(
             common_pb2.ImageInfo(
                 width=decoded.width,
@@ -124,6 +170,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         options: gateway_pb2.AnalyzeOptions,
         timeout_s: float,
         encoded: bytes | None = None,
+        ticket: Ticket | None = None,
     ) -> gateway_pb2.AnalyzeResponse:
         """Fan ``rgb`` out; ``encoded`` is the validated original, forwarded instead when no resize was needed.
 
@@ -143,7 +190,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 else rgb_to_image(rgb)
             )
         response = gateway_pb2.AnalyzeResponse()
-        await self.fanout.run_features(image, features, options, timeout_s, response)
+        await self.fanout.run_features(image, features, options, timeout_s, response, ticket)
         rescale(response, 1.0 / scale)
         link_people(response)
         merged = ranked(response.tags)
@@ -159,10 +206,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.AnalyzeResponse:
         async with self.limiter:
             features = requested_features(request.features)
-            decoded = await self._decode(request.image)
-            return await self.analyze_decoded(
-                decoded, features, request.options, self._timeout(context), _encoded(request.image)
-            )
+            timeout_s = self._timeout(context)
+            # Admitted (or refused) before any decoding: a refusal costs next to nothing.
+            with self._admit(dict.fromkeys(features, 1), timeout_s) as ticket:
+                _hint_retry(context, ticket)
+                decoded = await self._decode(request.image)
+                return await self.analyze_decoded(
+                    decoded, features, request.options, timeout_s, _encoded(request.image), ticket
+                )
 
     async def _batch_item(
         self,
@@ -175,12 +226,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.BatchItem:
         async with gate:
             try:
-                decoded = await self._decode(image)
-                response = await self.analyze_decoded(
-                    decoded, features, options, timeout_s, _encoded(image)
-                )
+                with self._admit(dict.fromkeys(features, 1), timeout_s) as ticket:
+                    decoded = await self._decode(image)
+                    response = await self.analyze_decoded(
+                        decoded, features, options, timeout_s, _encoded(image), ticket
+                    )
                 return gateway_pb2.BatchItem(index=index, response=response)
-            except InvalidInput as exc:
+            except (InvalidInput, Overloaded) as exc:
                 return gateway_pb2.BatchItem(
                     index=index,
                     error=gateway_pb2.ItemError(code=exc.code.name, message=exc.message),
@@ -245,47 +297,36 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_iterator: AsyncIterator[gateway_pb2.AnalyzeVideoRequest],
         context: grpc.aio.ServicerContext,
     ) -> gateway_pb2.AnalyzeVideoResponse:
-        async with self.limiter:
-            header, data = await self._collect_upload(request_iterator)
+        # Receiving has its own budget; an analysis slot is taken only once the clip is here.
+        upload = await self.uploads.receive(request_iterator)
+        try:
+            header = upload.header
             features = requested_features(header.features)
             wanted_frames = header.num_frames or self.config.video_frames
             if not 1 <= wanted_frames <= self.config.video_max_frames:
                 raise InvalidInput(
                     f"num_frames must be between 1 and {self.config.video_max_frames}, got {wanted_frames}"
                 )
-            clip = await asyncio.to_thread(
-                video.decode_keyframes, data, wanted_frames, self.video_limits
-            )
-            return await self._analyze_clip(clip, features, header.options, self._timeout(context))
-
-    async def _collect_upload(
-        self, request_iterator: AsyncIterator[gateway_pb2.AnalyzeVideoRequest]
-    ) -> tuple[gateway_pb2.VideoUploadHeader, bytes]:
-        header: gateway_pb2.VideoUploadHeader | None = None
-        chunks: list[bytes] = []
-        size = 0
-        async for message in request_iterator:
-            if message.HasField("header"):
-                if header is not None:
-                    raise InvalidInput("video upload sent a second header")
-                header = message.header
-                if header.total_size > self.video_limits.max_bytes:
-                    raise InvalidInput(
-                        f"video is {header.total_size} bytes: over the {self.video_limits.max_bytes}-byte limit"
-                    )
-            elif header is None:
-                raise InvalidInput("video upload must start with a header")
-            size += len(message.chunk)
-            if size > self.video_limits.max_bytes:
-                raise InvalidInput(
-                    f"video upload exceeds the {self.video_limits.max_bytes}-byte limit"
+            async with self.limiter:
+                clip = await asyncio.to_thread(
+                    video.decode_keyframes, upload.file, wanted_frames, self.video_limits
                 )
-            chunks.append(message.chunk)
-        if header is None:
-            raise InvalidInput("video upload was empty (no header)")
-        if size == 0:
-            raise InvalidInput("video upload has no bytes")
-        return header, b"".join(chunks)
+                timeout_s = self._timeout(context)
+                frames = len(clip.frames)
+                weights = {f: frames if _spec(f).per_frame else 1 for f in features}
+                with self._admit(weights, timeout_s) as ticket:
+                    _hint_retry(context, ticket)
+                    admitted = [f for f in features if _service(f) not in ticket.refused]
+                    response = await self._analyze_clip(clip, admitted, header.options, timeout_s)
+                    failed = {e.feature for e in response.errors}
+                    for feature in admitted:
+                        ticket.finish(_service(feature), measured=feature not in failed)
+                    for feature in features:
+                        if (refusal := ticket.refused.get(_service(feature))) is not None:
+                            response.errors.append(feature_error(feature, refusal))
+                    return response
+        finally:
+            upload.close()
 
     async def _analyze_clip(
         self,

@@ -28,6 +28,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import IO
 
 import av
 import av.error
@@ -76,15 +77,31 @@ class DecodedVideo:
     frames: list[SampledFrame] = field(default_factory=list)
 
 
-def _open(data: bytes, limits: VideoLimits) -> av.container.InputContainer:
-    if not data:
+# The clip: bytes in memory, or a seekable binary file (a spilled upload).
+VideoSource = bytes | IO[bytes]
+
+
+def _reader(data: VideoSource) -> tuple[IO[bytes], int]:
+    """A file object over ``data`` positioned at 0, and its size in bytes."""
+    if isinstance(data, bytes):
+        return io.BytesIO(data), len(data)
+    size = data.seek(0, io.SEEK_END)
+    data.seek(0)
+    return data, size
+
+
+def _open(data: VideoSource, limits: VideoLimits) -> av.container.InputContainer:
+    reader, size = _reader(data)
+    if size == 0:
         raise InvalidInput("video is empty (0 bytes)")
-    if len(data) > limits.max_bytes:
-        raise InvalidInput(f"video is {len(data)} bytes: over the {limits.max_bytes}-byte limit")
-    if data.lstrip()[:16].startswith(_REFERENCING_PREFIXES):
+    if size > limits.max_bytes:
+        raise InvalidInput(f"video is {size} bytes: over the {limits.max_bytes}-byte limit")
+    head = reader.read(4096)
+    reader.seek(0)
+    if head.lstrip()[:16].startswith(_REFERENCING_PREFIXES):
         raise InvalidInput("video bytes are a playlist or text file, not a video container")
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        container = av.open(reader, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as exc:
         raise InvalidInput(
             f"bytes are not a readable video container (truncated or not a video?): {exc}"
@@ -246,7 +263,7 @@ def _decode_keyframes(
 
 
 def _fill(
-    data: bytes, targets: dict[int, float], index: _PacketIndex, limits: VideoLimits
+    data: VideoSource, targets: dict[int, float], index: _PacketIndex, limits: VideoLimits
 ) -> dict[int, SampledFrame]:
     """Decode the real frames at ``targets`` (target index -> seconds), within the fill budget.
 
@@ -256,7 +273,7 @@ def _fill(
     """
     found: dict[int, SampledFrame] = {}
     budget = limits.max_fill_frames
-    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+    with av.open(_reader(data)[0], mode="r", metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         frames: Iterator[av.VideoFrame] | None = None
         position = -math.inf
@@ -283,7 +300,7 @@ def _fill(
 
 
 def decode_keyframes(
-    data: bytes, num_frames: int = 3, limits: VideoLimits | None = None
+    data: VideoSource, num_frames: int = 3, limits: VideoLimits | None = None
 ) -> DecodedVideo:
     """Validate ``data`` and sample up to ``num_frames`` frames across it (keyframes first; see module doc)."""
     limits = limits or VideoLimits()
@@ -316,7 +333,7 @@ def decode_keyframes(
     return DecodedVideo(index.duration_s, width, height, codec, fps, keyframes_decoded, ordered)
 
 
-def decode_all_frames(data: bytes, limits: VideoLimits | None = None) -> int:
+def decode_all_frames(data: VideoSource, limits: VideoLimits | None = None) -> int:
     """Decode every frame to RGB (the baseline keyframe-only decoding is measured against); returns the count."""
     limits = limits or VideoLimits()
     count = 0

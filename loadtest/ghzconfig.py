@@ -1,10 +1,11 @@
-"""The subset of ghz's JSON configuration that the Python runner understands.
+"""The subset of ghz's JSON configuration the load tests use, validated before a run.
 
 Same keys, same meaning as ghz (``call``, ``host``, ``data``/``binary-file``,
 ``concurrency``, ``rps`` or ``load-schedule`` step/line, ``total``,
-``duration``, ``timeout``), so one file drives either tool. The runner is a
-safety-bounded local tool: loopback targets only, bounded count, time and
-concurrency.
+``duration``, ``timeout``), so one file drives ghz and the k6 scripts
+(loadtest/k6/). ``loadtest/k6run.py`` loads a config through here first: the
+suite is a safety-bounded local tool (loopback targets only, bounded count, time
+and concurrency).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Hard bounds: this runner exists to exercise a local mesh, not to load anything else.
+# Hard bounds: the suite exists to exercise a local mesh, not to load anything else.
 MAX_TOTAL = 100_000
 MAX_DURATION_S = 600.0
 MAX_CONCURRENCY = 512
@@ -27,7 +28,7 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, 
 
 
 class ConfigError(ValueError):
-    """A configuration the runner cannot or will not run."""
+    """A configuration the suite cannot or will not run."""
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -105,7 +106,7 @@ def require_loopback(host: str) -> None:
     outside = [a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback]
     if outside:
         raise ConfigError(
-            f"refusing non-loopback target {host!r} (resolves to {', '.join(sorted(outside))}); this runner only loads a local mesh"
+            f"refusing non-loopback target {host!r} (resolves to {', '.join(sorted(outside))}); the load tests only load a local mesh"
         )
 
 

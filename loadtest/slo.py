@@ -1,4 +1,4 @@
-"""SLO gate over ghz JSON reports (from ghz itself or from loadtest.runner).
+"""SLO gate over ghz JSON reports (from ghz itself or from a k6 run, loadtest/k6run.py).
 
     python -m loadtest.slo report.json [more.json ...] [--slo loadtest/slo.json]
 

@@ -1,4 +1,4 @@
-"""Run every load test briefly against a local mesh and print the SLO table.
+"""Run every load test briefly with k6 against a local mesh and print the SLO table.
 
     python -m loadtest.suite --up --duration 5s          # what `make loadtest` runs
     python -m loadtest.suite --duration 30s              # against a mesh already up on the default ports
@@ -6,8 +6,9 @@
 With ``--up`` the mesh (every service present plus the gateway) is started on
 free loopback ports with ``visionmesh.mesh.LocalMesh`` - what ``visionmesh up``
 runs - and stopped (SIGTERM, graceful drain) afterwards; each config's host is
-pointed at the matching process. Reports are written to ``--reports``
-(ghz's JSON shape). Exit status 1 when any SLO is breached.
+pointed at the matching process. Each test runs loadtest/k6/<config>.js (k6 checks
+the thresholds itself); reports are written to ``--reports`` (k6's summary and the
+same figures in ghz's JSON shape). Exit status 1 when any SLO is breached.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import ghzconfig, runner, slo
+from loadtest import k6run, slo
 
 HERE = Path(__file__).resolve().parent
 # gRPC service (from a config's call) -> mesh process name.
@@ -41,26 +42,27 @@ def run_suite(
     files: list[Path],
     addresses: dict[str, str] | None,
     duration: str,
-    processes: int | None,
     reports_dir: Path,
-) -> list[dict[str, Any]]:
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    reports = []
+    slo_file: Path | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Every config through k6; returns the reports and whether k6's own thresholds held."""
+    reports, thresholds_held = [], True
     for path in files:
         raw = json.loads(path.read_text())
         process = SERVICE_PROCESS[raw["call"].split(".")[-2]]
-        overrides: dict[str, Any] = {"duration": duration}
+        target = raw["host"]
         if addresses is not None:
             if process not in addresses:
                 print(f"skip {path.name}: {process} is not running", flush=True)
                 continue
-            overrides["host"] = addresses[process]
-        cfg = ghzconfig.load(path, overrides)
-        print(f"running {path.name}: {cfg.call} on {cfg.host} for {duration} ...", flush=True)
-        rep = runner.run(cfg, processes)
-        (reports_dir / f"{path.stem}.report.json").write_text(json.dumps(rep, indent=2) + "\n")
+            target = addresses[process]
+        print(f"k6 {path.stem}: {raw['call']} on {target} for {duration} ...", flush=True)
+        rep, status = k6run.run(path, target, duration, reports_dir, slo_file)
+        if status not in (0, k6run.THRESHOLDS_FAILED):
+            raise RuntimeError(f"k6 failed on {path.name} (exit {status})")
+        thresholds_held &= status == 0
         reports.append(rep)
-    return reports
+    return reports, thresholds_held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", default="5s", help="per test (default 5s)")
     parser.add_argument(
         "--only", nargs="*", default=[], help="config names (file stems), e.g. classify ocr"
-    )
-    parser.add_argument(
-        "--processes", type=int, help="client processes per test (default: CPU count)"
     )
     parser.add_argument("--slo", default=str(slo.DEFAULT_SLO_FILE))
     parser.add_argument("--reports", default="var/loadtest", help="folder for the JSON reports")
@@ -100,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {name} did not start:\n{reason}", file=sys.stderr)
             addresses = {name: proc.address for name, proc in mesh.processes.items()}
             print(f"mesh up in {time.monotonic() - started:.0f}s: {addresses}", flush=True)
-        reports = run_suite(files, addresses, args.duration, args.processes, Path(args.reports))
+        reports, thresholds_held = run_suite(
+            files, addresses, args.duration, Path(args.reports), Path(args.slo)
+        )
     finally:
         if mesh is not None:
             mesh.stop()
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print(f"\nreports in {args.reports}/; SLOs from {args.slo}")
-    return 0 if ok else 1
+    if not thresholds_held:
+        print("k6: thresholds breached (see the reports)", file=sys.stderr)
+    return 0 if ok and thresholds_held else 1
 
 
 if __name__ == "__main__":

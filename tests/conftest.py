@@ -16,15 +16,25 @@ os.environ.setdefault("VISIONMESH_MODEL_REPOSITORY", str(ROOT / "model_repositor
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+    parser.addoption(
+        "--run-infra",
+        action="store_true",
+        help="also run tests marked infra/container (real Prometheus, OTLP, k6, podman)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="slow test: run with --run-slow (make test-all)")
+    skips = []
+    if not config.getoption("--run-slow"):
+        skips.append(("slow", "slow test: run with --run-slow (make test-all)"))
+    if not config.getoption("--run-infra"):
+        reason = "infrastructure test: run with --run-infra (make test-infra, .ci/run)"
+        skips += [("infra", reason), ("container", reason)]
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in skips:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break
 
 
 def encode(rgb: np.ndarray, fmt: str = "JPEG", **kwargs: object) -> bytes:

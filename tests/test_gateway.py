@@ -37,7 +37,8 @@ async def gateway_address() -> AsyncIterator[str]:
         dead = f"127.0.0.1:{free_port()}"  # nothing listens here: those features must fail alone
         services = {spec.name: [dead] for spec in features.all_features()}
         services["classify"] = [classify.address]
-        async with running_service(GATEWAY, {"services": services, "retry_attempts": 2}) as gateway:
+        overrides = {"services": services, "retry_attempts": 2, "server": {"reflection": True}}
+        async with running_service(GATEWAY, overrides) as gateway:
             yield gateway.address
 
 

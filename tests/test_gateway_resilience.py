@@ -83,14 +83,40 @@ def test_only_server_side_trouble_counts_against_an_instance() -> None:
     breaker.record(rpc_error(grpc.StatusCode.INVALID_ARGUMENT))
     breaker.record(rpc_error(grpc.StatusCode.NOT_FOUND))
     assert breaker.state is BreakerState.CLOSED
-    for code in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.INTERNAL,
-    ):
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
         fresh = CircuitBreaker(failure_threshold=1)
         fresh.record(rpc_error(code))
         assert fresh.state is BreakerState.OPEN, code
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED),
+        rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED),
+        rpc_error(grpc.StatusCode.CANCELLED),
+        TimeoutError(),
+    ],
+    ids=["busy", "deadline", "cancelled", "timeout"],
+)
+def test_busy_answers_and_short_deadlines_never_open_a_breaker(outcome: BaseException) -> None:
+    """A busy instance is alive; a call that ran out of the caller's time says nothing about it."""
+    breaker = CircuitBreaker(failure_threshold=1)
+    for _ in range(50):
+        breaker.record(outcome)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_neutral_outcome_frees_the_half_open_probe_without_closing() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5.0, clock=clock)
+    breaker.record_failure()
+    clock.now += 5.0
+    assert breaker.allow() and not breaker.allow()
+    breaker.record(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.allow()
+    breaker.record(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED))  # answered: alive
+    assert breaker.state is BreakerState.CLOSED
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:

@@ -35,8 +35,6 @@ def start_service(port: int, data_dir: Path, log: Path) -> subprocess.Popen[byte
         str(port),
         "--set",
         f"storage.data_dir={data_dir}",
-        "--set",
-        "storage.snapshot_every=150",
     ]
     return subprocess.Popen(
         args, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ}

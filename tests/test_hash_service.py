@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from services.common.protos import rgb_to_image
 from services.common.testing import running_service
@@ -208,6 +212,26 @@ def code_msg(nbytes: int, bits: int) -> hash_pb2.HashCode:
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         ("Search", hash_pb2.SearchRequest(collection="radius"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            "Add",
+            hash_pb2.AddRequest(
+                collection="bad",
+                id="x",
+                code=hash_pb2.HashCode(code=b"\0" * 16, bits=128, method="m" * 256),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),  # used to kill the committer: every later write answered UNAVAILABLE
+        (
+            "Add",
+            hash_pb2.AddRequest(collection="pbf\n", id="x", code=code_msg(16, 128)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),  # "$" matched before the newline: a second collection named like "pbf"
+        ("Get", hash_pb2.GetRequest(collection="pbf\n", id="x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            "Add",
+            hash_pb2.AddRequest(collection="bad", id="x" * 513, code=code_msg(16, 128)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ],
 )
 async def test_bad_input(
@@ -219,3 +243,50 @@ async def test_bad_input(
         await getattr(stub, call)(request_)
     assert err.value.code() == status, err.value.details()
     assert err.value.details()
+    # Whatever was refused, writes go on.
+    ok = await stub.Add(hash_pb2.AddRequest(collection="after-bad", id="y", code=code_msg(16, 128)))
+    assert ok.id == "y"
+
+
+async def test_limits_metrics_and_health_when_the_store_fails(tmp_path: Path) -> None:
+    overrides = {
+        "storage": {"data_dir": str(tmp_path)},
+        "limits": {"max_collections": 2, "max_items_per_collection": 2},
+    }
+    async with running_service(DEFINITION, overrides) as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = hash_pb2_grpc.HashServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def add(collection: str, item: str) -> None:
+                await stub.Add(
+                    hash_pb2.AddRequest(collection=collection, id=item, code=code_msg(16, 128))
+                )
+
+            before = (
+                REGISTRY.get_sample_value("visionmesh_hash_rejected_total", {"reason": "limit"})
+                or 0
+            )
+            await add("a", "1")
+            await add("a", "2")
+            await add("a", "2")  # a replacement is not a new item
+            await add("b", "1")
+            for collection, item, what in (("a", "3", "max_items"), ("c", "1", "max_collections")):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await add(collection, item)
+                assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert what in (err.value.details() or "")
+            after = REGISTRY.get_sample_value("visionmesh_hash_rejected_total", {"reason": "limit"})
+            assert after == before + 2
+            assert REGISTRY.get_sample_value("visionmesh_hash_collections") == 2
+
+            # The store stops taking writes (its database connection is gone): NOT_SERVING.
+            servicer = server.registrations[0].servicer
+            servicer.store._writer.conn.close()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await add("a", "1")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(0.1)
+            reply = await health.Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            servicer.store._writer = None  # already closed

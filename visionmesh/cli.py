@@ -50,7 +50,18 @@ def _analyze(args: argparse.Namespace) -> int:
         options.hash.max_distance = args.max_distance
     status = 0
     outputs = []
-    with client.channel(args.gateway) as channel:
+    try:
+        tls = client.tls_settings(
+            os.environ,
+            ca_file=getattr(args, "tls_ca", None),
+            cert_file=getattr(args, "tls_cert", None),
+            key_file=getattr(args, "tls_key", None),
+            server_name=getattr(args, "tls_server_name", None),
+        )
+    except ValueError as exc:
+        print(f"visionmesh analyze: {exc}", file=sys.stderr)
+        return 2
+    with client.channel(args.gateway, tls) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         for raw in args.paths:
             path = Path(raw)
@@ -196,6 +207,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze.add_argument("--timeout", type=float, default=60.0, help="deadline per file in seconds")
     analyze.add_argument(
         "--no-cache", action="store_true", help="bypass the gateway's result cache"
+    )
+    analyze.add_argument(
+        "--tls-ca",
+        help="PEM CA bundle to verify the gateway with: turns TLS on (env VISIONMESH_CLIENT__TLS__CA_FILE)",
+    )
+    analyze.add_argument(
+        "--tls-cert",
+        help="PEM client certificate for mutual TLS (VISIONMESH_CLIENT__TLS__CERT_FILE)",
+    )
+    analyze.add_argument(
+        "--tls-key", help="PEM key of --tls-cert (VISIONMESH_CLIENT__TLS__KEY_FILE)"
+    )
+    analyze.add_argument(
+        "--tls-server-name",
+        help="name to verify the gateway's certificate against (VISIONMESH_CLIENT__TLS__SERVER_NAME)",
     )
     analyze.set_defaults(func=_analyze)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
+from services.common import config as cfgmod
+from services.common import tls as tlsmod
+from services.common.config import ClientConfig, ClientTlsConfig
 from visionmesh import features as feature_table
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -47,13 +51,33 @@ def video_messages(
             yield gateway_pb2.AnalyzeVideoRequest(chunk=chunk)
 
 
-def channel(address: str) -> grpc.Channel:
-    limit = 64 * 1024 * 1024
-    return grpc.insecure_channel(
+# The gateway's Analyze limit (a 32 MiB image plus headroom); answers are far smaller.
+MAX_MESSAGE_BYTES = 33 * 1024 * 1024
+
+
+def tls_settings(environ: Mapping[str, str], **flags: str | None) -> ClientTlsConfig:
+    """``client.tls`` from the environment (``VISIONMESH_CLIENT__TLS__*``), flags winning."""
+    try:
+        cfg = cfgmod.load(ClientSettings, environ=environ)
+    except cfgmod.ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    chosen = {k: v for k, v in flags.items() if v is not None}
+    return cfgmod.merge(cfg.client.tls, chosen) if chosen else cfg.client.tls
+
+
+@dataclass
+class ClientSettings:
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+
+def channel(address: str, tls: ClientTlsConfig | None = None) -> grpc.Channel:
+    """A channel to the gateway: TLS when ``tls.ca_file`` is set, else plaintext."""
+    return tlsmod.channel(
         address,
+        tls or ClientTlsConfig(),
         options=[
-            ("grpc.max_send_message_length", limit),
-            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ],
     )
 

@@ -321,7 +321,7 @@ DETECT = register(
 def markdown_table() -> str:
     """The services table of docs/operations.md (a test keeps the doc equal to this)."""
     rows = [
-        "| service  | gRPC port | health service name              | models (init container builds)              |",
+        "| service  | gRPC port | health service name              | models (in the image's repository)          |",
         "|----------|-----------|----------------------------------|---------------------------------------------|",
         "| gateway  | 50050     | `visionmesh.v1.GatewayService`   | none                                        |",
     ]

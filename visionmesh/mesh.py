@@ -2,6 +2,9 @@
 
 Used by ``visionmesh up`` / ``demo``, by tests that kill a real service, and by
 the load tests. Static discovery: the gateway is told each service's address.
+Plaintext on loopback with server reflection on, unless ``tls`` is given: then
+every server requires mutual TLS and the gateway and the health checks here
+present the client certificate.
 """
 
 from __future__ import annotations
@@ -19,10 +22,40 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import tls as tlsmod
+from services.common.config import ClientTlsConfig
 from services.common.metrics import free_port
 from visionmesh import registry
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class MeshTls:
+    """PEM files for a mesh with mutual TLS: one CA, one server and one client certificate."""
+
+    ca_file: str
+    server_cert_file: str
+    server_key_file: str
+    client_cert_file: str
+    client_key_file: str
+
+    def client(self) -> ClientTlsConfig:
+        return ClientTlsConfig(
+            ca_file=self.ca_file, cert_file=self.client_cert_file, key_file=self.client_key_file
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The settings every process of the mesh gets (servers: mTLS; gateway: client side)."""
+        return {
+            "VISIONMESH_SERVER__TLS__CERT_FILE": self.server_cert_file,
+            "VISIONMESH_SERVER__TLS__KEY_FILE": self.server_key_file,
+            "VISIONMESH_SERVER__TLS__CA_FILE": self.ca_file,
+            "VISIONMESH_SERVER__TLS__REQUIRE_CLIENT_CERT": "true",
+            "VISIONMESH_CLIENT__TLS__CA_FILE": self.ca_file,
+            "VISIONMESH_CLIENT__TLS__CERT_FILE": self.client_cert_file,
+            "VISIONMESH_CLIENT__TLS__KEY_FILE": self.client_key_file,
+        }
 
 
 @dataclass
@@ -31,6 +64,8 @@ class ServiceProcess:
     address: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # How this process is reached (health checks): plaintext unless the mesh uses TLS.
+    tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -51,6 +86,9 @@ class LocalMesh:
     engine_threads: int | None = field(
         default_factory=lambda: 1 if (os.cpu_count() or 1) <= 4 else None
     )
+    # Server reflection (grpcurl, grpcui): on for a local mesh, off by default elsewhere.
+    reflection: bool = True
+    tls: MeshTls | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -75,6 +113,9 @@ class LocalMesh:
         ]
         env = dict(os.environ)
         env.setdefault("VISIONMESH_MODEL_REPOSITORY", str(ROOT / "model_repository"))
+        env["VISIONMESH_SERVER__REFLECTION"] = "true" if self.reflection else "false"
+        if self.tls is not None:
+            env.update(self.tls.environment())
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -83,7 +124,8 @@ class LocalMesh:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        return ServiceProcess(name, f"{self.host}:{port}", proc, log_path)
+        client = self.tls.client() if self.tls is not None else ClientTlsConfig()
+        return ServiceProcess(name, f"{self.host}:{port}", proc, log_path, client)
 
     def start_service(self, name: str) -> ServiceProcess:
         """(Re)start one feature service on its address (kept across restarts)."""
@@ -155,7 +197,7 @@ class LocalMesh:
 
 def wait_healthy(proc: ServiceProcess, deadline: float) -> bool:
     """Poll grpc.health.v1 until SERVING, the process dies, or the deadline passes."""
-    with grpc.insecure_channel(proc.address) as channel:
+    with tlsmod.channel(proc.address, proc.tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if not proc.alive():

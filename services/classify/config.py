@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ModelConfig, ServerConfig
+from services.common.config import ImageLimitsConfig, ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("classify").default_port
@@ -53,6 +53,8 @@ class QualityConfig:
 @dataclass
 class ClassifyConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     # Batching policies are the models' own (their repository config.yaml).
     classifier: ModelConfig = field(default_factory=lambda: ModelConfig(name="efficientnet_lite0"))
     safety_model: ModelConfig = field(default_factory=lambda: ModelConfig(name="open_nsfw"))

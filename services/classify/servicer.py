@@ -20,6 +20,7 @@ from services.classify.preprocess import softmax, to_tensor
 from services.classify.taxonomy import Taxonomy, load_taxonomy
 from services.common.deadline import Deadline
 from services.common.errors import InvalidInput
+from services.common.images import ImageLimits
 from services.common.models import ServedModel
 from services.common.protos import box, image_to_rgb
 from services.common.rpc import grpc_method, request_deadline
@@ -31,6 +32,7 @@ MAX_TOP_K = 1000
 class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
     def __init__(self, config: ClassifyConfig) -> None:
         self.config = config
+        self.image_limits = ImageLimits.from_config(config.images)
         self.classifier = ServedModel(config.classifier)
         self.safety_model = ServedModel(config.safety_model)
         self.labels = self.classifier.entry.labels()
@@ -58,7 +60,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
             raise InvalidInput(
                 f"top_k is {request.top_k}: it must be between 0 (service default) and {MAX_TOP_K}"
             )
-        rgb = image_to_rgb(request.image)
+        rgb = image_to_rgb(request.image, self.image_limits)
         deadline = request_deadline(context)
         probs, safety, quality = await asyncio.gather(
             self._class_probs(rgb, deadline),

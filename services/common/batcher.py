@@ -5,6 +5,13 @@ Requests for one model queue up; a batch is formed when it holds
 ``max_queue_delay_us``. The queue is bounded (``max_queue_size`` requests):
 past it a request fails fast with RESOURCE_EXHAUSTED. A request whose deadline
 passes while queued fails with DEADLINE_EXCEEDED and is never computed.
+
+Admission reflects capacity, not only the queue's length: the batcher keeps an
+EWMA of the engine seconds per row (``row_s``), and a request whose expected
+wait (rows queued and computing, plus its own, times ``row_s``, shared by the
+instances) is past its remaining deadline is refused at once with
+RESOURCE_EXHAUSTED and a retry hint, instead of queueing into a deadline miss.
+An idle batcher always admits, so the estimate is corrected by measurement.
 Several engine instances (one worker each) drain the one queue.
 
 Only requests whose inputs have the same per-row shape and dtype share a
@@ -75,6 +82,27 @@ class DynamicBatcher:
         self._closing = False
         self._delay = config.max_queue_delay_us / 1e6
         self._depth = metrics.QUEUE_DEPTH.labels(name)
+        # Admission: rows waiting or being computed, and the EWMA of engine seconds per row.
+        self._queued_rows = 0
+        self._running_rows = 0
+        self.row_s = 0.0
+        self._row_alpha = 0.2
+        # Each engine's first batch pays one-off costs (allocations, lazy init): not measured.
+        self._unmeasured = config.instances
+
+    def expected_wait_s(self, rows: int) -> float:
+        """Seconds until ``rows`` more would be computed, from the measured seconds per row."""
+        ahead = self._queued_rows + self._running_rows + rows
+        return ahead * self.row_s / self.config.instances
+
+    def _observe(self, seconds: float, rows: int) -> None:
+        if self._unmeasured > 0:
+            self._unmeasured -= 1
+            return
+        sample = seconds / max(1, rows)
+        self.row_s = (
+            sample if self.row_s == 0.0 else self.row_s + self._row_alpha * (sample - self.row_s)
+        )
 
     @property
     def engines(self) -> list[Engine]:
@@ -153,10 +181,21 @@ class DynamicBatcher:
         if deadline.passed(now):
             metrics.REJECTED.labels(self.name, "deadline").inc()
             raise DeadlineExceeded(f"deadline passed before model {self.name} was queued")
+        left = deadline.remaining(now)
+        busy = self._queued_rows + self._running_rows > 0
+        if left is not None and busy and self.expected_wait_s(rows) > left:
+            metrics.REJECTED.labels(self.name, "capacity").inc()
+            drain = self.expected_wait_s(0)
+            raise Overloaded(
+                f"model {self.name} cannot compute this before its deadline: ~{self.expected_wait_s(rows):.2f}s "
+                f"of work is ahead, {left:.2f}s is left; retry after {drain:.2f}s",
+                retry_after_s=drain,
+            )
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         request = _Request(arrays, rows, _signature(arrays), future, now, deadline)
         async with self._cond:
             self._queue.append(request)
+            self._queued_rows += rows
             self._depth.set(len(self._queue))
             self._cond.notify_all()
         return await future
@@ -166,11 +205,14 @@ class DynamicBatcher:
         kept: collections.deque[_Request] = collections.deque()
         for req in self._queue:
             if req.future.done():
+                self._queued_rows -= req.rows
                 continue
             if req.deadline.cancelled():  # the caller has gone: nobody waits for the answer
+                self._queued_rows -= req.rows
                 req.future.cancel()
                 continue
             if req.deadline.passed(now):
+                self._queued_rows -= req.rows
                 metrics.REJECTED.labels(self.name, "deadline").inc()
                 req.future.set_exception(
                     DeadlineExceeded(
@@ -209,6 +251,8 @@ class DynamicBatcher:
                     for req in picked:
                         self._queue.remove(req)
                         req.dequeued = now
+                    self._queued_rows -= rows
+                    self._running_rows += rows
                     self._depth.set(len(self._queue))
                     return picked
                 try:
@@ -243,7 +287,11 @@ class DynamicBatcher:
                     if not req.future.done():
                         req.future.set_exception(exc)
                 continue
-            metrics.COMPUTE_SECONDS.labels(self.name).observe(time.perf_counter() - start)
+            finally:
+                self._running_rows -= total
+            took = time.perf_counter() - start
+            self._observe(took, total)
+            metrics.COMPUTE_SECONDS.labels(self.name).observe(took)
             metrics.BATCH_SIZE.labels(self.name).observe(total)
             offset = 0
             for req in batch:

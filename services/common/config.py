@@ -50,6 +50,12 @@ class EngineConfig:
     device: str = "cpu"
     # ONNX Runtime intra-op threads per instance (0 = library default).
     threads: int = 0
+    # ONNX Runtime's CPU memory arena (faster than malloc per run), and how often
+    # (seconds; 0 = never) a run also shrinks it: the arena grows to the largest
+    # batch and shape seen and otherwise never gives memory back (with variable
+    # shapes, OCR's, it keeps growing). See services/common/memory.py.
+    cpu_mem_arena: bool = True
+    arena_shrink_period_s: float = 10.0
     # "fp32" or "fp16" (GPU backends).
     precision: str = "fp32"
     cuda_graphs: bool = False
@@ -78,6 +84,67 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class OtlpConfig:
+    """Where ``trace_exporter: otlp`` sends spans (OTLP over gRPC, e.g. an OpenTelemetry Collector)."""
+
+    endpoint: str = "127.0.0.1:4317"
+    # Sent with every export, e.g. {"authorization": "Bearer ..."}.
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Plaintext (a collector on the same host or pod); otherwise TLS with the files below.
+    insecure: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    timeout_s: float = 10.0
+    # Spans are exported in batches at least this often (and at exit).
+    flush_interval_s: float = 1.0
+
+
+@dataclasses.dataclass
+class ImageLimitsConfig:
+    """What one request may make a server decode; checked on headers, before any pixel is allocated."""
+
+    # Encoded bytes of one image.
+    max_bytes: int = 32 * 1024 * 1024
+    # Pixels of one image (decompression-bomb guard) and the longest side.
+    max_pixels: int = 50_000_000
+    max_side: int = 20_000
+    # Decoded pixels of one request, every frame together (frames x width x height).
+    max_request_pixels: int = 64_000_000
+
+
+@dataclasses.dataclass
+class ServerTlsConfig:
+    """TLS of a server: off while cert_file is empty."""
+
+    # PEM certificate chain and private key of this server.
+    cert_file: str = ""
+    key_file: str = ""
+    # PEM bundle of the CAs whose client certificates are trusted (mutual TLS).
+    ca_file: str = ""
+    # Refuse clients without a certificate signed by ca_file.
+    require_client_cert: bool = False
+
+
+@dataclasses.dataclass
+class ClientTlsConfig:
+    """TLS of a client channel: off while ca_file is empty (plaintext)."""
+
+    # PEM bundle of the CAs that sign the servers' certificates.
+    ca_file: str = ""
+    # This client's certificate and key, for servers that require one (mutual TLS).
+    cert_file: str = ""
+    key_file: str = ""
+    # Name to check the server certificate against instead of the target's host.
+    server_name: str = ""
+
+
+@dataclasses.dataclass
+class ClientConfig:
+    tls: ClientTlsConfig = dataclasses.field(default_factory=ClientTlsConfig)
+
+
+@dataclasses.dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
@@ -88,17 +155,24 @@ class ServerConfig:
     # Seconds between reporting NOT_SERVING and refusing new calls, so health
     # watchers (gateways, load balancers) move traffic away first.
     drain_delay_s: float = 0.0
-    max_message_bytes: int = 64 * 1024 * 1024
+    # Largest request message of an RPC whose service sets no limit of its own, and
+    # of every response. Services set per-RPC limits from what the RPC carries.
+    max_message_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = True
-    # "none", "console", or "memory" (tests).
+    # "none", "console", "otlp" (settings in otlp) or "memory" (tests).
     trace_exporter: str = "none"
+    otlp: OtlpConfig = dataclasses.field(default_factory=OtlpConfig)
     # gRPC tracing interceptors (context propagation + spans); off saves their per-call cost.
     tracing: bool = True
     # Register with Consul when set (or from CONSUL_HTTP_ADDR).
     consul_addr: str = ""
     # Address other hosts use to reach us (Consul registration); defaults to host:port.
     advertise_addr: str = ""
+    # Server reflection lists every RPC and message to anyone who connects: off
+    # outside the local mesh (``visionmesh up`` turns it on).
+    reflection: bool = False
+    tls: ServerTlsConfig = dataclasses.field(default_factory=ServerTlsConfig)
 
 
 def _type_hints(cls: type) -> dict[str, Any]:

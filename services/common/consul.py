@@ -98,9 +98,14 @@ class Registration:
     async def on_serving(self, bound: str) -> None:
         host, port = advertised(self.server, bound)
         sid = service_id(self.service_name, host, port)
+        tls = self.server.config.tls
         check = consul.Check.grpc(
             f"{host}:{port}",
             CHECK_INTERVAL,
+            # A TLS server only answers TLS health checks. Consul's agent has no
+            # client certificate, so mutual-TLS servers need the agent's own TLS
+            # settings (or a Kubernetes gRPC probe instead).
+            use_tls=True if tls.cert_file else None,
             timeout=CHECK_TIMEOUT,
             deregister=DEREGISTER_CRITICAL_AFTER,
         )

@@ -41,7 +41,25 @@ class InvalidInput(ServiceError):
 
 
 class Overloaded(ServiceError):
+    """Refused for lack of capacity; ``retry_after_s`` (if known) reaches the caller as ``retry-after-ms``."""
+
     code = Status.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# Trailing-metadata key of the retry hint (milliseconds, an integer as text).
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+def retry_after_metadata(exc: ServiceError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata telling the caller when to retry (empty when the error has no hint)."""
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is None:
+        return ()
+    return ((RETRY_AFTER_KEY, str(max(1, round(retry_after * 1000)))),)
 
 
 class DeadlineExceeded(ServiceError):

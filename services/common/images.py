@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from services.common.config import ImageLimitsConfig
 from services.common.errors import InvalidInput
 
 # Our own pixel limit is checked before decoding; PIL's warning-level guard is
@@ -30,6 +31,42 @@ class ImageLimits:
     max_pixels: int = 50_000_000
     max_side: int = 20_000
     min_side: int = 1
+    # Decoded pixels of one request, every frame together (see ``PixelBudget``).
+    max_request_pixels: int = 64_000_000
+
+    @classmethod
+    def from_config(cls, config: ImageLimitsConfig) -> ImageLimits:
+        return cls(
+            max_bytes=config.max_bytes,
+            max_pixels=config.max_pixels,
+            max_side=config.max_side,
+            max_request_pixels=config.max_request_pixels,
+        )
+
+    def budget(self) -> PixelBudget:
+        return PixelBudget(self.max_request_pixels)
+
+
+class PixelBudget:
+    """The decoded pixels one request may still allocate (frames x width x height).
+
+    Each image's dimensions are charged from its header (or its raw message
+    fields) before its pixels are allocated, so a request of many frames, each
+    within the per-image limit, cannot add up past the budget either.
+    """
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+        self.used = 0
+
+    def charge(self, width: int, height: int) -> None:
+        pixels = width * height
+        if self.used + pixels > self.max_pixels:
+            raise InvalidInput(
+                f"request decodes to {self.used + pixels} pixels (this image {width}x{height}): "
+                f"over the per-request budget of {self.max_pixels} pixels (images.max_request_pixels)"
+            )
+        self.used += pixels
 
 
 @dataclass
@@ -63,6 +100,15 @@ def _check_dims(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header without decoding pixels; None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.width), int(img.height)
+    except Exception:  # decode() reports why, with the limits applied
+        return None
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
@@ -92,8 +138,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
-    """Decode encoded image bytes into RGB, or raise ``InvalidInput`` saying why."""
+def decode(
+    data: bytes, limits: ImageLimits = ImageLimits(), budget: PixelBudget | None = None
+) -> DecodedImage:
+    """Decode encoded image bytes into RGB, or raise ``InvalidInput`` saying why.
+
+    The header's dimensions are checked against ``limits`` and charged to
+    ``budget`` (a fresh one of ``limits`` when None) before pixels are decoded.
+    """
     if not data:
         raise InvalidInput("image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -112,6 +164,7 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
     if fmt not in ALLOWED_FORMATS:
         raise InvalidInput(f"image format {fmt} is not accepted (JPEG, PNG, WebP, BMP, GIF, TIFF)")
     _check_dims(img.width, img.height, limits)
+    (budget or limits.budget()).charge(img.width, img.height)
     try:
         img.seek(0)
         img.load()
@@ -127,13 +180,20 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> DecodedImage:
 
 
 def from_raw(
-    width: int, height: int, rgb: bytes, limits: ImageLimits = ImageLimits()
+    width: int,
+    height: int,
+    rgb: bytes,
+    limits: ImageLimits = ImageLimits(),
+    budget: PixelBudget | None = None,
 ) -> np.ndarray:
     """Raw interleaved RGB8 bytes -> ``H x W x 3`` array, with the same limits."""
     _check_dims(width, height, limits)
     expected = width * height * 3
     if len(rgb) != expected:
-        raise InvalidInput(f"raw image {width}x{height} needs {expected} RGB bytes, got {len(rgb)}")
+        raise InvalidInput(
+            f"raw image {width}x{height} needs {expected} RGB bytes (width x height x 3), got {len(rgb)}"
+        )
+    (budget or limits.budget()).charge(width, height)
     return np.frombuffer(rgb, dtype=np.uint8).reshape(height, width, 3)
 
 

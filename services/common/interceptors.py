@@ -1,14 +1,18 @@
-"""Server interceptor that records per-RPC latency, errors and in-flight count."""
+"""Server interceptors: per-RPC metrics, and the guard every request message passes first."""
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from services.common import metrics
+from services.common import metrics, options
+from services.common.errors import InvalidInput
+from services.common.rpc import status_code
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -48,3 +52,149 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+@dataclass(frozen=True)
+class RejectedRequest:
+    """What a guarded deserializer returns instead of raising: the handler answers with it."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+def _message_type(deserializer: Callable[[bytes], Any] | None) -> str:
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request"))
+
+
+class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
+    """Every request message is checked before a servicer sees it.
+
+    gRPC answers UNKNOWN when a deserializer raises, so the deserializer is
+    wrapped to return a ``RejectedRequest`` instead, and the handler wrapper
+    turns that into INVALID_ARGUMENT naming the problem:
+
+    * a message over the RPC's byte limit (``limits``: full method -> bytes) is
+      refused before it is parsed;
+    * bytes that are not a valid message of the RPC's type (truncated or
+      malformed protobuf, invalid UTF-8 in a string field);
+    * an option outside its documented range (``options.check_request``).
+    """
+
+    def __init__(self, limits: Mapping[str, int], default_limit: int) -> None:
+        self.limits = dict(limits)
+        self.default_limit = default_limit
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        limit = self.limits.get(method, self.default_limit)
+        deserializer = self._guarded_deserializer(handler.request_deserializer, method, limit)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard_unary(handler.unary_unary),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_unary(handler.unary_stream),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _guard_stream(handler.stream_unary),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _guard_stream(handler.stream_stream),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    @staticmethod
+    def _guarded_deserializer(
+        inner: Callable[[bytes], Any] | None, method: str, limit: int
+    ) -> Callable[[bytes], Any]:
+        type_name = _message_type(inner)
+
+        def deserialize(data: bytes) -> Any:
+            if len(data) > limit:
+                return RejectedRequest(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request message is {len(data)} bytes: over the {limit}-byte limit of {method}",
+                )
+            if inner is None:
+                return data
+            try:
+                message = inner(data)
+            except Exception:  # DecodeError, or a RuntimeError from the upb parser
+                return RejectedRequest(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request bytes are not a valid {type_name} message "
+                    "(malformed protobuf or invalid UTF-8 in a string field)",
+                )
+            try:
+                options.check_request(message)
+            except InvalidInput as exc:
+                return RejectedRequest(status_code(exc), exc.message)
+            return message
+
+        return deserialize
+
+
+async def _reject(context: grpc.aio.ServicerContext, rejected: RejectedRequest) -> None:
+    metrics.REJECTED_REQUESTS.labels(rejected.code.name).inc()
+    await context.abort(rejected.code, rejected.message)
+
+
+def _guard_unary(inner: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(inner):
+
+        async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, RejectedRequest):
+                await _reject(context, request)
+            async for response in inner(request, context):
+                yield response
+
+        return guarded_stream
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, RejectedRequest):
+            await _reject(context, request)
+        return await inner(request, context)
+
+    return guarded
+
+
+async def _checked(
+    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, RejectedRequest):
+            await _reject(context, request)
+        yield request
+
+
+def _guard_stream(inner: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(inner):
+
+        async def guarded_stream(requests: AsyncIterator[Any], context: Any) -> Any:
+            async for response in inner(_checked(requests, context), context):
+                yield response
+
+        return guarded_stream
+
+    async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        return await inner(_checked(requests, context), context)
+
+    return guarded

@@ -20,6 +20,11 @@ RPC_ERRORS = Counter(
     "RPCs that ended with a non-OK status",
     ["service", "method", "code"],
 )
+REJECTED_REQUESTS = Counter(
+    "visionmesh_rejected_requests_total",
+    "Request messages refused before a servicer saw them (oversized, malformed, option out of range)",
+    ["code"],
+)
 RPC_IN_FLIGHT = Gauge("visionmesh_rpc_in_flight", "RPCs being served", ["service"])
 
 QUEUE_SECONDS = Histogram(

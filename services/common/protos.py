@@ -2,23 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from services.common.errors import InvalidInput
-from services.common.images import ImageLimits, decode, from_raw
+from services.common.images import ImageLimits, PixelBudget, decode, from_raw, header_size
 from visionmesh.v1 import common_pb2
 
 DEFAULT_LIMITS = ImageLimits()
 
 
-def image_to_rgb(image: common_pb2.Image, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """An ``Image`` message (encoded or raw) -> ``H x W x 3`` uint8 RGB."""
+def image_to_rgb(
+    image: common_pb2.Image,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    budget: PixelBudget | None = None,
+) -> np.ndarray:
+    """An ``Image`` message (encoded or raw) -> ``H x W x 3`` uint8 RGB, within ``limits``."""
     source = image.WhichOneof("source")
     if source == "encoded":
-        return decode(image.encoded, limits).rgb
+        return decode(image.encoded, limits, budget).rgb
     if source == "raw":
-        return from_raw(image.raw.width, image.raw.height, image.raw.rgb, limits)
+        return from_raw(image.raw.width, image.raw.height, image.raw.rgb, limits, budget)
     raise InvalidInput("request has no image (set image.encoded or image.raw)")
+
+
+def _stated_pixels(image: common_pb2.Image) -> int:
+    source = image.WhichOneof("source")
+    if source == "raw":
+        return max(0, image.raw.width) * max(0, image.raw.height)
+    if source == "encoded":
+        size = header_size(image.encoded)
+        return size[0] * size[1] if size else 0
+    return 0
+
+
+def frames_to_rgb(
+    frames: Sequence[common_pb2.Image], limits: ImageLimits = DEFAULT_LIMITS
+) -> list[np.ndarray]:
+    """Every frame of one request, decoded within one per-request pixel budget.
+
+    The pixels every frame states (raw message fields, encoded headers) are
+    added up before any frame is decoded, so a request over the budget
+    allocates nothing; decoding then charges the same budget as a backstop.
+    """
+    stated = sum(_stated_pixels(f) for f in frames)
+    if stated > limits.max_request_pixels:
+        raise InvalidInput(
+            f"request's {len(frames)} frame(s) decode to {stated} pixels: over the per-request "
+            f"budget of {limits.max_request_pixels} pixels (images.max_request_pixels)"
+        )
+    budget = limits.budget()
+    return [image_to_rgb(f, limits, budget) for f in frames]
 
 
 def rgb_to_image(rgb: np.ndarray) -> common_pb2.Image:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.common.deadline import Deadline
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, retry_after_metadata
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def grpc_method(func: F) -> F:
         try:
             return await func(self, request, context)
         except ServiceError as exc:
-            await context.abort(status_code(exc), exc.message)
+            await context.abort(status_code(exc), exc.message, retry_after_metadata(exc))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # a bug: report it, keep serving

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common import config as cfgmod
-from services.common import logs
+from services.common import logs, memory
 from services.common.config import ModelConfig, ServerConfig
 from services.common.server import MeshServer, Registration
 
@@ -120,7 +120,11 @@ def build_server(definition: ServiceDefinition, cfg: Any) -> MeshServer:
 
 async def _serve(definition: ServiceDefinition, cfg: Any) -> None:
     server = build_server(definition, cfg)
-    await server.serve_until_signalled()
+    trimmer = asyncio.create_task(memory.trim_periodically(), name="malloc-trim")
+    try:
+        await server.serve_until_signalled()
+    finally:
+        trimmer.cancel()
 
 
 def run_service(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> None:
@@ -130,6 +134,8 @@ def run_service(definition: ServiceDefinition, argv: Sequence[str] | None = None
     )
     add_common_flags(parser)
     args = parser.parse_args(argv)
+    # Before any thread exists: arenas are created per thread (see services/common/memory.py).
+    memory.tune_allocator()
     cfg = resolve_config(definition, args)
     logs.setup(definition.name, cfg.server.log_level, cfg.server.log_json)
     asyncio.run(_serve(definition, cfg))

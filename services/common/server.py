@@ -1,8 +1,12 @@
 """grpc.aio server bootstrap shared by every service and the gateway.
 
-Health (``grpc.health.v1``) and reflection are always on; metrics and tracing
-interceptors are installed; SIGTERM/SIGINT drain gracefully: health turns
-NOT_SERVING, in-flight calls get ``drain_grace_s`` to finish, then models close.
+Health (``grpc.health.v1``) is always on, reflection only when
+``server.reflection`` is set; metrics and tracing interceptors are installed,
+and every request message passes the request guard first (per-RPC size limit,
+malformed bytes and out-of-range options answer INVALID_ARGUMENT). TLS and
+mutual TLS come from ``server.tls``. SIGTERM/SIGINT drain gracefully: health
+turns NOT_SERVING, in-flight calls get ``drain_grace_s`` to finish, then models
+close.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -20,9 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import metrics, tracing
+from services.common import metrics, tls, tracing
 from services.common.config import ServerConfig
-from services.common.interceptors import MetricsInterceptor
+from services.common.interceptors import MetricsInterceptor, RequestGuardInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +46,31 @@ class Registration:
     full_name: str
     servicer: Any
     add_to_server: Callable[[Any, grpc.aio.Server], None]
+    # Largest request message per method name (e.g. "Analyze"), in bytes; methods
+    # not listed get ``server.max_message_bytes``.
+    message_limits: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, pb2: ModuleType, pb2_grpc: ModuleType, service: str, servicer: Any) -> Registration:
+    def of(
+        cls,
+        pb2: ModuleType,
+        pb2_grpc: ModuleType,
+        service: str,
+        servicer: Any,
+        message_limits: Mapping[str, int] | None = None,
+    ) -> Registration:
         """The registration of ``service`` (e.g. "ClassifyService") from its generated modules."""
         full_name = pb2.DESCRIPTOR.services_by_name[service].full_name
-        return cls(full_name, servicer, getattr(pb2_grpc, f"add_{service}Servicer_to_server"))
+        return cls(
+            full_name,
+            servicer,
+            getattr(pb2_grpc, f"add_{service}Servicer_to_server"),
+            dict(message_limits or {}),
+        )
+
+    def method_limits(self) -> dict[str, int]:
+        """Full method path ("/pkg.Service/Method") -> request byte limit."""
+        return {f"/{self.full_name}/{m}": n for m, n in self.message_limits.items()}
 
 
 @dataclass
@@ -64,21 +87,30 @@ class MeshServer:
     port: int = 0
     metrics_port: int | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _health_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        tracing.setup(self.name, self.config.trace_exporter)
-        limit = self.config.max_message_bytes
+        tracing.setup(self.name, self.config.trace_exporter, self.config.otlp)
+        default_limit = self.config.max_message_bytes
+        limits: dict[str, int] = {}
+        for reg in self.registrations:
+            limits.update(reg.method_limits())
+        # gRPC's own check uses the largest limit; the guard applies each RPC's.
+        receive_limit = max([default_limit, *limits.values()])
+        guard = RequestGuardInterceptor(limits, default_limit)
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(), guard]
+        if self.config.tracing:
+            interceptors.insert(0, tracing.server_interceptor())
+        credentials = tls.server_credentials(self.config.tls)
         self.server = grpc.aio.server(
-            interceptors=[tracing.server_interceptor(), MetricsInterceptor()]
-            if self.config.tracing
-            else [MetricsInterceptor()],
+            interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", receive_limit),
+                ("grpc.max_send_message_length", default_limit),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -86,15 +118,21 @@ class MeshServer:
             reg.add_to_server(reg.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [r.full_name for r in self.registrations]
-        reflection.enable_server_reflection(
-            [
-                *names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.server,
+        if self.config.reflection:
+            reflection.enable_server_reflection(
+                [
+                    *names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self.server,
+            )
+        bind = f"{self.config.host}:{self.config.port}"
+        self.port = (
+            self.server.add_insecure_port(bind)
+            if credentials is None
+            else self.server.add_secure_port(bind, credentials)
         )
-        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         if self.port == 0:
             raise RuntimeError(f"{self.name}: could not bind {self.config.host}:{self.config.port}")
         # Models load before the port reports SERVING.
@@ -104,6 +142,11 @@ class MeshServer:
         self.metrics_port = metrics.start_metrics_server(self.config.metrics_port, self.config.host)
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # A servicer that can fail for good (e.g. a store that stops taking writes) reports it here.
+        for servicer in self._lifecycles():
+            watch = getattr(servicer, "watch_health", None)
+            if watch is not None:
+                watch(self._not_serving)
         log.info(
             "serving",
             extra={
@@ -111,11 +154,22 @@ class MeshServer:
                     "address": self.address,
                     "metrics_port": self.metrics_port,
                     "services": names,
+                    "tls": "mutual" if self.config.tls.require_client_cert else bool(credentials),
+                    "reflection": self.config.reflection,
                 }
             },
         )
         for hook in self.on_serving:
             await hook(self.address)
+
+    def _not_serving(self, reason: str) -> None:
+        log.error("not serving: %s", reason)
+        names = ["", *(r.full_name for r in self.registrations)]
+        self._health_task = asyncio.get_running_loop().create_task(self._set_not_serving(names))
+
+    async def _set_not_serving(self, names: list[str]) -> None:
+        for name in names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _lifecycles(self) -> list[Lifecycle]:
         seen: list[Any] = []

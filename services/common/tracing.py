@@ -2,24 +2,61 @@
 
 The interceptors come from ``opentelemetry-instrumentation-grpc``; they carry the
 W3C trace context in gRPC metadata, so one trace spans client -> gateway -> services.
+Exporters: ``console`` (stdout), ``otlp`` (OTLP/gRPC to a collector, settings in
+``server.otlp``: endpoint, headers, TLS files; batched, flushed at exit) and
+``memory`` (tests).
 """
 
 from __future__ import annotations
 
+import atexit
+from pathlib import Path
 from typing import Any
 
+import grpc
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.common.config import OtlpConfig
 
 _provider: TracerProvider | None = None
 memory_exporter: InMemorySpanExporter | None = None
 
 
-def setup(service: str, exporter: str = "none") -> TracerProvider:
+def otlp_exporter(config: OtlpConfig) -> SpanExporter:
+    """An OTLP/gRPC span exporter; TLS unless ``insecure`` (mutual when a client cert is set)."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    credentials = None
+    if not config.insecure:
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(config.ca_file),
+            private_key=read(config.key_file),
+            certificate_chain=read(config.cert_file),
+        )
+    return OTLPSpanExporter(
+        endpoint=config.endpoint,
+        insecure=config.insecure,
+        credentials=credentials,
+        headers=dict(config.headers) or None,
+        timeout=config.timeout_s,
+    )
+
+
+def setup(service: str, exporter: str = "none", otlp: OtlpConfig | None = None) -> TracerProvider:
     """Install the process's tracer provider (idempotent: the first call wins)."""
     global _provider, memory_exporter
     if _provider is not None:
@@ -27,11 +64,20 @@ def setup(service: str, exporter: str = "none") -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    elif exporter == "otlp":
+        otlp = otlp or OtlpConfig()
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                otlp_exporter(otlp), schedule_delay_millis=otlp.flush_interval_s * 1000
+            )
+        )
+        # Spans still queued when the process ends (SIGTERM drain included) are sent.
+        atexit.register(provider.shutdown)
     elif exporter == "memory":
         memory_exporter = InMemorySpanExporter()
         provider.add_span_processor(SimpleSpanProcessor(memory_exporter))
     elif exporter != "none":
-        raise ValueError(f"unknown trace exporter {exporter!r} (none, console, memory)")
+        raise ValueError(f"unknown trace exporter {exporter!r} (none, console, otlp, memory)")
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ModelConfig, ServerConfig
+from services.common.config import ImageLimitsConfig, ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("detect").default_port
@@ -36,6 +36,8 @@ class TagConfig:
 @dataclass
 class DetectConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tags: TagConfig = field(default_factory=TagConfig)
     # Every image becomes one 300 x 300 input, so all concurrent calls batch together.

@@ -6,6 +6,7 @@ import grpc
 import numpy as np
 
 from services.common.errors import InvalidInput
+from services.common.images import ImageLimits
 from services.common.models import ServedModel
 from services.common.protos import box, image_to_rgb
 from services.common.rpc import grpc_method, request_deadline
@@ -22,6 +23,7 @@ MAX_DETECTIONS_CAP = 300
 class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
     def __init__(self, config: DetectConfig) -> None:
         self.config = config
+        self.image_limits = ImageLimits.from_config(config.images)
         self.model = ServedModel(config.person)
         self.served = [self.model]
         self.pipeline = DetectPipeline(self.model, config.detector.nms_iou)
@@ -51,7 +53,7 @@ class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
         self, request: detect_pb2.DetectObjectsRequest, context: grpc.aio.ServicerContext
     ) -> detect_pb2.DetectObjectsResponse:
         min_score, max_detections = self._limits(request)
-        rgb = image_to_rgb(request.image)
+        rgb = image_to_rgb(request.image, self.image_limits)
         found = await self.pipeline.detect(
             rgb, min_score, max_detections, request_deadline(context)
         )

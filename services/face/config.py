@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ModelConfig, ServerConfig
+from services.common.config import ImageLimitsConfig, ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("face").default_port
@@ -68,6 +68,8 @@ class MtcnnModels:
 @dataclass
 class FaceConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     tags: TagConfig = field(default_factory=TagConfig)

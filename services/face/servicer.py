@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 
 from services.common.errors import InvalidInput
+from services.common.images import ImageLimits
 from services.common.models import ServedModel
 from services.common.protos import image_to_rgb
 from services.common.rpc import grpc_method, request_deadline
@@ -23,6 +24,7 @@ MIN_FACE_FLOOR = 10.0
 class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     def __init__(self, config: FaceConfig) -> None:
         self.config = config
+        self.image_limits = ImageLimits.from_config(config.images)
         if config.detector.kind not in DETECTOR_MODELS:
             raise ValueError(
                 f"detector.kind must be one of {sorted(DETECTOR_MODELS)}, got {config.detector.kind!r}"
@@ -62,6 +64,6 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         self, request: face_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> face_pb2.DetectResponse:
         min_face, max_faces = self._limits(request)
-        rgb = image_to_rgb(request.image)
+        rgb = image_to_rgb(request.image, self.image_limits)
         faces = await self.pipeline.analyse(rgb, min_face, max_faces, request_deadline(context))
         return face_pb2.DetectResponse(faces=faces, tags=face_tags(faces, self.config.tags))

@@ -1,8 +1,10 @@
-"""One named collection of codes: string ids, a faiss binary index, the codes themselves.
+"""One named collection in memory: a faiss binary index over int64 labels, nothing else.
 
-faiss indexes int64 labels; each string id gets a label for life (a replaced
-item keeps it). The codes are also kept in a plain array indexed by label so
-Get and snapshots need not reconstruct them from the index.
+The external string ids and the codes themselves live on disk in the store
+(``services/hash/db.py``); the hot index holds only what search needs -- the
+packed codes and their int64 labels (``IndexBinaryIDMap``), about
+``bits / 8 + 8`` bytes per item. Search answers labels; the store turns the few
+labels of an answer into ids with one indexed SQLite read.
 
 Small collections use ``IndexBinaryFlat`` (exact). Past ``ivf_threshold``
 items the collection is rebuilt once as ``IndexBinaryIVF``: an inverted file
@@ -13,18 +15,12 @@ of ``nlist`` cells).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
 
 from services.hash.config import IndexConfig
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    distance: int
 
 
 def auto_nlist(items: int) -> int:
@@ -33,131 +29,79 @@ def auto_nlist(items: int) -> int:
 
 
 class Collection:
-    def __init__(self, name: str, bits: int, method: str, config: IndexConfig) -> None:
+    def __init__(self, name: str, cid: int, bits: int, method: str, config: IndexConfig) -> None:
         self.name = name
+        self.cid = cid  # the store's key of this collection
         self.bits = bits
         self.method = method
         self.config = config
         self.nbytes = bits // 8
-        self.labels: dict[str, int] = {}
-        self.names: list[str | None] = []
-        self.codes = np.zeros((1024, self.nbytes), np.uint8)
-        self.index: faiss.IndexBinary = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(bits))
+        self.index: faiss.IndexBinary = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(bits))
         self.approximate = False
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return int(self.index.ntotal)
 
-    # -- mutations (the store calls these only after the operation is logged) --
+    # -- mutations (the store calls these only after the operation is committed) --
 
-    def put(self, item_id: str, code: np.ndarray) -> bool:
-        """Insert or replace; True when an item with this id was replaced."""
-        return self.put_many([item_id], code.reshape(1, self.nbytes)) > 0
-
-    def put_many(self, ids: list[str], codes: np.ndarray) -> int:
-        """Insert or replace a batch of distinct ids; returns how many were replaced."""
-        labels = np.empty(len(ids), np.int64)
-        replaced = []
-        for i, item_id in enumerate(ids):
-            label = self.labels.get(item_id)
-            if label is None:
-                label = len(self.names)
-                self.labels[item_id] = label
-                self.names.append(item_id)
-            else:
-                replaced.append(label)
-            labels[i] = label
-        if replaced:
-            self.index.remove_ids(np.asarray(replaced, np.int64))
-        self._grow(len(self.names))
-        self.codes[labels] = codes
-        self.index.add_with_ids(np.ascontiguousarray(codes, np.uint8), labels)
-        if not self.approximate and len(self.labels) > self.config.ivf_threshold:
+    def add(self, labels: np.ndarray, codes: np.ndarray) -> None:
+        """Index new labels (never ones already present)."""
+        if len(labels) == 0:
+            return
+        self.index.add_with_ids(
+            np.ascontiguousarray(codes, np.uint8).reshape(-1, self.nbytes),
+            np.ascontiguousarray(labels, np.int64),
+        )
+        if not self.approximate and len(self) > self.config.ivf_threshold:
             self._switch_to_ivf()
-        return len(replaced)
 
-    def remove(self, item_id: str) -> bool:
-        label = self.labels.pop(item_id, None)
-        if label is None:
-            return False
-        self.names[label] = None
+    def replace(self, label: int, code: np.ndarray) -> None:
+        self.remove(label)
+        self.add(np.asarray([label], np.int64), code)
+
+    def remove(self, label: int) -> None:
         self.index.remove_ids(np.asarray([label], np.int64))
-        return True
 
-    def _grow(self, rows: int) -> None:
-        if rows > self.codes.shape[0]:
-            bigger = np.zeros((max(rows, 2 * self.codes.shape[0]), self.nbytes), np.uint8)
-            bigger[: self.codes.shape[0]] = self.codes
-            self.codes = bigger
-
-    def _alive(self) -> np.ndarray:
-        return np.fromiter(self.labels.values(), np.int64, len(self.labels))
+    def _flat_contents(self) -> tuple[np.ndarray, np.ndarray]:
+        idmap: Any = self.index  # an IndexBinaryIDMap until the switch
+        flat: Any = faiss.downcast_IndexBinary(idmap.index)
+        codes = faiss.vector_to_array(flat.xb).reshape(-1, self.nbytes)
+        return faiss.vector_to_array(idmap.id_map), codes
 
     def _switch_to_ivf(self) -> None:
-        alive = np.sort(self._alive())
-        nlist = self.config.nlist or auto_nlist(len(alive))
+        labels, codes = self._flat_contents()
+        nlist = self.config.nlist or auto_nlist(len(labels))
         ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.bits), self.bits, nlist)
         ivf.nprobe = self.config.nprobe
         # k-means needs a few dozen points per cell; more only slows training.
         rng = np.random.default_rng(0)
-        sample = alive if len(alive) <= 64 * nlist else rng.choice(alive, 64 * nlist, replace=False)
-        ivf.train(np.ascontiguousarray(self.codes[sample]))
-        ivf.add_with_ids(np.ascontiguousarray(self.codes[alive]), alive)
+        rows = np.arange(len(labels))
+        sample = rows if len(rows) <= 64 * nlist else rng.choice(rows, 64 * nlist, replace=False)
+        ivf.train(np.ascontiguousarray(codes[np.sort(sample)]))
+        ivf.add_with_ids(np.ascontiguousarray(codes), labels)
         self.index = ivf
         self.approximate = True
 
     # -- reads --
 
-    def get(self, item_id: str) -> np.ndarray | None:
-        label = self.labels.get(item_id)
-        return None if label is None else self.codes[label].copy()
-
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """The ``k`` nearest items of each query, nearest first."""
-        k = min(k, len(self.labels))
+    def search(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(distances, labels) of the ``k`` nearest items of each query, nearest first."""
+        k = min(k, len(self))
         if k == 0:
-            return [[] for _ in range(len(queries))]
+            return [(np.empty(0, np.int32), np.empty(0, np.int64)) for _ in range(len(queries))]
         distances, labels = self.index.search(np.ascontiguousarray(queries, np.uint8), k)
-        return [self._hits(d, lab) for d, lab in zip(distances, labels, strict=True)]
+        keep = labels >= 0
+        return [(d[m], lab[m]) for d, lab, m in zip(distances, labels, keep, strict=True)]
 
-    def within(self, query: np.ndarray, max_distance: int, limit: int) -> list[Hit]:
-        """Every item within ``max_distance`` of ``query`` (at most ``limit``, nearest first)."""
-        if not self.labels:
-            return []
+    def within(
+        self, query: np.ndarray, max_distance: int, limit: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, labels) of every item within ``max_distance`` (at most ``limit``, nearest first)."""
+        if len(self) == 0:
+            return np.empty(0, np.int32), np.empty(0, np.int64)
         # faiss returns distances strictly below the radius.
         lims, distances, labels = self.index.range_search(
             np.ascontiguousarray(query.reshape(1, -1), np.uint8), max_distance + 1
         )
         order = np.argsort(distances[lims[0] : lims[1]], kind="stable")[:limit]
-        return self._hits(distances[order], labels[order])
-
-    def _hits(self, distances: np.ndarray, labels: np.ndarray) -> list[Hit]:
-        hits = []
-        for d, label in zip(distances, labels, strict=True):
-            if label < 0:
-                continue
-            name = self.names[label]
-            if name is not None:
-                hits.append(Hit(name, int(d)))
-        return hits
-
-    # -- snapshots --
-
-    def export_state(self) -> dict[str, np.ndarray]:
-        """Alive ids and codes as arrays (ids as one UTF-8 blob plus offsets: any string survives)."""
-        alive = np.sort(self._alive())
-        encoded = [self.names[i].encode("utf-8") for i in alive]  # type: ignore[union-attr]
-        offsets = np.zeros(len(encoded) + 1, np.int64)
-        offsets[1:] = np.cumsum([len(e) for e in encoded])
-        return {
-            "id_blob": np.frombuffer(b"".join(encoded), np.uint8),
-            "id_offsets": offsets,
-            "codes": self.codes[alive].copy(),
-        }
-
-    def import_state(self, state: dict[str, np.ndarray]) -> None:
-        blob = state["id_blob"].tobytes()
-        offsets = state["id_offsets"]
-        ids = [blob[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
-        if ids:
-            self.put_many(ids, state["codes"])
+        return distances[order], labels[order]

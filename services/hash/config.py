@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ModelConfig, ServerConfig
+from services.common.config import ImageLimitsConfig, ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("hash").default_port
@@ -39,21 +39,34 @@ class IndexConfig:
 
 @dataclass
 class StorageConfig:
-    # Write-ahead log segments and snapshots live here.
+    # The SQLite database (hash.sqlite3 and its -wal file) lives here.
     data_dir: str = "var/hash"
-    # A snapshot is taken after this many logged operations (and on clean shutdown).
-    snapshot_every: int = 50_000
-    # False skips fsync: only for benchmarks of the in-memory path, never in production.
+    # False sets synchronous=OFF: only for benchmarks of the in-memory path, never in production.
     fsync: bool = True
+    # Most operations one group commit (one SQLite transaction, one fsync) carries.
+    max_batch: int = 4096
+
+
+@dataclass
+class LimitsConfig:
+    # Collections one service holds; the next new name answers RESOURCE_EXHAUSTED.
+    max_collections: int = 1000
+    # Items one collection holds; an Add of a new id past it answers RESOURCE_EXHAUSTED.
+    max_items_per_collection: int = 20_000_000
+    # Longest external id, in UTF-8 bytes (INVALID_ARGUMENT past it).
+    max_id_bytes: int = 512
 
 
 @dataclass
 class HashConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     # Batching policy: the model's own (its repository config.yaml).
     features: ModelConfig = field(default_factory=lambda: ModelConfig(name="efficientnet_lite0"))
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Most frames one item (a video) may carry.
     max_frames: int = 32

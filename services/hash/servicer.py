@@ -8,24 +8,28 @@ by its first Add and keeps that code size and method for life.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import numpy as np
 
 from services.common.deadline import Deadline
-from services.common.errors import InvalidInput, NotFound
-from services.common.protos import image_to_rgb
+from services.common.errors import InvalidInput, NotFound, Overloaded
+from services.common.images import ImageLimits
+from services.common.protos import frames_to_rgb
 from services.common.rpc import grpc_method, request_deadline
 from services.hash import validation
-from services.hash.collection import Collection, Hit
+from services.hash.collection import Collection
 from services.hash.config import HashConfig
 from services.hash.encoder import Encoder
-from services.hash.store import HashStore
+from services.hash.store import REJECTED, HashStore
 from visionmesh.v1 import common_pb2, hash_pb2, hash_pb2_grpc
 
 
 class HashServicer(hash_pb2_grpc.HashServiceServicer):
     def __init__(self, config: HashConfig) -> None:
         self.config = config
+        self.image_limits = ImageLimits.from_config(config.images)
         self.encoder = Encoder(config)
         self.method = config.projection.method
         self.default_bits = validation.bits(config.projection.default_bits, 128)
@@ -34,7 +38,16 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 raise ValueError(
                     f"projection {config.projection.model} has no {self.method} matrix for {b} bits"
                 )
-        self.store = HashStore(config.storage, config.index)
+        self.store = HashStore(config.storage, config.index, config.limits)
+
+    def watch_health(self, not_serving: Callable[[str], None]) -> None:
+        """The server's hook: a store that stops taking writes makes the service NOT_SERVING."""
+        self.store.on_failure = not_serving
+        if self.store.failure:
+            not_serving(self.store.failure)
+
+    def _item_id(self, value: str) -> str:
+        return validation.item_id(value, self.config.limits.max_id_bytes)
 
     async def start(self) -> None:
         await self.encoder.start()
@@ -48,7 +61,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self, frames: list[common_pb2.Image], bits: int, deadline: Deadline
     ) -> np.ndarray:
         validation.frame_count(len(frames), self.config.max_frames)
-        rgbs = [image_to_rgb(f) for f in frames]
+        rgbs = frames_to_rgb(frames, self.image_limits)
         return self.encoder.code(await self.encoder.features(rgbs, deadline), bits)
 
     def _message(self, code: np.ndarray, bits: int, method: str | None = None) -> hash_pb2.HashCode:
@@ -66,11 +79,23 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
     async def Add(
         self, request: hash_pb2.AddRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.AddResponse:
-        name = validation.collection_name(request.collection)
-        item = validation.item_id(request.id)
-        existing = self.store.collections.get(name)
-        if request.HasField("code") and request.frames:
-            raise InvalidInput("give either code or frames, not both")
+        try:
+            name = validation.collection_name(request.collection)
+            item = self._item_id(request.id)
+            existing = self.store.collections.get(name)
+            if request.HasField("code") and request.frames:
+                raise InvalidInput("give either code or frames, not both")
+            if request.HasField("code"):
+                validation.code(request.code)
+        except InvalidInput:
+            REJECTED.labels("invalid").inc()
+            raise
+        if existing is None and len(self.store.collections) >= self.config.limits.max_collections:
+            REJECTED.labels("limit").inc()
+            raise Overloaded(
+                f"collection limit reached: this service holds {len(self.store.collections)} "
+                "collections (limits.max_collections); add to an existing collection"
+            )
         if request.HasField("code"):
             code = validation.code(
                 request.code,
@@ -119,22 +144,27 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                     f"collection {coll.name!r} holds {coll.method} codes; this service encodes {self.method}: search with a code"
                 )
             query = await self._encode(list(request.frames), coll.bits, request_deadline(context))
-        hits: list[Hit]
         if request.HasField("max_distance"):
             if not 0 <= request.max_distance <= coll.bits:
                 raise InvalidInput(
                     f"max_distance must be within 0..{coll.bits}, got {request.max_distance}"
                 )
-            hits = coll.within(query, request.max_distance, self.config.index.max_radius_results)
+            distances, labels = coll.within(
+                query, request.max_distance, self.config.index.max_radius_results
+            )
         else:
             if request.k < 0 or request.k > self.config.index.max_k:
                 raise InvalidInput(
                     f"k must be within 0..{self.config.index.max_k} (0 = {self.config.index.default_k}), got {request.k}"
                 )
-            hits = coll.search(query.reshape(1, -1), request.k or self.config.index.default_k)[0]
+            k = request.k or self.config.index.default_k
+            distances, labels = coll.search(query.reshape(1, -1), k)[0]
+        # The hot index holds labels only; the few of an answer are named from the store.
+        names = self.store.ids(labels)
         matches = [
-            hash_pb2.Match(id=h.id, distance=h.distance, similarity=1.0 - h.distance / coll.bits)
-            for h in hits
+            hash_pb2.Match(id=names[int(lab)], distance=int(d), similarity=1.0 - int(d) / coll.bits)
+            for d, lab in zip(distances, labels, strict=True)
+            if int(lab) in names
         ]
         return hash_pb2.SearchResponse(
             matches=matches, query_code=self._message(query, coll.bits, coll.method)
@@ -145,15 +175,18 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self, request: hash_pb2.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.DeleteResponse:
         name = validation.collection_name(request.collection)
-        deleted = await self.store.delete(name, validation.item_id(request.id))
+        deleted = await self.store.delete(name, self._item_id(request.id))
         return hash_pb2.DeleteResponse(deleted=deleted)
 
     @grpc_method
     async def Get(
         self, request: hash_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.GetResponse:
-        coll = self.store.collections.get(validation.collection_name(request.collection))
-        code = coll.get(validation.item_id(request.id)) if coll is not None else None
+        name = validation.collection_name(request.collection)
+        code = self.store.get(name, self._item_id(request.id))
+        coll = self.store.collections.get(name)
         if coll is None or code is None:
             return hash_pb2.GetResponse(found=False)
-        return hash_pb2.GetResponse(found=True, code=self._message(code, coll.bits, coll.method))
+        return hash_pb2.GetResponse(
+            found=True, code=hash_pb2.HashCode(code=code, bits=coll.bits, method=coll.method)
+        )

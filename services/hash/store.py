@@ -1,85 +1,264 @@
-"""Durable named collections: every acknowledged Add/Delete is in the fsynced log first.
+"""Durable named collections: SQLite on disk (``services/hash/db.py``), faiss in memory.
 
 Writes go through one committer task (group commit): it takes every pending
-operation, appends their frames to the log, fsyncs once, then applies them in
-log order and answers each caller. Reads go straight to the in-memory
-collections. Every ``snapshot_every`` operations (and on clean shutdown) the
-committer starts a new log segment and writes a snapshot of the state up to the
-last sequence number; older segments and snapshots are then deleted.
+Add/Delete (up to ``storage.max_batch``), runs them as one SQLite transaction
+in a worker thread -- each in its own savepoint, so a record that fails (a
+limit, a mismatched code size, a bug) fails only its own request -- and the
+commit returns after SQLite has fsynced its WAL (``synchronous=FULL``). Only
+then are the operations applied to the in-memory faiss indexes and the callers
+answered: an acknowledged write is on disk.
 
-Recovery on start: load the newest complete snapshot, replay every logged
-record after it, truncate a torn tail record, start a fresh segment.
+If the committer cannot go on (an I/O error other than a full disk, or a bug
+outside a single record) the store fails stop: every write answers
+UNAVAILABLE and ``on_failure`` turns the service's health NOT_SERVING; a
+restart rebuilds memory from disk. A full disk fails that transaction only
+(nothing of it is applied or acknowledged) and later writes are tried again.
+
+Start: verify the database (WAL frames, ``PRAGMA quick_check``, every row's
+CRC), then rebuild each collection's faiss index from its rows. A data
+directory in the previous format (``wal-*.log`` + ``snapshot-*``) is read once
+and converted (``services/hash/legacy.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
 
-from services.common.errors import InvalidInput, Unavailable
+from services.common.errors import InvalidInput, Overloaded, ServiceError, Unavailable
+from services.hash import db, legacy, validation
 from services.hash.collection import Collection
-from services.hash.config import IndexConfig, StorageConfig
-from services.hash.wal import (
-    OP_ADD,
-    OP_DELETE,
-    Record,
-    SegmentWriter,
-    frame,
-    fsync_dir,
-    list_segments,
-    read_segment,
-)
+from services.hash.config import IndexConfig, LimitsConfig, StorageConfig
 
 log = logging.getLogger(__name__)
 
+COMMIT_SECONDS = Histogram(
+    "visionmesh_hash_commit_seconds",
+    "Time of one group commit (SQLite transaction + fsync)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+COMMIT_OPS = Histogram(
+    "visionmesh_hash_commit_operations",
+    "Operations per group commit",
+    buckets=(1, 2, 4, 8, 16, 64, 256, 1024, 4096),
+)
+REJECTED = Counter("visionmesh_hash_rejected_total", "Hash writes refused, by reason", ["reason"])
+COLLECTIONS = Gauge("visionmesh_hash_collections", "Collections held")
+ITEMS = Gauge("visionmesh_hash_items", "Items held, all collections together")
+HEALTHY = Gauge("visionmesh_hash_store_healthy", "1 while the store accepts writes")
+
+
+@dataclass(frozen=True)
+class Operation:
+    kind: str  # "add" or "delete"
+    collection: str
+    id: str
+    bits: int = 0
+    method: str = ""
+    code: bytes = b""
+
+
+@dataclass(frozen=True)
+class Committed:
+    collection: db.CollectionRow
+    label: int  # -1: a delete of an id that was not there
+    replaced: bool = False
+
+
+class Writer:
+    """The writer connection and the catalog it keeps in step with the committed data.
+
+    Used by one thread at a time (the committer's), never by the event loop.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, limits: LimitsConfig) -> None:
+        self.conn = conn
+        self.limits = limits
+        self.catalog: dict[str, db.CollectionRow] = {}
+        self.counts: dict[int, int] = {}
+        self.next_label = 0
+        self.next_cid = 1
+
+    def load(self, directory: Path) -> None:
+        self.catalog = db.load_collections(self.conn, directory)
+        self.counts = dict(
+            self.conn.execute("SELECT cid, COUNT(*) FROM items GROUP BY cid").fetchall()
+        )
+        for row in self.catalog.values():
+            self.counts.setdefault(row.cid, 0)
+        (top,) = self.conn.execute("SELECT COALESCE(MAX(label), -1) FROM items").fetchone()
+        self.next_label = int(top) + 1
+        self.next_cid = max((r.cid for r in self.catalog.values()), default=0) + 1
+
+    def commit(self, ops: list[Operation]) -> list[Committed | ServiceError]:
+        """One transaction for all of ``ops``; returns after the fsync, one outcome per op."""
+        saved = (dict(self.catalog), dict(self.counts), self.next_label, self.next_cid)
+        outcomes: list[Committed | ServiceError] = []
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                self.conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append(self._one(op))
+                    self.conn.execute("RELEASE op")
+                except ServiceError as exc:
+                    self.conn.execute("ROLLBACK TO op")
+                    self.conn.execute("RELEASE op")
+                    outcomes.append(exc)
+                except sqlite3.Error as exc:
+                    if db.is_full(exc) or not isinstance(exc, sqlite3.IntegrityError):
+                        raise
+                    # A record the checks above should have refused: fail it alone, loudly.
+                    log.error("hash record refused by the database: %s (%r)", exc, op)
+                    self.conn.execute("ROLLBACK TO op")
+                    self.conn.execute("RELEASE op")
+                    outcomes.append(ServiceError(f"record refused by the store: {exc}"))
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            self.catalog, self.counts, self.next_label, self.next_cid = saved
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback after a failed commit failed")
+            if isinstance(exc, sqlite3.Error) and db.is_full(exc):
+                raise db.StoreFull(f"the disk holding the hash store is full: {exc}") from exc
+            raise
+        return outcomes
+
+    def _one(self, op: Operation) -> Committed:
+        validation.collection_name(op.collection)
+        validation.item_id(op.id, self.limits.max_id_bytes)
+        if op.kind == "delete":
+            row = self.catalog.get(op.collection)
+            if row is None:
+                return Committed(db.CollectionRow(-1, op.collection, 0, ""), -1)
+            found = self.conn.execute(
+                "SELECT label FROM items WHERE cid = ? AND id = ?", (row.cid, op.id)
+            ).fetchone()
+            if found is None:
+                return Committed(row, -1)
+            self.conn.execute("DELETE FROM items WHERE label = ?", (found[0],))
+            self.counts[row.cid] -= 1
+            return Committed(row, int(found[0]))
+        if op.kind != "add":
+            raise InvalidInput(f"unknown operation {op.kind!r}")
+        validation.method(op.method)
+        validation.code_bytes(op.code, op.bits)
+        row = self.catalog.get(op.collection)
+        new_collection = row is None
+        if row is None:
+            if len(self.catalog) >= self.limits.max_collections:
+                raise Overloaded(
+                    f"collection limit reached: this service holds {len(self.catalog)} collections "
+                    f"(limits.max_collections); delete one or raise the limit"
+                )
+            row = db.CollectionRow(self.next_cid, op.collection, op.bits, op.method)
+            self.conn.execute(
+                "INSERT INTO collections (cid, name, bits, method, crc) VALUES (?, ?, ?, ?, ?)",
+                (row.cid, row.name, row.bits, row.method, db.collection_crc(*_fields(row))),
+            )
+        elif row.bits != op.bits or row.method != op.method:
+            raise InvalidInput(
+                f"collection {op.collection!r} holds {row.bits}-bit {row.method} codes, not {op.bits}-bit {op.method}"
+            )
+        found = self.conn.execute(
+            "SELECT label FROM items WHERE cid = ? AND id = ?", (row.cid, op.id)
+        ).fetchone()
+        if found is not None:
+            label = int(found[0])
+            self.conn.execute(
+                "UPDATE items SET code = ?, crc = ? WHERE label = ?",
+                (op.code, db.item_crc(label, row.cid, op.id, op.code), label),
+            )
+        else:
+            if self.counts.get(row.cid, 0) >= self.limits.max_items_per_collection:
+                raise Overloaded(
+                    f"collection {op.collection!r} is full: {self.counts[row.cid]} items "
+                    f"(limits.max_items_per_collection)"
+                )
+            label = self.next_label
+            self.conn.execute(
+                "INSERT INTO items (label, cid, id, code, crc) VALUES (?, ?, ?, ?, ?)",
+                (label, row.cid, op.id, op.code, db.item_crc(label, row.cid, op.id, op.code)),
+            )
+            self.next_label += 1
+            self.counts[row.cid] = self.counts.get(row.cid, 0) + 1
+        # Only now, with every statement done, does the catalog change (a failure above leaves it).
+        if new_collection:
+            self.catalog[row.name] = row
+            self.next_cid += 1
+        return Committed(row, label, replaced=found is not None)
+
+
+def _fields(row: db.CollectionRow) -> tuple[int, str, int, str]:
+    return row.cid, row.name, row.bits, row.method
+
 
 class HashStore:
-    def __init__(self, storage: StorageConfig, index: IndexConfig) -> None:
+    def __init__(
+        self,
+        storage: StorageConfig,
+        index: IndexConfig,
+        limits: LimitsConfig | None = None,
+    ) -> None:
         self.storage = storage
         self.index_config = index
+        self.limits = limits or LimitsConfig()
         self.directory = Path(storage.data_dir)
         self.collections: dict[str, Collection] = {}
-        self.seq = 0
-        self._writer: SegmentWriter | None = None
-        self._pending: list[tuple[Record, asyncio.Future[Any]]] = []
+        # Called once with the reason when the store stops taking writes (health -> NOT_SERVING).
+        self.on_failure: Callable[[str], None] | None = None
+        self._writer: Writer | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._pending: list[tuple[Operation, asyncio.Future[Committed]]] = []
         self._wake = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
-        self._snapshotting: asyncio.Task[None] | None = None
-        self._since_snapshot = 0
+        self._closing = False
         self._failed = ""
 
     # -- lifecycle --
 
     def recover(self) -> None:
-        """Load the newest snapshot and replay the log after it (synchronous, before serving)."""
+        """Verify the database and rebuild every collection's index (synchronous, before serving)."""
+        started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True)
-        snapshot_seq = self._load_snapshot()
-        self.seq = snapshot_seq
-        segments = list_segments(self.directory)
-        replayed = 0
-        for i, (_, path) in enumerate(segments):
-            for seq, record in read_segment(path, tolerate_torn_tail=i == len(segments) - 1):
-                if seq > snapshot_seq:
-                    self._apply(record)
-                    self.seq = seq
-                    replayed += 1
-        self._writer = SegmentWriter(self.directory, self.seq + 1, self.storage.fsync)
+        migrated = legacy.migrate_if_present(self.directory, self.storage.fsync)
+        conn = db.open_checked(self.directory, self.storage.fsync)
+        writer = Writer(conn, self.limits)
+        try:
+            writer.load(self.directory)
+            for row in writer.catalog.values():
+                coll = Collection(row.name, row.cid, row.bits, row.method, self.index_config)
+                for labels, codes in db.load_items(conn, self.directory, row):
+                    coll.add(np.asarray(labels, np.int64), np.frombuffer(codes, np.uint8))
+                self.collections[row.name] = coll
+        except BaseException:
+            conn.close()  # now, not whenever it is collected: the repair tool moves these files
+            self.collections.clear()
+            raise
+        self._writer = writer
+        self._reader = db.connect(self.directory / db.DB_NAME, self.storage.fsync)
         items = sum(len(c) for c in self.collections.values())
+        COLLECTIONS.set(len(self.collections))
+        ITEMS.set(items)
+        HEALTHY.set(1)
         log.info(
-            "hash store recovered",
+            "hash store opened",
             extra={
                 "fields": {
-                    "snapshot_seq": snapshot_seq,
-                    "replayed": replayed,
                     "items": items,
                     "collections": len(self.collections),
+                    "migrated_from_previous_format": migrated,
+                    "seconds": round(time.perf_counter() - started, 3),
                 }
             },
         )
@@ -87,169 +266,178 @@ class HashStore:
     async def start(self) -> None:
         if self._writer is None:
             await asyncio.to_thread(self.recover)
-        self._committer = asyncio.create_task(self._commit_loop(), name="hash-wal-committer")
+        self._committer = asyncio.create_task(self._commit_loop(), name="hash-store-committer")
+        self._committer.add_done_callback(self._committer_ended)
 
     async def close(self) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
+        if self._committer is not None and not self._committer.done():
+            # Let the committer finish what it holds (a transaction in its thread cannot be
+            # interrupted, and the connection must be idle before the final checkpoint).
+            self._closing = True
+            self._wake.set()
             await asyncio.gather(self._committer, return_exceptions=True)
-        if self._snapshotting is not None:
-            await self._snapshotting
-        if self._since_snapshot and not self._failed:
-            await self._snapshot()
         if self._writer is not None:
-            self._writer.close()
+            try:
+                # Fold the WAL into the database so the next start reads one file.
+                self._writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                log.exception("final checkpoint failed (the WAL is replayed at the next start)")
+            self._writer.conn.close()
+        if self._reader is not None:
+            self._reader.close()
+
+    @property
+    def failure(self) -> str:
+        return self._failed
+
+    def _fail(self, reason: str) -> None:
+        if self._failed:
+            return
+        self._failed = reason
+        HEALTHY.set(0)
+        log.critical("hash store stopped taking writes: %s", reason)
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(Unavailable(reason))
+        self._pending = []
+        if self.on_failure is not None:
+            self.on_failure(reason)
+
+    def _committer_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or (self._closing and task.exception() is None):
+            return
+        exc = task.exception()
+        self._fail(
+            self._failed or f"the hash store committer stopped: {exc!r}; restart the service"
+        )
+
+    # -- reads --
+
+    def get(self, collection: str, item_id: str) -> bytes | None:
+        coll = self.collections.get(collection)
+        if coll is None or self._reader is None:
+            return None
+        row = self._reader.execute(
+            "SELECT code FROM items WHERE cid = ? AND id = ?", (coll.cid, item_id)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def ids(self, labels: np.ndarray) -> dict[int, str]:
+        """External ids of ``labels`` (labels deleted meanwhile are simply absent)."""
+        if len(labels) == 0 or self._reader is None:
+            return {}
+        found: dict[int, str] = {}
+        unique = sorted({int(x) for x in labels})
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._reader.execute(
+                    f"SELECT label, id FROM items WHERE label IN ({marks})", chunk
+                ).fetchall()
+            )
+        return found
 
     # -- writes --
 
     async def add(
         self, collection: str, item_id: str, code: np.ndarray, bits: int, method: str
     ) -> bool:
-        """Log, fsync, apply; True when an item was replaced."""
-        replaced: bool = await self._submit(
-            Record(OP_ADD, collection, item_id, bits, method, code.tobytes())
+        """Commit (fsynced), apply, answer; True when an item was replaced."""
+        done = await self._submit(
+            Operation(
+                "add", collection, item_id, bits, method, np.asarray(code, np.uint8).tobytes()
+            )
         )
-        return replaced
+        return done.replaced
 
     async def delete(self, collection: str, item_id: str) -> bool:
-        if collection not in self.collections or self.collections[collection].get(item_id) is None:
-            return False  # nothing to log
-        deleted: bool = await self._submit(Record(OP_DELETE, collection, item_id))
-        return deleted
+        if self.get(collection, item_id) is None:
+            return False  # nothing to commit
+        done = await self._submit(Operation("delete", collection, item_id))
+        return done.label >= 0
 
-    async def _submit(self, record: Record) -> Any:
+    async def _submit(self, op: Operation) -> Committed:
         if self._failed:
             raise Unavailable(self._failed)
-        if self._committer is None or self._committer.done():
+        if self._committer is None or self._committer.done() or self._closing:
             raise Unavailable("hash store is not running")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, future))
+        future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
         self._wake.set()
         return await future
 
     async def _commit_loop(self) -> None:
+        assert self._writer is not None
+        writer = self._writer
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
+            if self._closing:
+                if not self._pending:
+                    return
+                self._wake.set()  # come back after this batch, until nothing is left
+            limit = self.storage.max_batch
+            batch, self._pending = self._pending[:limit], self._pending[limit:]
+            if self._pending:
+                self._wake.set()
             if not batch:
                 continue
-            frames = [frame(self.seq + 1 + i, record) for i, (record, _) in enumerate(batch)]
+            started = time.perf_counter()
             try:
-                assert self._writer is not None
-                await asyncio.to_thread(self._writer.append, frames)
-            except OSError as exc:
-                # Fail-stop (as databases do on a failed fsync): the log may hold part of this
-                # batch, so memory and log could disagree -- refuse writes until a restart recovers.
-                log.exception("write-ahead log append failed; refusing further writes")
-                self._failed = (
-                    f"write-ahead log append failed: {exc}; restart the service to recover"
-                )
-                for _, future in batch + self._pending:
+                outcomes = await asyncio.to_thread(writer.commit, [op for op, _ in batch])
+            except db.StoreFull as exc:
+                # Rolled back, nothing applied: these callers are told; later writes are tried again.
+                log.error("hash commit refused: %s", exc)
+                REJECTED.labels("disk_full").inc(len(batch))
+                for _, future in batch:
                     if not future.done():
-                        future.set_exception(Unavailable(self._failed))
-                self._pending = []
+                        future.set_exception(Unavailable(str(exc)))
+                continue
+            except Exception as exc:
+                # An I/O error: what reached the disk is unknown, so stop and let a restart recover.
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(Unavailable(f"hash store write failed: {exc}"))
+                self._fail(f"hash store write failed: {exc!r}; restart the service to recover")
                 return
-            for record, future in batch:
-                self.seq += 1
-                try:
-                    result = self._apply(record)
-                except InvalidInput as exc:
+            COMMIT_SECONDS.observe(time.perf_counter() - started)
+            COMMIT_OPS.observe(len(batch))
+            for (op, future), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, ServiceError):
+                    reason = "limit" if isinstance(outcome, Overloaded) else "invalid"
+                    REJECTED.labels(reason).inc()
                     if not future.done():
-                        future.set_exception(exc)
+                        future.set_exception(outcome)
                     continue
+                try:
+                    self._apply(op, outcome)
+                except Exception as exc:
+                    # Disk has it, memory does not: serve nothing stale -- fail stop, restart rebuilds.
+                    log.exception("applying a committed hash operation failed")
+                    if not future.done():
+                        future.set_exception(Unavailable("hash store failed; restart the service"))
+                    self._fail(f"applying a committed operation failed: {exc!r}")
+                    return
                 if not future.done():
-                    future.set_result(result)
-            self._since_snapshot += len(batch)
-            if self._since_snapshot >= self.storage.snapshot_every and (
-                self._snapshotting is None or self._snapshotting.done()
-            ):
-                # Rotate and capture here, between batches, so no append is in flight.
-                captured = self._rotate_and_capture()
-                self._snapshotting = asyncio.create_task(
-                    asyncio.to_thread(self._write_snapshot, *captured)
-                )
+                    future.set_result(outcome)
+            COLLECTIONS.set(len(self.collections))
+            ITEMS.set(sum(len(c) for c in self.collections.values()))
 
-    def _apply(self, record: Record) -> bool:
-        """Apply one logged operation; deterministic, so replay reaches the same state."""
-        if record.op == OP_DELETE:
-            coll = self.collections.get(record.collection)
-            return coll.remove(record.id) if coll is not None else False
-        coll = self.collections.get(record.collection)
+    def _apply(self, op: Operation, done: Committed) -> None:
+        row = done.collection
+        if op.kind == "delete":
+            coll = self.collections.get(row.name)
+            if coll is not None and done.label >= 0:
+                coll.remove(done.label)
+            return
+        coll = self.collections.get(row.name)
         if coll is None:
-            coll = self.collections[record.collection] = Collection(
-                record.collection, record.bits, record.method, self.index_config
+            coll = self.collections[row.name] = Collection(
+                row.name, row.cid, row.bits, row.method, self.index_config
             )
-        elif coll.bits != record.bits or coll.method != record.method:
-            # Two first adds raced with different code kinds: the later one loses, in the log as in memory.
-            raise InvalidInput(
-                f"collection {record.collection!r} holds {coll.bits}-bit {coll.method} codes, not {record.bits}-bit {record.method}"
-            )
-        return coll.put(record.id, np.frombuffer(record.code, np.uint8))
-
-    # -- snapshots --
-
-    async def _snapshot(self) -> None:
-        await asyncio.to_thread(self._write_snapshot, *self._rotate_and_capture())
-
-    def _rotate_and_capture(self) -> tuple[int, dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-        """Start a new log segment and copy the state at ``self.seq`` (the snapshot is written later)."""
-        assert self._writer is not None
-        seq = self.seq
-        old_writer = self._writer
-        self._writer = SegmentWriter(self.directory, seq + 1, self.storage.fsync)
-        old_writer.close()
-        meta = {name: {"bits": c.bits, "method": c.method} for name, c in self.collections.items()}
-        states = {name: c.export_state() for name, c in self.collections.items()}
-        self._since_snapshot = 0
-        return seq, meta, states
-
-    def _write_snapshot(
-        self, seq: int, meta: dict[str, Any], states: dict[str, dict[str, np.ndarray]]
-    ) -> None:
-        final = self.directory / f"snapshot-{seq:020d}"
-        staging = self.directory / f".snapshot-{seq:020d}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        files = {}
-        for i, (name, state) in enumerate(states.items()):
-            path = staging / f"collection-{i}.npz"
-            with path.open("wb") as fh:
-                np.savez(fh, **state)  # type: ignore[arg-type]
-                fh.flush()
-                os.fsync(fh.fileno())
-            files[name] = {**meta[name], "file": path.name}
-        manifest = staging / "manifest.json"
-        with manifest.open("w") as fh:
-            json.dump({"seq": seq, "collections": files}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        fsync_dir(staging)
-        staging.rename(final)
-        fsync_dir(self.directory)
-        self._prune(seq)
-        log.info("hash snapshot written", extra={"fields": {"seq": seq, "collections": len(files)}})
-
-    def _prune(self, snapshot_seq: int) -> None:
-        for path in self.directory.glob("snapshot-*"):
-            if int(path.name[9:]) < snapshot_seq:
-                shutil.rmtree(path, ignore_errors=True)
-        segments = list_segments(self.directory)
-        for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
-            if next_first - 1 <= snapshot_seq:
-                path.unlink(missing_ok=True)
-
-    def _load_snapshot(self) -> int:
-        snapshots = sorted(
-            p for p in self.directory.glob("snapshot-*") if (p / "manifest.json").is_file()
-        )
-        if not snapshots:
-            return 0
-        latest = snapshots[-1]
-        manifest = json.loads((latest / "manifest.json").read_text())
-        for name, info in manifest["collections"].items():
-            coll = Collection(name, int(info["bits"]), str(info["method"]), self.index_config)
-            with np.load(latest / info["file"]) as data:
-                coll.import_state({k: data[k] for k in data.files})
-            self.collections[name] = coll
-        return int(manifest["seq"])
+        code = np.frombuffer(op.code, np.uint8)
+        if done.replaced:
+            coll.replace(done.label, code)
+        else:
+            coll.add(np.asarray([done.label], np.int64), code)

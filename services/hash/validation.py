@@ -1,4 +1,9 @@
-"""Request checks of the hash service: names, ids, code sizes, frame counts."""
+"""Request checks of the hash service: names, ids, methods, code sizes, frame counts.
+
+Every field that reaches the store is checked here first (the store checks the
+same rules again, so one record that slipped past fails alone, never the
+committer). Each message names the field.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +15,47 @@ from services.common.errors import InvalidInput
 from services.hash.config import SUPPORTED_BITS
 from visionmesh.v1 import hash_pb2
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# fullmatch, not match with "$": "$" also matches before a final newline ("pbf\n").
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+METHOD = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_ID_BYTES = 512
 
 
 def collection_name(name: str) -> str:
-    if not COLLECTION_NAME.match(name):
+    if not isinstance(name, str) or not COLLECTION_NAME.fullmatch(name):
         raise InvalidInput(
-            f"collection name {name!r} must be 1-128 characters of letters, digits, '_', '.', '-' (starting with a letter or digit)"
+            f"collection name {name!r:.140} must be 1-128 characters of letters, digits, '_', '.', '-' (starting with a letter or digit)"
         )
     return name
 
 
-def item_id(value: str) -> str:
-    if not value:
+def item_id(value: str, max_bytes: int = MAX_ID_BYTES) -> str:
+    if not isinstance(value, str) or not value:
         raise InvalidInput("id is empty")
-    if len(value.encode("utf-8")) > MAX_ID_BYTES:
-        raise InvalidInput(f"id is longer than {MAX_ID_BYTES} bytes")
+    if len(value.encode("utf-8")) > max_bytes:
+        raise InvalidInput(f"id is longer than {max_bytes} bytes")
     return value
+
+
+def method(value: str) -> str:
+    if not isinstance(value, str) or not METHOD.fullmatch(value):
+        raise InvalidInput(
+            f"code.method {value!r:.60} must be 1-32 characters of a-z, 0-9, '_', '-' (e.g. itq or lsh)"
+        )
+    return value
+
+
+def code_bytes(code: bytes, bits_value: int) -> bytes:
+    """A packed code's length against its bit count (the store's own check of a record)."""
+    if bits_value not in SUPPORTED_BITS:
+        raise InvalidInput(
+            f"code.bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {bits_value}"
+        )
+    if not isinstance(code, bytes) or len(code) * 8 != bits_value:
+        raise InvalidInput(
+            f"code has {len(code)} bytes but code.bits = {bits_value} needs {bits_value // 8}"
+        )
+    return code
 
 
 def bits(value: int, default: int) -> int:
@@ -43,14 +71,9 @@ def code(
     message: hash_pb2.HashCode, expected_bits: int | None = None, expected_method: str | None = None
 ) -> np.ndarray:
     """A HashCode message -> packed uint8 array, checked against its own bits and the collection's."""
-    if message.bits not in SUPPORTED_BITS:
-        raise InvalidInput(
-            f"code.bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {message.bits}"
-        )
-    if len(message.code) * 8 != message.bits:
-        raise InvalidInput(
-            f"code has {len(message.code)} bytes but code.bits = {message.bits} needs {message.bits // 8}"
-        )
+    code_bytes(message.code, message.bits)
+    if message.method:
+        method(message.method)
     if expected_bits is not None and message.bits != expected_bits:
         raise InvalidInput(
             f"the collection holds {expected_bits}-bit codes, got a {message.bits}-bit code"

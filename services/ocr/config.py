@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from services.common.config import EngineConfig, ModelConfig, ServerConfig
+from services.common.config import EngineConfig, ImageLimitsConfig, ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("ocr").default_port
@@ -85,6 +85,8 @@ class LimitsConfig:
 @dataclass
 class OcrConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    # What one request may make this service decode (see services/common/images.py).
+    images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: ModelConfig = field(default_factory=lambda: _model("ppocr_det", HEAVY_STAGE_THREADS))
     direction: ModelConfig = field(default_factory=lambda: _model("ppocr_cls", 1))
     recognizer: ModelConfig = field(

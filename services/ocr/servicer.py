@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from services.common.errors import InvalidInput
+from services.common.images import ImageLimits
 from services.common.protos import image_to_rgb
 from services.common.rpc import grpc_method, request_deadline
 from services.ocr.config import OcrConfig
@@ -24,6 +25,7 @@ def line_to_proto(line: RecognizedLine) -> ocr_pb2.TextLine:
 class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
     def __init__(self, config: OcrConfig) -> None:
         self.config = config
+        self.image_limits = ImageLimits.from_config(config.images)
         self.pipeline = OcrPipeline(config)
 
     async def start(self) -> None:
@@ -54,7 +56,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         self, request: ocr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
     ) -> ocr_pb2.RecognizeResponse:
         max_lines, min_confidence = self._limits(request)
-        rgb = image_to_rgb(request.image)
+        rgb = image_to_rgb(request.image, self.image_limits)
         lines = await self.pipeline.recognise(
             rgb, min_confidence, max_lines, request_deadline(context)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -33,7 +34,8 @@ class OnnxRuntimeEngine(Engine):
         if self.config.threads > 0:
             opts.intra_op_num_threads = self.config.threads
         opts.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
+        opts.enable_cpu_mem_arena = self.config.cpu_mem_arena
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if self.config.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise EngineError(
@@ -43,11 +45,12 @@ class OnnxRuntimeEngine(Engine):
             providers = [
                 ("CUDAExecutionProvider", {"device_id": device_id}),
                 "CPUExecutionProvider",
-            ]  # type: ignore[list-item]
+            ]
         self.session = ort.InferenceSession(
             str(self.entry.onnx_path), sess_options=opts, providers=providers
         )
         self._output_names = [o.name for o in self.session.get_outputs()]
+        self._last_shrink = time.monotonic()
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -58,8 +61,21 @@ class OnnxRuntimeEngine(Engine):
         return [_spec(o) for o in self.session.get_outputs()]
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.session.run(self._output_names, dict(inputs))
+        results = self.session.run(self._output_names, dict(inputs), self._run_options())
         return dict(zip(self._output_names, results, strict=True))
+
+    def _run_options(self) -> ort.RunOptions | None:
+        """Now and then, a run that hands the arena's unused regions back at its end."""
+        period = self.config.arena_shrink_period_s
+        if not self.config.cpu_mem_arena or period <= 0:
+            return None
+        now = time.monotonic()
+        if now - self._last_shrink < period:
+            return None
+        self._last_shrink = now
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return options
 
     def close(self) -> None:
         self.__dict__.pop("session", None)
