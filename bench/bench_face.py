@@ -125,7 +125,7 @@ def start(mesh: LocalMesh, name: str, sets: list[str]) -> ServiceProcess:
 
 
 def _free_port() -> int:
-    from services.common.metrics import free_port
+    from services.common.net import free_port
 
     return free_port("127.0.0.1")
 

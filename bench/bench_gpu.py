@@ -34,7 +34,7 @@ from services.common.config import EngineConfig
 from services.common.engines import create_engine
 from services.common.engines.base import Engine
 from services.common.repository import load_entry
-from services.common.testing import random_inputs, repository_models
+from tests.support import random_inputs, repository_models
 
 SECTION = "GPU engines"
 NOT_MEASURED = (

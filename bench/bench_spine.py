@@ -1,53 +1,110 @@
-"""Spine benchmark: classify service vs the bare ONNX Runtime session; gateway overhead.
+"""Spine benchmark: what serving costs — classify service vs its bare engine, gateway overhead.
 
-    .venv/bin/python -m bench.bench_spine [--seconds 10] [--batch 32] [--concurrency 64]
+    .venv/bin/python -m bench.bench_spine [--seconds 4] [--rounds 5] [--batch 32] [--concurrency 64] [--requests 60]
 
-1. Throughput at saturation: the classify service (decode of raw pixels,
-   preprocessing, dynamic batching, gRPC) driven by many concurrent clients, vs
-   the bare ``onnxruntime`` session running the same batch size back to back.
-2. Latency: gateway ``Analyze`` (classify only, cache off) vs calling the
-   classify service directly, one request at a time; p50/p99 and the difference.
-Both run in the same invocation on the same machine; figures go to docs/benchmarks.md.
+In alternating rounds (bench/harness.py):
+
+1. throughput at saturation: the classify service (raw pixels over gRPC,
+   validation, preprocessing, batching, both models, quality) vs the bare
+   engine: its two ONNX Runtime sessions on tensors made in advance. The two
+   timed regions differ on purpose — the ratio is what the service adds — and
+   the table says what each holds;
+2. latency, one call at a time: classify called directly vs through the
+   gateway's Analyze (classify only, cache off), each round ``--requests``
+   calls of each, interleaved; the gateway overhead is the difference of the
+   p50s, per round. The same pair again on a second mesh with the tracing
+   interceptors off (``server.tracing=false``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import skimage.data
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.bench_classify import bare_sessions
-from bench.common import machine, percentiles_ms, write_section
+from bench.bench_classify import BarePipeline, service_throughput
+from bench.common import percentiles_ms
+from bench.harness import Goal, Ratio, Report, Side, alternate, fmt
 from services.common.images import decode
-from services.common.protos import rgb_to_image
-from tests.conftest import encode
+from tests.support import encode
 from visionmesh.mesh import LocalMesh
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
-async def service_throughput(address: str, seconds: float, concurrency: int) -> float:
-    image = rgb_to_image(np.asarray(skimage.data.chelsea()))
-    req = classify_pb2.ClassifyRequest(image=image)
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = classify_pb2_grpc.ClassifyServiceStub(channel)
-        await stub.Classify(req, timeout=30)
+def bare_engine(pipeline: BarePipeline, seconds: float, workers: int) -> float:
+    """Images/s of the two sessions alone on pre-made tensors, ``workers`` threads each on a batch."""
+    lite, nsfw = pipeline.lite, pipeline.nsfw
+    from services.classify.preprocess import to_tensor
+    from services.classify.safety import nsfw_input
+
+    imgs = pipeline.batch_of(0)
+    x_lite = np.concatenate([to_tensor(im, lite.preprocessing) for im in imgs])
+    x_nsfw = np.stack([nsfw_input(im, nsfw.preprocessing) for im in imgs])
+    stop_at = time.perf_counter() + seconds
+
+    def worker(_: int) -> int:
         done = 0
-        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            pipeline.s_lite.run(None, {lite.inputs[0].name: x_lite})
+            pipeline.s_nsfw.run(None, {nsfw.inputs[0].name: x_nsfw})
+            done += len(imgs)
+        return done
 
-        async def client() -> None:
-            nonlocal done
-            while time.perf_counter() < stop_at:
-                await stub.Classify(req, timeout=30)
-                done += 1
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        done = sum(pool.map(worker, range(workers)))
+    return done / (time.perf_counter() - start)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return done / (time.perf_counter() - start)
+
+class LatencyPair:
+    """Sequential calls: classify directly, then the same image through the gateway, interleaved."""
+
+    def __init__(self, gateway: str, classify: str, n: int) -> None:
+        self.gateway, self.classify, self.n = gateway, classify, n
+        self.last: tuple[float, float] = (0.0, 0.0)
+        data = encode(skimage.data.chelsea())
+        self.direct_req = classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=data))
+        self.gw_req = gateway_pb2.AnalyzeRequest(
+            image=common_pb2.Image(encoded=data),
+            features=[common_pb2.FEATURE_CLASSIFY],
+            options=gateway_pb2.AnalyzeOptions(no_cache=True),
+        )
+
+    async def _measure(self) -> tuple[float, float]:
+        async with (
+            grpc.aio.insecure_channel(self.gateway) as gch,
+            grpc.aio.insecure_channel(self.classify) as cch,
+        ):
+            gw = gateway_pb2_grpc.GatewayServiceStub(gch)
+            direct = classify_pb2_grpc.ClassifyServiceStub(cch)
+            for _ in range(3):  # fresh channels: connect before timing
+                await gw.Analyze(self.gw_req, timeout=60)
+                await direct.Classify(self.direct_req, timeout=60)
+            gw_s, direct_s = [], []
+            for _ in range(self.n):
+                t = time.perf_counter()
+                await direct.Classify(self.direct_req, timeout=60)
+                direct_s.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                await gw.Analyze(self.gw_req, timeout=60)
+                gw_s.append(time.perf_counter() - t)
+        return percentiles_ms(direct_s)["p50"], percentiles_ms(gw_s)["p50"]
+
+    def direct_p50(self) -> float:
+        """Measures the pair; returns the direct p50 (the gateway's is kept for gateway_p50)."""
+        self.last = asyncio.run(self._measure())
+        return self.last[0]
+
+    def gateway_p50(self) -> float:
+        return self.last[1]
 
 
 async def hop_ms(address: str, n: int = 300) -> float:
@@ -70,114 +127,107 @@ def decode_ms(data: bytes, n: int = 100) -> float:
     return (time.perf_counter() - t) / n * 1000
 
 
-async def latencies(
-    gateway: str, classify: str, n: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    data = encode(skimage.data.chelsea())
-    direct_req = classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=data))
-    gw_req = gateway_pb2.AnalyzeRequest(
-        image=common_pb2.Image(encoded=data),
-        features=[common_pb2.FEATURE_CLASSIFY],
-        options=gateway_pb2.AnalyzeOptions(no_cache=True),
-    )
-    async with (
-        grpc.aio.insecure_channel(gateway) as gch,
-        grpc.aio.insecure_channel(classify) as cch,
-    ):
-        gw = gateway_pb2_grpc.GatewayServiceStub(gch)
-        direct = classify_pb2_grpc.ClassifyServiceStub(cch)
-        for _ in range(5):
-            await gw.Analyze(gw_req, timeout=30)
-            await direct.Classify(direct_req, timeout=30)
-        gw_s, direct_s = [], []
-        for _ in range(n):  # interleaved so drift affects both alike
-            t = time.perf_counter()
-            await direct.Classify(direct_req, timeout=30)
-            direct_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            await gw.Analyze(gw_req, timeout=30)
-            gw_s.append(time.perf_counter() - t)
-    return percentiles_ms(direct_s), percentiles_ms(gw_s)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=200)
-    args = parser.parse_args()
-
-    bare, bare_lite = bare_sessions(args.batch, args.seconds)
+def classify_args(batch: int, tracing: bool) -> list[str]:
     settings = [
         f"{model}.{key}"
         for model in ("classifier", "safety_model")
         for key in (
-            f"batcher.max_batch_size={args.batch}",
+            f"batcher.max_batch_size={batch}",
             "batcher.max_queue_delay_us=5000",
             "batcher.max_queue_size=1024",
             "engine.threads=1",
         )
     ]
-    extra = [a for s in settings for a in ("--set", s)]
-    mesh = LocalMesh(services=["classify"], extra_args={"classify": extra})
-    try:
-        gateway = mesh.start()
-        classify = mesh.processes["classify"].address
-        service = asyncio.run(service_throughput(classify, args.seconds, args.concurrency))
-        direct, via_gw = asyncio.run(latencies(gateway, classify, args.requests))
-        hop = asyncio.run(hop_ms(gateway))
-    finally:
-        mesh.stop()
-    # The same latency pair with the OpenTelemetry interceptors off everywhere.
-    untraced = ["--set", "server.tracing=false"]
-    mesh = LocalMesh(
-        services=["classify"], extra_args={"classify": extra + untraced, "gateway": untraced}
+    if not tracing:
+        settings.append("server.tracing=false")
+    return [a for s in settings for a in ("--set", s)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--requests", type=int, default=60, help="sequential calls per side per round"
+    )
+    args = parser.parse_args()
+
+    report = Report("spine", "Spine: classify service vs bare engine, gateway overhead")
+    pipeline = BarePipeline(args.batch, threads=1)
+    traced = LocalMesh(
+        services=["classify"], extra_args={"classify": classify_args(args.batch, True)}
+    )
+    untraced = LocalMesh(
+        services=["classify"],
+        extra_args={
+            "classify": classify_args(args.batch, False),
+            "gateway": ["--set", "server.tracing=false"],
+        },
     )
     try:
-        gateway = mesh.start()
-        direct_nt, via_gw_nt = asyncio.run(
-            latencies(gateway, mesh.processes["classify"].address, args.requests)
-        )
+        gw_t = traced.start()
+        gw_u = untraced.start()
+        classify_t = traced.processes["classify"].address
+        on = LatencyPair(gw_t, classify_t, args.requests)
+        off = LatencyPair(gw_u, untraced.processes["classify"].address, args.requests)
+        s = args.seconds
+        sides = [
+            Side("service", f"classify service at saturation, max_batch_size {args.batch}",
+                 "1 ORT intra-op thread per model", f"{args.concurrency} gRPC client tasks",
+                 "gRPC, raw-pixel validation, both preprocessings, both models, quality",
+                 lambda: asyncio.run(service_throughput(classify_t, s, args.concurrency))),
+            Side("engine", f"bare engine: the two ORT sessions, batch {args.batch}",
+                 "1 ORT intra-op thread per model", "2 worker threads",
+                 "the two models' forward passes on pre-made tensors only",
+                 lambda: bare_engine(pipeline, s, workers=2)),
+            Side("direct", "classify called directly, p50", "service: 1 per model", "1 call at a time",
+                 "one Classify call (JPEG)", on.direct_p50, unit="ms"),
+            Side("gateway", "gateway Analyze (classify only, cache off), p50", "as above",
+                 "1 call at a time, interleaved with the direct calls",
+                 "one Analyze call: validating decode, hop to classify", on.gateway_p50, unit="ms"),
+            Side("direct_nt", "classify directly, tracing off, p50", "service: 1 per model",
+                 "1 call at a time", "one Classify call", off.direct_p50, unit="ms"),
+            Side("gateway_nt", "gateway Analyze, tracing off, p50", "as above",
+                 "1 call at a time, interleaved with the direct calls", "one Analyze call",
+                 off.gateway_p50, unit="ms"),
+        ]  # fmt: skip
+        values = alternate(sides, args.rounds)
+        hop = asyncio.run(hop_ms(gw_t))
     finally:
-        mesh.stop()
-    ratio = service / bare
-    overhead = via_gw["p50"] - direct["p50"]
-    overhead_nt = via_gw_nt["p50"] - direct_nt["p50"]
+        traced.stop()
+        untraced.stop()
     validate = decode_ms(encode(skimage.data.chelsea()))
-    body = f"""
-Command: `.venv/bin/python -m bench.bench_spine --seconds {args.seconds:g} --batch {args.batch} --concurrency {args.concurrency} --requests {args.requests}`
-Machine: {machine()} (shared with other work; figures are medians/ratios of one run).
-
-| what | figure |
-|---|---|
-| bare ONNX Runtime sessions of the service's two models (EfficientNet-Lite0 + open_nsfw), batch {args.batch}, back to back | {bare:.1f} images/s |
-| (EfficientNet-Lite0 session alone, same batch) | ({bare_lite:.1f} images/s) |
-| classify service at saturation (both models + quality; {args.concurrency} concurrent clients, max_batch_size {args.batch}, 1 ORT thread per model) | {service:.1f} images/s |
-| **service / bare engine** (goal >= 0.9) | **{ratio:.2f}** |
-| classify direct, p50 / p99 (sequential) | {direct["p50"]:.2f} / {direct["p99"]:.2f} ms |
-| gateway Analyze (classify only, cache off), p50 / p99 | {via_gw["p50"]:.2f} / {via_gw["p99"]:.2f} ms |
-| **gateway overhead at p50** (goal <= 2 ms) | **{overhead:.2f} ms** |
-| same pair with tracing interceptors off (`server.tracing=false`): direct / gateway p50 | {direct_nt["p50"]:.2f} / {via_gw_nt["p50"]:.2f} ms |
-| gateway overhead at p50, tracing off | {overhead_nt:.2f} ms |
-| of which, at least: one bare gRPC round trip to the gateway (health check, p50) | {hop:.2f} ms |
-| and the gateway's validating decode of this JPEG (in a worker thread) | {validate:.2f} ms |
-
-The service figure includes gRPC, raw-pixel validation, preprocessing (resize,
-crop, normalise, the NSFW model's JPEG round trip), image quality and batching,
-with the load generator on the same 2 cores; the bare figure is the same two
-models on pre-made tensors. Since issue 3 the classify service runs both models
-on every image, so the bare reference runs both too. The gateway overhead is the
-difference of two medians of ~45 ms calls on a 2-core machine (about 1 ms of
-it is noise). Neither goal is met here: the service pays Python gRPC,
-preprocessing and the load generator on the same two cores the bare sessions
-have to themselves, and the gateway's extra hop plus validating decode are
-already ~2 ms on this machine before any fan-out bookkeeping. A cProfile of
-the gateway showed its own Python work well under 1 ms a call; the rest is
-waiting on the loop, the decode thread and the second hop.
-"""
-    print(body)
-    write_section("Spine: classify service vs bare engine, gateway overhead", body)
+    report.add(
+        f"{args.rounds} rounds after a warm-up round, sides in turn within each round; the latency "
+        f"sides are {args.requests} sequential calls each per round, direct and gateway interleaved "
+        "call by call. Both meshes (tracing on / off) run all the time, idle while the other is measured."
+    )
+    report.sides(sides)
+    report.figures(
+        sides,
+        values,
+        [
+            Ratio("service / bare engine", "service", "engine", Goal(">=", 0.9)),
+            Ratio("gateway / direct p50", "gateway", "direct"),
+            Ratio("gateway / direct p50, tracing off", "gateway_nt", "direct_nt"),
+        ],
+    )
+    overhead = [g - d for g, d in zip(values["gateway"], values["direct"], strict=True)]
+    overhead_nt = [g - d for g, d in zip(values["gateway_nt"], values["direct_nt"], strict=True)]
+    goal = Goal("<=", 2.0)
+    report.add(
+        "| gateway overhead at p50 (gateway p50 - direct p50, per round) | median | rounds |\n"
+        "|---|---:|---|\n"
+        f"| tracing on | {statistics.median(overhead):.2f} ms | {', '.join(f'{v:.2f}' for v in overhead)} |\n"
+        f"| tracing off | {statistics.median(overhead_nt):.2f} ms | {', '.join(f'{v:.2f}' for v in overhead_nt)} |\n"
+        f"| a bare gRPC round trip to the gateway (health check, p50, after the rounds) | {hop:.2f} ms | |\n"
+        f"| the gateway's validating decode of this JPEG (this process, after the rounds) | {validate:.2f} ms | |\n\n"
+        + goal.sentence("gateway overhead at p50 (ms, tracing on)", statistics.median(overhead))
+        + f" The round trip and the decode together are {fmt(hop + validate)} ms of it."
+    )
+    sys.exit(0 if report.write() else 3)
 
 
 if __name__ == "__main__":

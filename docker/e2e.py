@@ -18,13 +18,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.metrics import free_port
+from services.common.net import free_port
 from visionmesh import client, features
 from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -67,7 +68,8 @@ class Containers:
         # this script asks grpc.health.v1 itself.
         cmd += ["--log-driver", "k8s-file", "--health-cmd", "none"]
         cmd += [*self.ulimits, *(f"--volume={v}" for v in volumes), self.image, *args]
-        out = run(cmd)
+        # Creating a container on vfs storage copies the whole image: minutes on a busy disk.
+        out = run(cmd, timeout=900)
         if out.returncode != 0:
             raise RuntimeError(f"{name}: container did not start: {out.stderr.strip()}")
         self.names.append(cname)
@@ -132,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         started: dict[str, tuple[str, str]] = {}
-        for name in services:
+
+        def start(name: str) -> tuple[str, tuple[str, str]]:
             address = f"127.0.0.1:{free_port('127.0.0.1')}"
             port = address.rsplit(":", 1)[1]
-            serve = ["serve", name, "--host", "127.0.0.1", "--port", port]
-            started[name] = (containers.start(name, [*serve, "--engine-threads", "1"]), address)
+            serve = ["serve", name, "--host", "127.0.0.1", "--port", port, "--engine-threads", "1"]
+            return name, (containers.start(name, serve), address)
+
+        # Containers are created side by side: each is a full copy of the image on vfs.
+        with ThreadPoolExecutor(len(services)) as pool:
+            started.update(pool.map(start, services))
         config = Path(tempfile.mkdtemp(prefix="visionmesh-e2e-")) / "gateway.yaml"
         config.write_text(
             yaml.safe_dump({"services": {spec.name: [started[spec.service][1]] for spec in specs}})

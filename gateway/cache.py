@@ -25,15 +25,9 @@ class ResultCache:
         self._clock = clock
         self._entries: collections.OrderedDict[str, tuple[float, bytes]] = collections.OrderedDict()
         self._bytes = 0
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    @property
-    def size_bytes(self) -> int:
-        return self._bytes
 
     def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
@@ -41,11 +35,9 @@ class ResultCache:
             self._remove(key)
             entry = None
         if entry is None:
-            self.misses += 1
             CACHE_EVENTS.labels("miss").inc()
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         CACHE_EVENTS.labels("hit").inc()
         return entry[1]
 

@@ -33,7 +33,7 @@ import grpc
 
 from gateway.resilience import BreakerOpen, CircuitBreaker
 from services.common import tls as tlsmod
-from services.common.config import ClientTlsConfig
+from services.common.config import ClientTlsConfig, ConfigError
 from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -327,6 +327,7 @@ def make_resolver(
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     breaker_failures: int = 5,
     breaker_reset_s: float = 5.0,
+    tls: ClientTlsConfig | None = None,
 ) -> Resolver:
     """A resolver by name: "static" (``addresses``), "dns" (``dns_targets``) or "consul" (``consul_addr``)."""
     common: dict[str, Any] = {
@@ -334,22 +335,23 @@ def make_resolver(
         "interceptors": interceptors,
         "breaker_failures": breaker_failures,
         "breaker_reset_s": breaker_reset_s,
+        "tls": tls,
     }
     if kind == "static":
         return StaticResolver(addresses or {}, **common)
     if kind == "dns":
         if not dns_targets:
-            raise ValueError(
+            raise ConfigError(
                 "dns discovery needs dns_targets (service -> host:port of its headless Service)"
             )
         return DnsResolver(dns_targets, **common)
     if kind == "consul":
         if not consul_addr:
-            raise ValueError(
+            raise ConfigError(
                 "consul discovery needs a Consul agent address (server.consul_addr or CONSUL_HTTP_ADDR)"
             )
         names = list(service_names or (addresses or {}).keys())
         if not names:
-            raise ValueError("consul discovery needs the service names to watch")
+            raise ConfigError("consul discovery needs the service names to watch")
         return ConsulResolver(consul_addr, names, **common)
-    raise ValueError(f"unknown discovery kind {kind!r}: use static, consul or dns")
+    raise ConfigError(f"unknown discovery kind {kind!r}: use static, consul or dns")

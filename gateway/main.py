@@ -1,17 +1,14 @@
-"""Entry point of the gateway: ``visionmesh serve gateway``."""
+"""The gateway's definition, run by ``visionmesh serve gateway`` or ``python -m gateway``."""
 
 from __future__ import annotations
 
 import os
-import sys
-from typing import Any
 
 from gateway.config import DEFAULT_PORT, GatewayConfig
-from gateway.discovery import ConsulResolver, DnsResolver, Resolver, StaticResolver
+from gateway.discovery import Resolver, make_resolver
 from gateway.servicer import GatewayServicer
 from services.common import tracing
-from services.common.errors import InvalidInput
-from services.common.runner import ServiceDefinition, run_service
+from services.common.runner import ServiceDefinition
 from services.common.server import Registration
 from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -24,32 +21,27 @@ RECONNECT_OPTIONS = [
 ]
 
 
-def make_resolver(config: GatewayConfig) -> Resolver:
+def resolver_for(config: GatewayConfig) -> Resolver:
+    """The resolver the gateway's settings describe (a ``ConfigError`` when they do not)."""
     # Services accept what the gateway sends them (fanout_max_side pixels, or the
     # smaller original): their server.max_message_bytes, the same setting here.
     limit = config.server.max_message_bytes
-    options = [
-        ("grpc.max_send_message_length", limit),
-        ("grpc.max_receive_message_length", limit),
-        *RECONNECT_OPTIONS,
-    ]
-    common: dict[str, Any] = {
-        "channel_options": options,
-        "tls": config.client.tls,
-        "interceptors": tracing.client_interceptors() if config.server.tracing else [],
-        "breaker_failures": config.breaker_failures,
-        "breaker_reset_s": config.breaker_reset_s,
-    }
-    if config.discovery == "static":
-        return StaticResolver(config.services, **common)
-    if config.discovery == "dns":
-        return DnsResolver(config.dns_targets, **common)
-    if config.discovery == "consul":
-        consul_addr = config.server.consul_addr or os.environ.get("CONSUL_HTTP_ADDR", "")
-        if not consul_addr:
-            raise InvalidInput("discovery=consul needs server.consul_addr or CONSUL_HTTP_ADDR")
-        return ConsulResolver(consul_addr, list(config.services), **common)
-    raise InvalidInput(f"unknown discovery {config.discovery!r} (static, consul, dns)")
+    return make_resolver(
+        config.discovery,
+        addresses=config.services,
+        dns_targets=config.dns_targets,
+        consul_addr=config.server.consul_addr or os.environ.get("CONSUL_HTTP_ADDR", ""),
+        service_names=list(config.services),
+        channel_options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            *RECONNECT_OPTIONS,
+        ],
+        tls=config.client.tls,
+        interceptors=tracing.client_interceptors() if config.server.tracing else [],
+        breaker_failures=config.breaker_failures,
+        breaker_reset_s=config.breaker_reset_s,
+    )
 
 
 # Room for the rest of a request (options, features, framing) beside its image bytes.
@@ -69,7 +61,7 @@ def message_limits(config: GatewayConfig) -> dict[str, int]:
 def build(config: GatewayConfig) -> list[Registration]:
     # Client spans need the tracer provider before the interceptors are made.
     tracing.setup("gateway", config.server.trace_exporter, config.server.otlp)
-    servicer = GatewayServicer(config, make_resolver(config))
+    servicer = GatewayServicer(config, resolver_for(config))
     return [
         Registration.of(
             gateway_pb2, gateway_pb2_grpc, "GatewayService", servicer, message_limits(config)
@@ -78,6 +70,3 @@ def build(config: GatewayConfig) -> list[Registration]:
 
 
 DEFINITION = ServiceDefinition("gateway", GatewayConfig, build, DEFAULT_PORT)
-
-if __name__ == "__main__":
-    run_service(DEFINITION, sys.argv[1:])

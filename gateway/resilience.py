@@ -182,7 +182,6 @@ async def call_with_retry(
     attempts: int = 3,
     backoff_base_s: float = 0.05,
     backoff_max_s: float = 1.0,
-    breaker: CircuitBreaker | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Run ``call(remaining_timeout)`` until it succeeds, fails for good, or time runs out.
@@ -190,9 +189,8 @@ async def call_with_retry(
     ``call`` makes one gRPC attempt with the timeout it is given (the time left
     of ``timeout_s``; None = no deadline). Only UNAVAILABLE is retried, at most
     ``attempts`` tries in all, and a retry is skipped when its backoff would
-    end past the deadline (the last error is raised instead). With a
-    ``breaker``, each attempt's outcome is recorded on it and an open breaker
-    raises ``BreakerOpen`` without calling.
+    end past the deadline (the last error is raised instead). Circuit breakers
+    are the caller's: ``FanOut`` records each attempt on the picked instance's.
     """
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
@@ -203,13 +201,9 @@ async def call_with_retry(
         remaining = None if deadline is None else deadline - clock()
         if remaining is not None and remaining <= 0:
             raise TimeoutError("deadline passed before the call could be attempted")
-        if breaker is not None and not breaker.allow():
-            raise BreakerOpen(f"circuit breaker open ({breaker!r}): not calling")
         try:
             result = await call(remaining)
         except Exception as exc:
-            if breaker is not None:
-                breaker.record(exc)
             if attempt >= attempts or not _retryable(exc):
                 raise
             delay = backoff_delay(attempt, backoff_base_s, backoff_max_s)
@@ -217,8 +211,6 @@ async def call_with_retry(
                 raise
             await asyncio.sleep(delay)
             continue
-        if breaker is not None:
-            breaker.record_success()
         return result
 
 

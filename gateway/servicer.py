@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -20,8 +19,8 @@ from gateway.merge import above_floors, link_people, ranked, rescale
 from gateway.resilience import HealthProber, InFlightLimiter
 from gateway.upload import UploadLimits, UploadReceiver
 from services.common.errors import InvalidInput, Overloaded, retry_after_metadata
-from services.common.images import DecodedImage, ImageLimits, decode, fit_within, from_raw
-from services.common.protos import rgb_to_image
+from services.common.images import DecodedImage, ImageLimits, fit_within
+from services.common.protos import decode_image, rgb_to_image
 from services.common.rpc import grpc_method, status_code
 from visionmesh import features as feature_table
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -113,13 +112,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return max(0.0, budget * self.config.feature_deadline_fraction)
 
     async def _decode(self, image: common_pb2.Image) -> DecodedImage:
-        source = image.WhichOneof("source")
-        if source == "encoded":
-            return await asyncio.to_thread(decode, image.encoded, self.image_limits)
-        if source == "raw":
-            rgb = from_raw(image.raw.width, image.raw.height, image.raw.rgb, self.image_limits)
-            return DecodedImage(rgb, "RAW", hashlib.sha256(image.raw.rgb).hexdigest())
-        raise InvalidInput("request has no image (set image.encoded or image.raw)")
+        # The cache key needs the pixels' digest, raw ones too.
+        return await decode_image(image, self.image_limits, digest_raw=True)
 
     def _cache_key(
         self, decoded: DecodedImage, features: list[int], options: gateway_pb2.AnalyzeOptions

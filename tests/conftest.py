@@ -1,16 +1,14 @@
-"""Shared fixtures. Tests run real servers in-process on free loopback ports with real models."""
+"""Shared fixtures and the slow-test switch; helpers live in tests/support.py."""
 
 from __future__ import annotations
 
-import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, encode
+
 os.environ.setdefault("VISIONMESH_MODEL_REPOSITORY", str(ROOT / "model_repository"))
 
 
@@ -35,12 +33,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if item.get_closest_marker(marker) is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
                 break
-
-
-def encode(rgb: np.ndarray, fmt: str = "JPEG", **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

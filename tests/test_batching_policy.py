@@ -11,6 +11,7 @@ import yaml
 from services.classify.config import ClassifyConfig
 from services.common import config as cfgmod
 from services.common.config import BatcherConfig, ConfigError, ModelConfig
+from services.common.exports import ModelExport
 from services.common.models import ServedModel
 from services.common.repository import BatchingPolicy, load_entry
 from services.common.runner import model_configs
@@ -19,7 +20,6 @@ from services.face.config import FaceConfig
 from services.hash.config import HashConfig
 from services.ocr.config import OcrConfig
 from visionmesh import models_build
-from visionmesh.models_build import ModelExport
 
 # What every service ran before the policy moved into the repository (service defaults,
 # clamped to the model): the move must not change one number.

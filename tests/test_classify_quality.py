@@ -1,4 +1,8 @@
-"""Image quality on real photos and their degraded versions: each degradation flips exactly its verdict."""
+"""Image quality on real photos and their degraded versions: each degradation flips exactly its verdict.
+
+The thresholds were chosen on these photos and degradations, so the tests on them are regression
+tests; accuracy on pictures they never saw is measured by bench/bench_heldout.py.
+"""
 
 from __future__ import annotations
 
@@ -42,15 +46,19 @@ DEGRADATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], list[str]]] = 
 }
 
 
+@pytest.mark.regression
 @pytest.mark.parametrize("name", PHOTOS)
-def test_real_photos_have_no_quality_verdict(name: str) -> None:
+def test_regression_tuning_photos_have_no_quality_verdict(name: str) -> None:
     report = assess(getattr(skimage.data, name)(), QualityConfig())
     assert report.verdicts == [], (report.brightness, report.contrast, report.sharpness)
 
 
+@pytest.mark.regression
 @pytest.mark.parametrize("degradation", sorted(DEGRADATIONS))
 @pytest.mark.parametrize("name", PHOTOS)
-def test_each_degradation_flips_exactly_its_verdict(name: str, degradation: str) -> None:
+def test_regression_each_tuning_degradation_flips_exactly_its_verdict(
+    name: str, degradation: str
+) -> None:
     transform, expected = DEGRADATIONS[degradation]
     report = assess(transform(getattr(skimage.data, name)()), QualityConfig())
     assert [v.name for v in report.verdicts] == expected, (

@@ -14,8 +14,7 @@ from services.classify.config import SafetyConfig
 from services.classify.main import DEFINITION
 from services.classify.safety import second_look_regions
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
-from tests.conftest import encode
+from tests.support import encode, running_service
 from tests.test_classify_quality import blurred, darkened
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 

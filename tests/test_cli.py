@@ -12,8 +12,8 @@ import pytest
 
 from gateway.main import DEFINITION as GATEWAY
 from services.classify.main import DEFINITION as CLASSIFY
-from services.common.metrics import free_port
-from services.common.testing import running_service
+from services.common.net import free_port
+from tests.support import running_service
 from visionmesh import features
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,11 +13,10 @@ import pytest
 import skimage.data
 
 from gateway.main import DEFINITION as GATEWAY
-from services.common.metrics import free_port
-from services.common.testing import running_service
+from services.common.net import free_port
 from services.detect.main import DEFINITION as DETECT
 from services.face.main import DEFINITION as FACE
-from tests.conftest import encode
+from tests.support import encode, running_service
 from tests.test_detect_service import CAMPUS_PEOPLE, campus
 from tests.test_face_service import group_photo  # noqa: F401 (fixture)
 from tools.make_sample_video import make_video

@@ -15,11 +15,10 @@ import skimage.data
 from PIL import Image
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.detect import ssd, tags
 from services.detect.config import TagConfig
 from services.detect.main import DEFINITION
-from tests.conftest import encode
+from tests.support import encode, running_service
 from tests.test_face_service import group_photo  # noqa: F401 (fixture)
 from visionmesh.v1 import common_pb2, detect_pb2, detect_pb2_grpc
 

@@ -16,7 +16,7 @@ from services.common.engines.base import Engine
 from services.common.engines.torch_backend import TorchEngine
 from services.common.models import ServedModel
 from services.common.repository import ModelEntry, default_root, load_entry
-from services.common.testing import random_inputs, repository_models
+from tests.support import random_inputs, repository_models
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")
 
@@ -168,13 +168,13 @@ async def test_classify_service_on_torch_backend_names_the_cat(chelsea_jpeg: byt
     import grpc
 
     from services.classify.main import DEFINITION
-    from services.common.testing import running_service
+    from tests.support import running_service
     from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 
     async with running_service(
         DEFINITION, {"classifier": {"engine": {"backend": "torch"}}}
     ) as server:
-        classifier = server.registrations[0].servicer.classifier
+        classifier = server.registrations[0].servicer.pipeline.classifier
         assert classifier.batcher.engines and all(
             isinstance(e, TorchEngine) for e in classifier.batcher.engines
         )

@@ -7,8 +7,8 @@ import pytest
 import skimage.data
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.face.main import DEFINITION
+from tests.support import running_service
 from visionmesh.v1 import face_pb2, face_pb2_grpc
 
 MODELS = ("retinaface", "age", "gender", "emotion")

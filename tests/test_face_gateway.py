@@ -10,10 +10,9 @@ import pytest
 import skimage.data
 
 from gateway.main import DEFINITION as GATEWAY
-from services.common.metrics import free_port
-from services.common.testing import running_service
+from services.common.net import free_port
 from services.face.main import DEFINITION as FACE
-from tests.conftest import encode
+from tests.support import encode, running_service
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 

@@ -12,9 +12,9 @@ import pytest
 import skimage.data
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.face import retinaface
 from services.face.main import DEFINITION
+from tests.support import running_service
 from tests.test_face_service import GROUP_PEOPLE, group_photo  # noqa: F401 (fixture)
 from visionmesh.v1 import face_pb2, face_pb2_grpc
 

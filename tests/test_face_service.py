@@ -1,17 +1,13 @@
 """The face service end to end: a real server in-process, real MTCNN / age / gender / emotion models, real photos.
 
-The group photo comes from the insightface wheel (no weights in it): it is
-fetched once with ``pip download`` and cached under ``var/test-data`` (git
-ignored); the tests that need it skip, saying why, when it cannot be fetched.
+The group photo comes from the insightface wheel (no weights in it): the set-up
+(``make testdata``, part of ``make setup``) fetches it once into ``var/test-data``;
+a test that needs it fails, naming that command, when it is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +19,12 @@ import skimage.data
 from PIL import Image
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.face.main import DEFINITION
-from tests.conftest import ROOT, encode
+from tests.support import encode, running_service
+from tools.testdata import INSIGHTFACE_DIR, missing_message
 from visionmesh.v1 import common_pb2, face_pb2, face_pb2_grpc
 
-GROUP_PHOTO_CACHE = ROOT / "var" / "test-data" / "insightface-2.1" / "t1.jpg"
-GROUP_PHOTO_MEMBER = "insightface/data/images/t1.jpg"
+GROUP_PHOTO_CACHE = INSIGHTFACE_DIR / "t1.jpg"
 # The six people of t1.jpg (1280 x 886): a point inside each face, and their gender (labelled by hand).
 GROUP_PEOPLE = [
     ((111, 329), "female"),
@@ -42,44 +37,16 @@ GROUP_PEOPLE = [
 
 
 def fetch_group_photo() -> Path | None:
-    """Cache t1.jpg from the insightface==2.1 wheel; None when pip cannot fetch it."""
-    if GROUP_PHOTO_CACHE.is_file():
-        return GROUP_PHOTO_CACHE
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "insightface==2.1",
-            "-d",
-            tmp,
-            "-q",
-        ]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=180)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
-            return None
-        wheels = list(Path(tmp).glob("insightface-2.1-*.whl"))
-        if not wheels:
-            return None
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            data = wheel.read(GROUP_PHOTO_MEMBER)
-    GROUP_PHOTO_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    GROUP_PHOTO_CACHE.write_bytes(data)
-    return GROUP_PHOTO_CACHE
+    """The cached t1.jpg (``make testdata`` puts it there); None when it is not there."""
+    return GROUP_PHOTO_CACHE if GROUP_PHOTO_CACHE.is_file() else None
 
 
 @pytest.fixture(scope="module")
 def group_photo() -> np.ndarray:
-    path = fetch_group_photo()
-    if path is None:
-        pytest.skip(
-            "could not fetch the insightface==2.1 wheel with pip (offline?) for its group photo t1.jpg"
-        )
-    return np.asarray(Image.open(path).convert("RGB"))
+    # Test data is fetched by the set-up, never by a test: a missing file is a set-up error.
+    if not GROUP_PHOTO_CACHE.is_file():
+        pytest.fail(missing_message(GROUP_PHOTO_CACHE))
+    return np.asarray(Image.open(GROUP_PHOTO_CACHE).convert("RGB"))
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +104,8 @@ async def test_astronaut_is_one_happy_adult_woman(stub: face_pb2_grpc.FaceServic
     assert names["face/count"].display_name_en == "1 face"
 
 
-async def test_group_photo_recall_and_gender(
+@pytest.mark.regression  # the O-Net threshold was chosen on this photo
+async def test_regression_group_photo_recall_and_gender(
     stub: face_pb2_grpc.FaceServiceStub, group_photo: np.ndarray
 ) -> None:
     response = await detect(stub, group_photo)

@@ -15,9 +15,8 @@ from PIL import Image
 
 from gateway.main import DEFINITION as GATEWAY
 from services.classify.main import DEFINITION as CLASSIFY
-from services.common.metrics import free_port
-from services.common.testing import running_service
-from tests.conftest import encode
+from services.common.net import free_port
+from tests.support import encode, running_service
 from visionmesh import features
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 

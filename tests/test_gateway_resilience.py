@@ -11,14 +11,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.resilience import (
-    BreakerOpen,
     BreakerState,
     CircuitBreaker,
     InFlightLimiter,
     backoff_delay,
     call_with_retry,
 )
-from services.common.errors import Overloaded, Unavailable
+from services.common.errors import Overloaded
 
 
 class FakeClock:
@@ -185,29 +184,6 @@ async def test_never_retries_past_the_deadline() -> None:
         )
     assert time.monotonic() - start < 0.05 + 0.5
     assert len(call.timeouts) <= 2
-
-
-async def test_open_breaker_refuses_without_calling() -> None:
-    breaker = CircuitBreaker(failure_threshold=2, reset_timeout_s=60.0)
-    call = Script(*(rpc_error(grpc.StatusCode.UNAVAILABLE) for _ in range(5)))
-    with pytest.raises(grpc.aio.AioRpcError):
-        await call_with_retry(
-            call, timeout_s=5.0, attempts=2, backoff_base_s=0.001, breaker=breaker
-        )
-    assert breaker.state is BreakerState.OPEN
-    with pytest.raises(BreakerOpen) as info:
-        await call_with_retry(call, timeout_s=5.0, breaker=breaker)
-    assert isinstance(info.value, Unavailable) and info.value.code.name == "UNAVAILABLE"
-    assert len(call.timeouts) == 2  # the refused call made no attempt
-
-
-async def test_caller_errors_keep_the_breaker_closed() -> None:
-    breaker = CircuitBreaker(failure_threshold=1)
-    with pytest.raises(grpc.aio.AioRpcError):
-        await call_with_retry(
-            Script(rpc_error(grpc.StatusCode.INVALID_ARGUMENT)), timeout_s=1.0, breaker=breaker
-        )
-    assert breaker.state is BreakerState.CLOSED
 
 
 def _free_port() -> int:

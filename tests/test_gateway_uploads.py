@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import encode
+from tests.support import encode
 from tools.make_sample_video import video_bytes
 from visionmesh.mesh import LocalMesh
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc

@@ -11,9 +11,8 @@ import skimage.data
 
 from gateway.main import DEFINITION as GATEWAY
 from services.classify.main import DEFINITION as CLASSIFY
-from services.common.testing import running_service
 from services.hash.main import DEFINITION as HASH
-from tests.conftest import encode
+from tests.support import encode, running_service
 from tools.make_sample_video import make_video
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 

@@ -13,10 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.hash.corpus import COPY_TRANSFORMS, load_photo
 from services.hash.main import DEFINITION
 from services.hash.projection import hamming
+from tests.support import running_service
 from visionmesh.v1 import common_pb2, hash_pb2, hash_pb2_grpc
 
 
@@ -47,7 +47,8 @@ async def encode(
     return np.frombuffer(reply.code.code, np.uint8)
 
 
-async def test_copies_are_close_and_different_photos_far(
+@pytest.mark.regression  # the served projection was trained on these photos
+async def test_regression_training_photos_copies_are_close_and_different_photos_far(
     stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]
 ) -> None:
     chelsea = await encode(stub, photos["chelsea"])

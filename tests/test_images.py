@@ -10,7 +10,7 @@ from PIL import Image
 
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits, decode, fit_within, from_raw
-from tests.conftest import encode
+from tests.support import encode
 
 
 @pytest.fixture(scope="module")

@@ -82,3 +82,57 @@ def test_services_do_not_import_each_other() -> None:
             parts = module.split(".")
             if parts[0] == "services" and len(parts) > 1:
                 assert parts[1] in (own, "common"), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_services_never_import_the_tools_that_import_them() -> None:
+    """No cycle: services use the generated protos and the feature table, never the builder/CLI."""
+    allowed = ("visionmesh.v1", "visionmesh.features")
+    for path in SERVICES.rglob("*.py"):
+        for module in _imports(path):
+            # ("from visionmesh import features" lists "visionmesh" and "visionmesh.features")
+            if module.split(".")[0] in ("visionmesh", "gateway", "tests", "bench", "tools") and (
+                module != "visionmesh"
+            ):
+                assert module.startswith(allowed), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_engine_backends_share_helpers_not_each_other() -> None:
+    backends = {"onnxruntime_backend", "torch_backend", "tensorrt_backend"}
+    for name in backends:
+        path = SERVICES / "common" / "engines" / f"{name}.py"
+        siblings = {m.rsplit(".", 1)[-1] for m in _imports(path)} & (backends - {name})
+        assert not siblings, f"{name} imports {siblings}; shared pieces go to engines/ helpers"
+
+
+def test_one_entry_point_per_service() -> None:
+    """``python -m services.<name>`` (``__main__.py``) and ``visionmesh serve``; main.py only defines."""
+    folders = [p for p in SERVICES.iterdir() if (p / "main.py").is_file()]
+    for folder in [*folders, ROOT / "gateway"]:
+        assert (folder / "__main__.py").is_file(), folder
+        assert "__main__" not in (folder / "main.py").read_text(), folder / "main.py"
+
+
+def test_production_packages_hold_no_test_code() -> None:
+    for package in ("services", "gateway", "visionmesh"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert path.name not in ("testing.py", "conftest.py"), path
+            tests_imports = [m for m in _imports(path) if m.split(".")[0] == "tests"]
+            assert not tests_imports, f"{path.relative_to(ROOT)} imports {tests_imports}"
+
+
+def test_the_repository_refers_to_nothing_outside_it() -> None:
+    """A clone has only itself: no links to folders beside it."""
+    roots = ["README.md", "Makefile", "requirements.txt", "pyproject.toml"]
+    folders = ["docs", "services", "gateway", "visionmesh", "tests", "tools", "bench", "k8s"]
+    paths = [ROOT / r for r in roots] + [
+        p
+        for folder in folders
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file()
+        and p.suffix in (".md", ".py", ".yaml", ".txt", ".sh", ".toml")
+        and "/v1/" not in str(p)
+    ]
+    outside = "../" + "shared"  # spelled apart so this test does not find itself
+    for path in paths:
+        if path.is_file():
+            assert outside not in path.read_text(errors="replace"), path.relative_to(ROOT)

@@ -17,7 +17,7 @@ import pytest
 
 from loadtest import ghzconfig, k6run, make_configs, report, slo
 from services.classify.main import DEFINITION as CLASSIFY
-from services.common.testing import running_service
+from tests.support import running_service
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "loadtest").glob("*.json"))

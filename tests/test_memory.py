@@ -13,7 +13,7 @@ from services.common import memory
 from services.common.config import EngineConfig
 from services.common.engines import create_engine
 from services.common.repository import load_entry
-from services.common.testing import random_inputs
+from tests.support import random_inputs
 
 
 def test_allocator_settings_take_and_trim_returns_freed_memory() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.conftest import encode
+from tests.support import encode
 from visionmesh.mesh import LocalMesh, wait_healthy
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 

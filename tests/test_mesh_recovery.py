@@ -21,7 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import encode
+from tests.support import encode
 from visionmesh.mesh import LocalMesh, wait_healthy
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 

@@ -15,13 +15,12 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from services.common.protos import rgb_to_image
-from services.common.testing import running_service
 from services.ocr.config import DetectionConfig, LimitsConfig
 from services.ocr.detection import TextBox, detection_size, reading_order
 from services.ocr.line_filter import keep_line, text_weight
 from services.ocr.main import DEFINITION
 from services.ocr.recognition import CtcDecoder, width_bucket
-from tests.ocr_helpers import draw_lines, ensure_ocr_models
+from tests.support import draw_lines, ensure_ocr_models, running_service
 from tools.ocr_render import FONT_DIR, SC_FACE, hanzi_pool
 from visionmesh.v1 import common_pb2, ocr_pb2, ocr_pb2_grpc
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from services.common.metrics import free_port
+from services.common.net import free_port
 from visionmesh import features
 from visionmesh.mesh import LocalMesh
 

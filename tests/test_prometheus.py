@@ -22,7 +22,7 @@ import grpc
 import pytest
 import yaml
 
-from services.common.metrics import free_port
+from services.common.net import free_port
 from visionmesh.mesh import LocalMesh
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 

@@ -19,9 +19,9 @@ from gateway.main import DEFINITION as GATEWAY
 from services.common import options
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
-from services.common.metrics import free_port
+from services.common.net import free_port
 from services.common.protos import frames_to_rgb
-from services.common.testing import running_service
+from tests.support import running_service
 from visionmesh.v1 import (
     classify_pb2,
     common_pb2,

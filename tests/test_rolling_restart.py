@@ -30,7 +30,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from services.common.metrics import free_port
+from services.common.net import free_port
 from visionmesh import features, registry
 from visionmesh.mesh import ROOT, ServiceProcess, stop_process, tail, wait_healthy
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc

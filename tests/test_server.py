@@ -6,12 +6,14 @@ import asyncio
 import urllib.request
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.classify.main import DEFINITION as CLASSIFY
 from services.common import config as cfgmod
 from services.common.runner import build_server
-from services.common.testing import running_service
+from tests.support import running_service
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
 
 
@@ -56,39 +58,47 @@ async def test_drain_finishes_in_flight_calls_and_reports_not_serving(chelsea_jp
             assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-async def test_metrics_endpoint_reports_batching_and_rpcs(chelsea_jpeg: bytes) -> None:
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample the /metrics endpoint serves, by (name, labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_endpoint_counts_exactly_the_calls_made(chelsea_jpeg: bytes) -> None:
+    # The registry is process-wide and earlier tests already filled it: the test reads the
+    # endpoint before and after its own calls and checks the differences.
+    model = frozenset({("model", "efficientnet_lite0")})
+    rpc = frozenset({("service", "visionmesh.v1.ClassifyService"), ("method", "Classify")})
+    invalid = rpc | {("code", "INVALID_ARGUMENT")}
+    watched = {
+        "batches": ("visionmesh_batcher_batch_size_count", model),
+        "rows": ("visionmesh_batcher_batch_size_sum", model),
+        "queued": ("visionmesh_batcher_queue_seconds_count", model),
+        "computed": ("visionmesh_batcher_compute_seconds_count", model),
+        "rpcs": ("visionmesh_rpc_seconds_count", rpc),
+        "invalid": ("visionmesh_rpc_errors_total", invalid),
+    }
     async with running_service(CLASSIFY, {"server": {"metrics_port": 0}}) as server:
+        assert server.metrics_port
+        port = server.metrics_port
+        before = await asyncio.to_thread(_scrape, port)
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = classify_pb2_grpc.ClassifyServiceStub(channel)
-            await asyncio.gather(
-                *(
-                    stub.Classify(
-                        classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=chelsea_jpeg)),
-                        timeout=30,
-                    )
-                    for _ in range(4)
-                )
-            )
-            try:
-                await stub.Classify(
-                    classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=b"junk")),
-                    timeout=30,
-                )
-            except grpc.aio.AioRpcError:
-                pass
-        assert server.metrics_port
-        text = await asyncio.to_thread(
-            lambda: (
-                urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5)
-                .read()
-                .decode()
-            )
-        )
-    for needle in (
-        'visionmesh_batcher_batch_size_count{model="efficientnet_lite0"}',
-        'visionmesh_batcher_queue_seconds_count{model="efficientnet_lite0"}',
-        'visionmesh_batcher_compute_seconds_count{model="efficientnet_lite0"}',
-        'visionmesh_rpc_seconds_count{method="Classify",service="visionmesh.v1.ClassifyService"}',
-        'visionmesh_rpc_errors_total{code="INVALID_ARGUMENT",method="Classify",service="visionmesh.v1.ClassifyService"}',
-    ):
-        assert needle in text, needle
+            good = classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=chelsea_jpeg))
+            await asyncio.gather(*(stub.Classify(good, timeout=30) for _ in range(4)))
+            bad = classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=b"junk"))
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Classify(bad, timeout=30)
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        after = await asyncio.to_thread(_scrape, port)
+    delta = {k: after.get(key, 0.0) - before.get(key, 0.0) for k, key in watched.items()}
+    assert delta["rows"] == 4, delta  # the four good images went through the classifier
+    assert 1 <= delta["batches"] <= 4, delta
+    assert delta["computed"] == delta["batches"], delta
+    assert delta["queued"] == 4, delta  # one queue wait per request
+    assert delta["rpcs"] == 5, delta  # the failed call is timed too
+    assert delta["invalid"] == 1, delta

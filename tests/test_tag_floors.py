@@ -13,10 +13,9 @@ import skimage.data
 from gateway.main import DEFINITION as GATEWAY
 from gateway.merge import above_floors
 from services.classify.main import DEFINITION as CLASSIFY
-from services.common.metrics import free_port
-from services.common.testing import running_service
+from services.common.net import free_port
 from services.detect.main import DEFINITION as DETECT
-from tests.conftest import encode
+from tests.support import encode, running_service
 from tests.test_detect_service import campus
 from visionmesh import features
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc

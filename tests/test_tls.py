@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.main import DEFINITION as GATEWAY
 from services.common import tls
 from services.common.config import ClientTlsConfig, ConfigError, ServerTlsConfig
-from services.common.metrics import free_port
+from services.common.net import free_port
 from services.common.server import MeshServer
-from services.common.testing import running_service
+from tests.support import running_service
 from tests.tls_certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parent.parent

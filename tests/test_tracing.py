@@ -8,7 +8,7 @@ from opentelemetry import trace
 from gateway.main import DEFINITION as GATEWAY
 from services.classify.main import DEFINITION as CLASSIFY
 from services.common import tracing
-from services.common.testing import running_service
+from tests.support import running_service
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 

@@ -92,11 +92,14 @@ def score_image(image: RenderedImage, predictions: Sequence[Prediction], score: 
     score.spurious += used.count(False)
 
 
-def rapidocr_reference(repository: Path) -> Callable[[np.ndarray], list[Prediction]]:
+def rapidocr_reference(
+    repository: Path, threads: int | None = None
+) -> Callable[[np.ndarray], list[Prediction]]:
     """rapidocr's own pipeline on the same three ONNX files (taken from our model repository).
 
     Every model path is given explicitly, so rapidocr never reaches for its
-    on-demand downloads. Its threads are left at its defaults.
+    on-demand downloads. ``threads``: ONNX Runtime intra-op threads of each of its
+    sessions (None = rapidocr's default, the library's).
     """
     from rapidocr import RapidOCR
 
@@ -109,8 +112,10 @@ def rapidocr_reference(repository: Path) -> Callable[[np.ndarray], list[Predicti
             raise FileNotFoundError(
                 f"{path} missing: run `visionmesh models build ppocr_det ppocr_cls ppocr_rec`"
             )
-    params = {f"{key}.model_path": str(path) for key, path in paths.items()}
+    params: dict[str, Any] = {f"{key}.model_path": str(path) for key, path in paths.items()}
     params["Global.log_level"] = "error"
+    if threads is not None:
+        params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
     engine = RapidOCR(params=params)
 
     def run(rgb: np.ndarray) -> list[Prediction]:

@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-# pip, not uv: torch==2.13.0 is the local CPU wheel (an unpinned torch pulls a CUDA build).
+# pip, not uv: pip honours PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS for the CPU torch (see requirements.txt).
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 # tensorrt-stubs would pull TensorRT itself (not installable here): types only.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -32,7 +34,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    """What ``visionmesh analyze`` (and ``demo``) asks the gateway for each file."""
+
+    paths: Sequence[str]
+    gateway: str
+    features: str = ""
+    json: bool = False
+    collection: str = ""
+    add_id: str = ""
+    k: int = 5
+    max_distance: int | None = None
+    frames: int = 0
+    timeout: float = 60.0
+    no_cache: bool = False
+    # Every tag, also those below their source's floor.
+    all_tags: bool = False
+    # Client TLS (None = from the environment, VISIONMESH_CLIENT__TLS__*).
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
+
+
 def _analyze(args: argparse.Namespace) -> int:
+    fields = {f.name for f in dataclasses.fields(AnalyzeRequest)}
+    return analyze(AnalyzeRequest(**{k: v for k, v in vars(args).items() if k in fields}))
+
+
+def analyze(args: AnalyzeRequest) -> int:
+    """Analyse every file through the gateway, print the answers; 0, 1 (a file failed) or 2."""
     from visionmesh import client
     from visionmesh.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -41,9 +73,7 @@ def _analyze(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"visionmesh analyze: {exc}", file=sys.stderr)
         return 2
-    options = gateway_pb2.AnalyzeOptions(
-        no_cache=args.no_cache, all_tag_scores=getattr(args, "all_tags", False)
-    )
+    options = gateway_pb2.AnalyzeOptions(no_cache=args.no_cache, all_tag_scores=args.all_tags)
     options.hash.collection = args.collection or ""
     options.hash.k = args.k
     if args.max_distance is not None:
@@ -53,10 +83,10 @@ def _analyze(args: argparse.Namespace) -> int:
     try:
         tls = client.tls_settings(
             os.environ,
-            ca_file=getattr(args, "tls_ca", None),
-            cert_file=getattr(args, "tls_cert", None),
-            key_file=getattr(args, "tls_key", None),
-            server_name=getattr(args, "tls_server_name", None),
+            ca_file=args.tls_ca,
+            cert_file=args.tls_cert,
+            key_file=args.tls_key,
+            server_name=args.tls_server_name,
         )
     except ValueError as exc:
         print(f"visionmesh analyze: {exc}", file=sys.stderr)
@@ -134,20 +164,17 @@ def _demo(args: argparse.Namespace) -> int:
     mesh, address = _start_mesh(args)
     try:
         print(f"gateway on {address}; analysing {len(paths)} samples\n", flush=True)
-        ns = argparse.Namespace(
-            paths=[str(p) for p in paths],
-            features="",
-            gateway=address,
-            json=False,
-            collection=f"demo-{os.getpid()}",
-            add_id="{name}",
-            k=1,
-            max_distance=None,
-            frames=3,
-            timeout=120.0,
-            no_cache=False,
+        return analyze(
+            AnalyzeRequest(
+                paths=[str(p) for p in paths],
+                gateway=address,
+                collection=f"demo-{os.getpid()}",
+                add_id="{name}",
+                k=1,
+                frames=3,
+                timeout=120.0,
+            )
         )
-        return _analyze(ns)
     finally:
         mesh.stop()
         print("\nmesh stopped cleanly")

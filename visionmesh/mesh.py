@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import tls as tlsmod
 from services.common.config import ClientTlsConfig
-from services.common.metrics import free_port
+from services.common.net import free_port
 from visionmesh import registry
 
 ROOT = Path(__file__).resolve().parent.parent

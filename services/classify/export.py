@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.common.exports import ModelExport, package_provenance
 from services.common.repository import BatchingPolicy
-from visionmesh.models_build import ModelExport, package_provenance
 
 # TF EfficientNet-Lite preprocessing: (x - 127) / 128, RGB, 224 px.
 LITE0_PREPROCESSING = {

@@ -1,12 +1,10 @@
-"""Entry point of the classify service: ``visionmesh serve classify``."""
+"""The classify service's definition, run by ``visionmesh serve classify`` or ``python -m services.classify``."""
 
 from __future__ import annotations
 
-import sys
-
 from services.classify.config import DEFAULT_PORT, ClassifyConfig
 from services.classify.servicer import ClassifyServicer
-from services.common.runner import ServiceDefinition, run_service
+from services.common.runner import ServiceDefinition
 from services.common.server import Registration
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc
 
@@ -17,6 +15,3 @@ def build(config: ClassifyConfig) -> list[Registration]:
 
 
 DEFINITION = ServiceDefinition("classify", ClassifyConfig, build, DEFAULT_PORT)
-
-if __name__ == "__main__":
-    run_service(DEFINITION, sys.argv[1:])

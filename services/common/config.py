@@ -307,7 +307,3 @@ def _filter_known(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
     # The environment is shared by every service: ignore sections this one lacks.
     hints = _type_hints(cls)
     return {k: v for k, v in tree.items() if k in hints}
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

@@ -87,7 +87,7 @@ def service_id(service_name: str, host: str, port: int) -> str:
 
 
 @dataclass
-class Registration:
+class ConsulRegistration:
     """One instance's entry in Consul; the hooks MeshServer calls on serve and drain."""
 
     agent_addr: str
@@ -146,7 +146,7 @@ def attach(server: MeshServer, service_name: str) -> None:
     if not agent_addr:
         return
     parse_agent_address(agent_addr)  # fail at start-up on a malformed address, not on first use
-    registration = Registration(agent_addr, service_name, server)
+    registration = ConsulRegistration(agent_addr, service_name, server)
     server.on_serving.append(registration.on_serving)
     server.on_draining.append(registration.on_draining)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-import socket
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from services.common.net import free_port
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -51,12 +52,6 @@ QUEUE_DEPTH = Gauge(
 REJECTED = Counter(
     "visionmesh_batcher_rejected_total", "Requests not computed", ["model", "reason"]
 )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> int | None:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from services.common.errors import InvalidInput
-from services.common.images import ImageLimits, PixelBudget, decode, from_raw, header_size
+from services.common.images import (
+    DecodedImage,
+    ImageLimits,
+    PixelBudget,
+    decode,
+    from_raw,
+    header_size,
+)
 from visionmesh.v1 import common_pb2
 
 DEFAULT_LIMITS = ImageLimits()
@@ -54,6 +63,42 @@ def frames_to_rgb(
         )
     budget = limits.budget()
     return [image_to_rgb(f, limits, budget) for f in frames]
+
+
+async def decode_image(
+    image: common_pb2.Image,
+    limits: ImageLimits,
+    digest_raw: bool = False,
+    budget: PixelBudget | None = None,
+) -> DecodedImage:
+    """Validate and decode an ``Image`` message (encoded or raw) within ``limits``.
+
+    The one decode path of the gateway and every service: encoded bytes are
+    decoded in a worker thread, never on the event loop; raw pixels are checked
+    and viewed in place (their SHA-256, which only the gateway's cache needs,
+    is computed in a thread when ``digest_raw``).
+    """
+    source = image.WhichOneof("source")
+    if source == "encoded":
+        return await asyncio.to_thread(decode, image.encoded, limits, budget)
+    if source == "raw":
+        raw = image.raw
+        data = raw.rgb
+        rgb = from_raw(raw.width, raw.height, data, limits, budget)
+        digest = await asyncio.to_thread(_sha256, data) if digest_raw else ""
+        return DecodedImage(rgb, "RAW", digest)
+    raise InvalidInput("request has no image (set image.encoded or image.raw)")
+
+
+async def decode_frames(
+    frames: Sequence[common_pb2.Image], limits: ImageLimits
+) -> list[np.ndarray]:
+    """Every frame of one request within one pixel budget (``frames_to_rgb``), off the event loop."""
+    return await asyncio.to_thread(frames_to_rgb, frames, limits)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def rgb_to_image(rgb: np.ndarray) -> common_pb2.Image:

@@ -15,7 +15,7 @@ from typing import Any
 
 from services.common import config as cfgmod
 from services.common import logs, memory
-from services.common.config import ModelConfig, ServerConfig
+from services.common.config import ConfigError, ModelConfig, ServerConfig
 from services.common.server import MeshServer, Registration
 
 
@@ -136,6 +136,10 @@ def run_service(definition: ServiceDefinition, argv: Sequence[str] | None = None
     args = parser.parse_args(argv)
     # Before any thread exists: arenas are created per thread (see services/common/memory.py).
     memory.tune_allocator()
-    cfg = resolve_config(definition, args)
-    logs.setup(definition.name, cfg.server.log_level, cfg.server.log_json)
-    asyncio.run(_serve(definition, cfg))
+    try:
+        cfg = resolve_config(definition, args)
+        logs.setup(definition.name, cfg.server.log_level, cfg.server.log_json)
+        asyncio.run(_serve(definition, cfg))
+    except ConfigError as exc:
+        # A setting the service cannot run with: say which, no traceback.
+        parser.exit(2, f"{parser.prog}: configuration error: {exc}\n")

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.common.config import OtlpConfig
+from services.common.config import ConfigError, OtlpConfig
 
 _provider: TracerProvider | None = None
 memory_exporter: InMemorySpanExporter | None = None
@@ -77,7 +77,7 @@ def setup(service: str, exporter: str = "none", otlp: OtlpConfig | None = None) 
         memory_exporter = InMemorySpanExporter()
         provider.add_span_processor(SimpleSpanProcessor(memory_exporter))
     elif exporter != "none":
-        raise ValueError(f"unknown trace exporter {exporter!r} (none, console, otlp, memory)")
+        raise ConfigError(f"unknown trace exporter {exporter!r} (none, console, otlp, memory)")
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider

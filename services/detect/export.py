@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from services.common.exports import ModelExport, package_provenance
 from services.common.repository import BatchingPolicy
-from visionmesh.models_build import ModelExport, package_provenance
 
 OPSET = 17
 INPUT_SIZE = 300

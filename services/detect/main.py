@@ -1,10 +1,8 @@
-"""Entry point of the detection service: ``visionmesh serve detect``."""
+"""The detection service's definition, run by ``visionmesh serve detect`` or ``python -m services.detect``."""
 
 from __future__ import annotations
 
-import sys
-
-from services.common.runner import ServiceDefinition, run_service
+from services.common.runner import ServiceDefinition
 from services.common.server import Registration
 from services.detect.config import DEFAULT_PORT, DetectConfig
 from services.detect.servicer import DetectServicer
@@ -17,6 +15,3 @@ def build(config: DetectConfig) -> list[Registration]:
 
 
 DEFINITION = ServiceDefinition("detect", DetectConfig, build, DEFAULT_PORT)
-
-if __name__ == "__main__":
-    run_service(DEFINITION, sys.argv[1:])

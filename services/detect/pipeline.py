@@ -7,14 +7,18 @@ the benchmark's bare session).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from services.common.deadline import NO_DEADLINE, Deadline
+from services.common.models import ServedModel
+from services.common.pipeline import Pipeline
 from services.common.repository import ModelEntry
 from services.detect import ssd
+from services.detect.config import DetectConfig
 from services.detect.preprocess import to_input
 
 
@@ -37,12 +41,19 @@ class Found:
     best_score: float
 
 
-class DetectPipeline:
-    def __init__(self, model: Model, nms_iou: float) -> None:
+class DetectPipeline(Pipeline):
+    def __init__(self, model: Model, nms_iou: float, owned: Iterable[ServedModel] = ()) -> None:
+        super().__init__(owned)
         self.model = model
         self.nms_iou = nms_iou
         self.labels = model.entry.labels()
         self.spec = model.entry.preprocessing
+
+    @classmethod
+    def served(cls, config: DetectConfig) -> DetectPipeline:
+        """The pipeline on the batched served detector (owned: started and closed with it)."""
+        model = ServedModel(config.person)
+        return cls(model, config.detector.nms_iou, owned=[model])
 
     async def detect(
         self,

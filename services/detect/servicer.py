@@ -7,8 +7,7 @@ import numpy as np
 
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
-from services.common.models import ServedModel
-from services.common.protos import box, image_to_rgb
+from services.common.protos import box, decode_image
 from services.common.rpc import grpc_method, request_deadline
 from services.detect.config import DetectConfig
 from services.detect.labels import display_names
@@ -23,16 +22,14 @@ MAX_DETECTIONS_CAP = 300
 class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
     def __init__(self, config: DetectConfig) -> None:
         self.config = config
+        self.pipeline = DetectPipeline.served(config)
         self.image_limits = ImageLimits.from_config(config.images)
-        self.model = ServedModel(config.person)
-        self.served = [self.model]
-        self.pipeline = DetectPipeline(self.model, config.detector.nms_iou)
 
     async def start(self) -> None:
-        await self.model.start()
+        await self.pipeline.start()
 
     async def close(self) -> None:
-        await self.model.close()
+        await self.pipeline.close()
 
     def _limits(self, request: detect_pb2.DetectObjectsRequest) -> tuple[float, int]:
         score = request.min_score
@@ -53,7 +50,7 @@ class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
         self, request: detect_pb2.DetectObjectsRequest, context: grpc.aio.ServicerContext
     ) -> detect_pb2.DetectObjectsResponse:
         min_score, max_detections = self._limits(request)
-        rgb = image_to_rgb(request.image, self.image_limits)
+        rgb = (await decode_image(request.image, self.image_limits)).rgb
         found = await self.pipeline.detect(
             rgb, min_score, max_detections, request_deadline(context)
         )

@@ -25,8 +25,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.common.exports import ModelExport, package_provenance
 from services.common.repository import BatchingPolicy
-from visionmesh.models_build import ModelExport, package_provenance
 
 OPSET = 17
 # MTCNN's input scaling (facenet-pytorch): (x - 127.5) / 128, RGB, NCHW.

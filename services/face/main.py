@@ -1,10 +1,8 @@
-"""Entry point of the face service: ``visionmesh serve face``."""
+"""The face service's definition, run by ``visionmesh serve face`` or ``python -m services.face``."""
 
 from __future__ import annotations
 
-import sys
-
-from services.common.runner import ServiceDefinition, run_service
+from services.common.runner import ServiceDefinition
 from services.common.server import Registration
 from services.face.config import DEFAULT_PORT, FaceConfig
 from services.face.servicer import FaceServicer
@@ -17,6 +15,3 @@ def build(config: FaceConfig) -> list[Registration]:
 
 
 DEFINITION = ServiceDefinition("face", FaceConfig, build, DEFAULT_PORT)
-
-if __name__ == "__main__":
-    run_service(DEFINITION, sys.argv[1:])

@@ -8,11 +8,15 @@ bare ONNX Runtime sessions to measure what batching and serving add.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.config import ConfigError
 from services.common.deadline import NO_DEADLINE, Deadline
+from services.common.models import ServedModel
+from services.common.pipeline import Pipeline
 from services.common.protos import box
 from services.face import attributes
 from services.face.align import extract_chip
@@ -69,14 +73,32 @@ async def _run(model: Model, x: np.ndarray, deadline: Deadline) -> np.ndarray:
     return out[model.entry.outputs[0].name]
 
 
-class FacePipeline:
-    def __init__(self, models: FaceModels, config: FaceConfig) -> None:
+class FacePipeline(Pipeline):
+    def __init__(
+        self, models: FaceModels, config: FaceConfig, owned: Iterable[ServedModel] = ()
+    ) -> None:
+        super().__init__(owned)
         self.models = models
         self.config = config
         self.detector = make_detector(models, config)
         self.age_bins = np.asarray(models.age.entry.extra["age_bins"], np.float64)
         self.gender_labels = models.gender.entry.labels()
         self.emotion_labels = models.emotion.entry.labels()
+
+    @classmethod
+    def served(cls, config: FaceConfig) -> FacePipeline:
+        """The pipeline on batched served models, one per network of the chosen detector
+        and the attribute heads (owned: started and closed with the pipeline)."""
+        if config.detector.kind not in DETECTOR_MODELS:
+            raise ConfigError(
+                f"detector.kind must be one of {sorted(DETECTOR_MODELS)}, got {config.detector.kind!r}"
+            )
+        sources = {"age": config.age, "gender": config.gender, "emotion": config.emotion}
+        sources["retinaface"] = config.retinaface
+        sources.update(pnet=config.mtcnn.pnet, rnet=config.mtcnn.rnet, onet=config.mtcnn.onet)
+        names = ("age", "gender", "emotion", *DETECTOR_MODELS[config.detector.kind])
+        served = {name: ServedModel(sources[name]) for name in names}
+        return cls(FaceModels(**served), config, owned=served.values())
 
     def _chips(self, rgb: np.ndarray, det: Detections) -> Chips:
         age_pre, gender_pre = (

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import numpy as np
 
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
-from services.common.models import ServedModel
-from services.common.protos import image_to_rgb
+from services.common.protos import decode_image
 from services.common.rpc import grpc_method, request_deadline
 from services.face.config import FaceConfig
-from services.face.pipeline import DETECTOR_MODELS, FaceModels, FacePipeline
+from services.face.pipeline import FacePipeline
 from services.face.tags import face_tags
 from visionmesh.v1 import face_pb2, face_pb2_grpc
 
@@ -24,25 +21,16 @@ MIN_FACE_FLOOR = 10.0
 class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     def __init__(self, config: FaceConfig) -> None:
         self.config = config
+        # One served model (queue + batcher + engines) per network of the chosen detector
+        # and the attribute heads, owned by the pipeline.
+        self.pipeline = FacePipeline.served(config)
         self.image_limits = ImageLimits.from_config(config.images)
-        if config.detector.kind not in DETECTOR_MODELS:
-            raise ValueError(
-                f"detector.kind must be one of {sorted(DETECTOR_MODELS)}, got {config.detector.kind!r}"
-            )
-        # One served model (queue + batcher + engines) per network; only the chosen detector's.
-        sources = {"age": config.age, "gender": config.gender, "emotion": config.emotion}
-        sources["retinaface"] = config.retinaface
-        sources.update(pnet=config.mtcnn.pnet, rnet=config.mtcnn.rnet, onet=config.mtcnn.onet)
-        names = ("age", "gender", "emotion", *DETECTOR_MODELS[config.detector.kind])
-        served = {name: ServedModel(sources[name]) for name in names}
-        self.served = list(served.values())
-        self.pipeline = FacePipeline(FaceModels(**served), config)
 
     async def start(self) -> None:
-        await asyncio.gather(*(m.start() for m in self.served))
+        await self.pipeline.start()
 
     async def close(self) -> None:
-        await asyncio.gather(*(m.close() for m in self.served))
+        await self.pipeline.close()
 
     def _limits(self, request: face_pb2.DetectRequest) -> tuple[float, int]:
         if request.max_faces < 0:
@@ -64,6 +52,6 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         self, request: face_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> face_pb2.DetectResponse:
         min_face, max_faces = self._limits(request)
-        rgb = image_to_rgb(request.image, self.image_limits)
+        rgb = (await decode_image(request.image, self.image_limits)).rgb
         faces = await self.pipeline.analyse(rgb, min_face, max_faces, request_deadline(context))
         return face_pb2.DetectResponse(faces=faces, tags=face_tags(faces, self.config.tags))

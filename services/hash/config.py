@@ -28,7 +28,8 @@ class IndexConfig:
     ivf_threshold: int = 200_000
     # IVF cells (0 = about 1 per 1000 items at the switch, a power of two, at least 256).
     nlist: int = 0
-    # Cells visited per query (64 of 1024: recall@10 0.96 at 1M codes, docs/benchmarks.md).
+    # Cells visited per query (recall@10 and latency at 1M codes: docs/benchmarks.md,
+    # "Hash service: scale", measured with these settings).
     nprobe: int = 64
     # Results when SearchRequest.k is 0, and the most a request may ask for.
     default_k: int = 10

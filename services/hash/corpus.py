@@ -39,10 +39,6 @@ EVALUATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "ster
 ALL_PHOTOS = EVALUATION_PHOTOS + OTHER_PHOTOS
 
 
-def training_photos(held_out: tuple[str, ...] = ()) -> tuple[str, ...]:
-    return tuple(p for p in ALL_PHOTOS if p not in held_out)
-
-
 def load_photo(name: str) -> np.ndarray:
     """A scikit-image sample as ``H x W x 3`` uint8 RGB (grey and RGBA converted)."""
     import skimage.data

@@ -12,16 +12,17 @@ import asyncio
 import numpy as np
 
 from services.common.deadline import NO_DEADLINE, Deadline
-from services.common.models import ServedModel
+from services.common.pipeline import Pipeline
 from services.common.repository import load_entry
 from services.hash.config import HashConfig
 from services.hash.preprocess import normalise_view, to_batch
 from services.hash.projection import Projection, l2_normalise
 
 
-class Encoder:
+class Encoder(Pipeline):
     def __init__(self, config: HashConfig) -> None:
-        self.model = ServedModel(config.features)
+        super().__init__()
+        self.model = self.serve(config.features)
         entry = load_entry(config.projection.model, config.projection.version)
         self.projection = Projection.load(
             entry.file(str(entry.extra.get("projection", "projection.npz")))
@@ -31,12 +32,6 @@ class Encoder:
         view = entry.extra.get("view") or {}
         self.trim = bool(view.get("trim_borders", False))
         self.grey = bool(view.get("grey", False))
-
-    async def start(self) -> None:
-        await self.model.start()
-
-    async def close(self) -> None:
-        await self.model.close()
 
     async def features(
         self, frames: list[np.ndarray], deadline: Deadline = NO_DEADLINE

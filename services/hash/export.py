@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from services.common.exports import ModelExport, package_provenance
 from services.hash.config import SUPPORTED_BITS
-from visionmesh.models_build import ModelExport, package_provenance
 
 
 def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:

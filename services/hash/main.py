@@ -1,10 +1,8 @@
-"""Entry point of the hash service: ``visionmesh serve hash`` or ``python -m services.hash``."""
+"""The hash service's definition, run by ``visionmesh serve hash`` or ``python -m services.hash``."""
 
 from __future__ import annotations
 
-import sys
-
-from services.common.runner import ServiceDefinition, run_service
+from services.common.runner import ServiceDefinition
 from services.common.server import Registration
 from services.hash.config import DEFAULT_PORT, HashConfig
 from services.hash.servicer import HashServicer
@@ -22,6 +20,3 @@ def build(config: HashConfig) -> list[Registration]:
 
 
 DEFINITION = ServiceDefinition("hash", HashConfig, build, DEFAULT_PORT)
-
-if __name__ == "__main__":
-    run_service(DEFINITION, sys.argv[1:])

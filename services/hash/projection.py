@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("itq", "lsh")
 # PCA directions kept (and whitened) before ITQ; measured best of 128-1024 in bench_hash_copydetect.
 WHITEN_DIMS = 512
 

@@ -13,10 +13,11 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from services.common.config import ConfigError
 from services.common.deadline import Deadline
 from services.common.errors import InvalidInput, NotFound, Overloaded
 from services.common.images import ImageLimits
-from services.common.protos import frames_to_rgb
+from services.common.protos import decode_frames
 from services.common.rpc import grpc_method, request_deadline
 from services.hash import validation
 from services.hash.collection import Collection
@@ -35,7 +36,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self.default_bits = validation.bits(config.projection.default_bits, 128)
         for b in (64, 128, 256):
             if not self.encoder.projection.supports(self.method, b):
-                raise ValueError(
+                raise ConfigError(
                     f"projection {config.projection.model} has no {self.method} matrix for {b} bits"
                 )
         self.store = HashStore(config.storage, config.index, config.limits)
@@ -61,7 +62,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self, frames: list[common_pb2.Image], bits: int, deadline: Deadline
     ) -> np.ndarray:
         validation.frame_count(len(frames), self.config.max_frames)
-        rgbs = frames_to_rgb(frames, self.image_limits)
+        rgbs = await decode_frames(frames, self.image_limits)
         return self.encoder.code(await self.encoder.features(rgbs, deadline), bits)
 
     def _message(self, code: np.ndarray, bits: int, method: str | None = None) -> hash_pb2.HashCode:

@@ -12,8 +12,7 @@ DEFAULT_PORT = features.by_name("ocr").default_port
 
 # ONNX Runtime intra-op threads per model. Left at the library default, each
 # of the three sessions wants every core, and under concurrent requests they
-# fight each other (on a 2-core box: x0.80 of rapidocr at 8 callers, against
-# x1.19 with one thread each; docs/benchmarks.md). The batchers already
+# fight each other for them. The batchers already
 # overlap detection, direction and recognition of different requests, so the
 # two heavy stages get half the cores each and the tiny direction classifier
 # one thread: the sum stays about the core count. ``--engine-threads N`` (or

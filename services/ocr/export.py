@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.common.exports import ModelExport, package_provenance
 from services.common.repository import BatchingPolicy
-from visionmesh.models_build import ModelExport, package_provenance
 
 # PaddleOCR models were trained on OpenCV (BGR) images scaled to [-1, 1].
 PADDLE_NORMALISATION = {

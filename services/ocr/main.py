@@ -1,10 +1,8 @@
-"""Entry point of the OCR service: ``visionmesh serve ocr``."""
+"""The OCR service's definition, run by ``visionmesh serve ocr`` or ``python -m services.ocr``."""
 
 from __future__ import annotations
 
-import sys
-
-from services.common.runner import ServiceDefinition, run_service
+from services.common.runner import ServiceDefinition
 from services.common.server import Registration
 from services.ocr.config import DEFAULT_PORT, OcrConfig
 from services.ocr.servicer import OcrServicer
@@ -17,6 +15,3 @@ def build(config: OcrConfig) -> list[Registration]:
 
 
 DEFINITION = ServiceDefinition("ocr", OcrConfig, build, DEFAULT_PORT)
-
-if __name__ == "__main__":
-    run_service(DEFINITION, sys.argv[1:])

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from services.common.deadline import NO_DEADLINE, Deadline
-from services.common.models import ServedModel
+from services.common.pipeline import Pipeline
 from services.ocr.config import OcrConfig
 from services.ocr.detection import TextBox, boxes_from_probability, prepare, reading_order, row_ids
 from services.ocr.line_filter import is_long, keep_line
@@ -34,28 +34,19 @@ class RecognizedLine:
     box_score: float
 
 
-class OcrPipeline:
+class OcrPipeline(Pipeline):
     def __init__(self, config: OcrConfig) -> None:
+        super().__init__()
         self.config = config
-        self.detector = ServedModel(config.detector)
-        self.direction = ServedModel(config.direction)
-        self.recognizer = ServedModel(config.recognizer)
+        self.detector = self.serve(config.detector)
+        self.direction = self.serve(config.direction)
+        self.recognizer = self.serve(config.recognizer)
         self.decoder = CtcDecoder(
             self.recognizer.entry.file(
                 str(self.recognizer.entry.extra.get("dictionary", "dict.txt"))
             )
         )
         self.rec_height = int(self.recognizer.entry.preprocessing.get("height", 48))
-
-    @property
-    def models(self) -> list[ServedModel]:
-        return [self.detector, self.direction, self.recognizer]
-
-    async def start(self) -> None:
-        await asyncio.gather(*(m.start() for m in self.models))
-
-    async def close(self) -> None:
-        await asyncio.gather(*(m.close() for m in self.models))
 
     async def detect(self, bgr: np.ndarray, deadline: Deadline) -> list[TextBox]:
         cfg = self.config.detection

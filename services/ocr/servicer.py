@@ -6,7 +6,7 @@ import grpc
 
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
-from services.common.protos import image_to_rgb
+from services.common.protos import decode_image
 from services.common.rpc import grpc_method, request_deadline
 from services.ocr.config import OcrConfig
 from services.ocr.pipeline import OcrPipeline, RecognizedLine
@@ -27,6 +27,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         self.config = config
         self.image_limits = ImageLimits.from_config(config.images)
         self.pipeline = OcrPipeline(config)
+        self.image_limits = ImageLimits.from_config(config.images)
 
     async def start(self) -> None:
         await self.pipeline.start()
@@ -56,7 +57,7 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         self, request: ocr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
     ) -> ocr_pb2.RecognizeResponse:
         max_lines, min_confidence = self._limits(request)
-        rgb = image_to_rgb(request.image, self.image_limits)
+        rgb = (await decode_image(request.image, self.image_limits)).rgb
         lines = await self.pipeline.recognise(
             rgb, min_confidence, max_lines, request_deadline(context)
         )

@@ -14,7 +14,7 @@ import numpy as np
 from services.common.config import EngineConfig
 from services.common.engines import Engine, create_engine
 from services.common.repository import ModelEntry, load_entry
-from services.common.testing import random_inputs
+from tests.support import random_inputs
 from tools.gpu_check.budget import Deadline
 from tools.gpu_check.report import Section
 

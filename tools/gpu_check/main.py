@@ -201,7 +201,7 @@ def run_phases(args: argparse.Namespace, budget: Budget, device: str, report: Re
         report.skip("remaining phases", "the environment check failed (see above)")
         return
 
-    from services.common.testing import repository_models
+    from tests.support import repository_models
 
     available = repository_models()
     wanted = args.models or (DRY_RUN_MODELS if args.dry_run else KIT_MODELS)

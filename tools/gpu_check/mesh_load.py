@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from services.common.metrics import free_port
+from services.common.net import free_port
 from tools.gpu_check.processes import log_tail, started
 
 LATENCY_SAMPLES_PER_PROCESS = 20_000

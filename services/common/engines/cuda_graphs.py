@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from services.common.engines.shapes import bucket_for
+from services.common.engines.torch_device import torch_dtype
 from services.common.engines.torch_modules import as_tuple, to_compute, to_float32
 from services.common.repository import TensorSpec
 
@@ -62,7 +62,7 @@ class CudaGraphSet:
             static_in = [
                 torch.zeros(
                     (size, *spec.shape[1:]),
-                    dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype,
+                    dtype=torch_dtype(spec.dtype),
                     device=self._device,
                 )
                 for spec in self._specs

@@ -36,7 +36,7 @@ from services.common.engines.shapes import (
     optimization_profile,
     profile_fingerprint,
 )
-from services.common.engines.torch_backend import PRECISIONS, parse_device
+from services.common.engines.torch_device import PRECISIONS, parse_device, torch_dtype
 from services.common.engines.torch_modules import PinnedStaging
 from services.common.repository import TensorSpec, sha256_file
 
@@ -219,9 +219,7 @@ class TensorRTEngine(SpecsFromLoad):
         with self._lock, torch.inference_mode(), torch.cuda.stream(self._stream):
             keep_alive = []
             for spec, array in zip(self._inputs, arrays, strict=True):
-                host = self._staging.view(
-                    f"in:{spec.name}", array.shape, torch.from_numpy(array[:0]).dtype
-                )
+                host = self._staging.view(f"in:{spec.name}", array.shape, torch_dtype(array.dtype))
                 host.numpy()[...] = array
                 device = host.to(self.device, non_blocking=True)
                 keep_alive.append(device)
@@ -233,9 +231,7 @@ class TensorRTEngine(SpecsFromLoad):
             device_out = []
             for spec in self._outputs:
                 shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name)[:])
-                out = torch.empty(
-                    shape, dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype, device=self.device
-                )
+                out = torch.empty(shape, dtype=torch_dtype(spec.dtype), device=self.device)
                 self._context.set_tensor_address(spec.name, out.data_ptr())
                 device_out.append(out)
             if not self._context.execute_async_v3(self._stream.cuda_stream):

@@ -24,6 +24,7 @@ import torch
 from services.common.engines.base import EngineError, SpecsFromLoad, ordered_inputs
 from services.common.engines.cuda_graphs import CudaGraphSet
 from services.common.engines.shapes import ShapeError, batch_buckets, has_static_rows
+from services.common.engines.torch_device import PRECISIONS, parse_device, torch_dtype
 from services.common.engines.torch_modules import (
     ConversionFailed,
     PinnedStaging,
@@ -36,34 +37,8 @@ from services.common.engines.torch_modules import (
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
 # Size of a dynamic non-batch dim in the fp16 probe when config.yaml gives no range.
 PROBE_DIM = 64
-
-
-def parse_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise EngineError(
-            f"engine device {name!r} is not a torch device (use cpu or cuda:N)"
-        ) from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError(f"engine device {name!r}: this torch build or machine has no CUDA")
-        index = 0 if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise EngineError(
-                f"engine device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-        return torch.device("cuda", index)
-    if device.type != "cpu":
-        raise EngineError(f"engine device {name!r}: the torch backend runs on cpu or cuda")
-    return device
-
-
-def _torch_dtype(numpy_dtype: str) -> torch.dtype:
-    return torch.from_numpy(np.zeros(0, dtype=numpy_dtype)).dtype
 
 
 class TorchEngine(SpecsFromLoad):
@@ -108,7 +83,7 @@ class TorchEngine(SpecsFromLoad):
                 d if d >= 0 else int((ranges.get(spec.name) or {}).get(axis, [0, PROBE_DIM])[1])
                 for axis, d in enumerate(spec.shape[1:], 1)
             ]
-            dtype = _torch_dtype(spec.dtype)
+            dtype = torch_dtype(spec.dtype)
             tensor = (
                 torch.rand(dims, generator=generator) * 2 - 1
                 if dtype.is_floating_point
@@ -198,7 +173,7 @@ class TorchEngine(SpecsFromLoad):
         with torch.cuda.stream(self._stream):
             hosts = []
             for spec, array in zip(self._inputs, arrays, strict=True):
-                host = self._staging.view(f"in:{spec.name}", array.shape, _torch_dtype(spec.dtype))
+                host = self._staging.view(f"in:{spec.name}", array.shape, torch_dtype(spec.dtype))
                 host.numpy()[...] = array
                 hosts.append(host)
             graphs = self._graphs

@@ -1,19 +1,50 @@
-"""Helpers for tests and benchmarks: run a real service in-process on a free loopback port."""
+"""Helpers shared by the tests (and the benchmarks that reuse them).
+
+Real servers in-process on free loopback ports with real models, encoded
+images, drawn text for OCR, random engine inputs. Nothing here is imported by
+the production packages.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from services.common import config as cfgmod
 from services.common.engines.base import Engine
+from services.common.net import free_port
 from services.common.repository import default_root
 from services.common.runner import ServiceDefinition, build_server
 from services.common.server import MeshServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = [
+    "DYNAMIC_DIM",
+    "OCR_MODELS",
+    "ROOT",
+    "draw_lines",
+    "encode",
+    "ensure_ocr_models",
+    "free_port",
+    "random_inputs",
+    "repository_models",
+    "running_service",
+]
+
+
+def encode(rgb: np.ndarray, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    """Pixels as an encoded image file (JPEG unless ``fmt`` says otherwise)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, fmt, **kwargs)
+    return buf.getvalue()
 
 
 @contextlib.asynccontextmanager
@@ -61,3 +92,32 @@ def random_inputs(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.nda
         ]
         feeds[spec.name] = rng.uniform(-1, 1, dims).astype(spec.dtype)
     return feeds
+
+
+OCR_MODELS = ("ppocr_det", "ppocr_cls", "ppocr_rec")
+
+
+def ensure_ocr_models() -> Path:
+    """Build the three OCR entries when missing (a file copy from the rapidocr wheel; no network)."""
+    from visionmesh.models_build import build
+
+    build(only=OCR_MODELS)
+    return default_root()
+
+
+def draw_lines(
+    lines: list[str], size: int = 32, width: int = 640, font: str = "NotoSansCJK-Regular.ttc"
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Dark text on white paper, one line under the other; returns the image and each line's box."""
+    from tools.ocr_render import FONT_DIR, SC_FACE
+
+    face = ImageFont.truetype(str(FONT_DIR / font), size, index=SC_FACE)
+    height = 30 + len(lines) * int(size * 2)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    boxes = []
+    for i, text in enumerate(lines):
+        xy = (30, 20 + i * int(size * 2))
+        draw.text(xy, text, font=face, fill=(20, 20, 20))
+        boxes.append(tuple(int(v) for v in draw.textbbox(xy, text, font=face)))
+    return np.asarray(canvas), boxes  # type: ignore[return-value]
