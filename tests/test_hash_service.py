@@ -61,8 +61,9 @@ async def test_regression_training_photos_copies_are_close_and_different_photos_
     far = hamming(chelsea, np.stack(others))
     assert near.max() < far.min(), (near, far)
     # Whitened ITQ spreads information evenly over the bits: unrelated photos land near bits/2 (64),
-    # copies well below it (measured: copies 19-47, others 61-69 of 128).
-    assert near.max() <= 50 and far.min() >= 56, (near, far)
+    # copies well below it (measured on the greyscale, bar-trimmed view: copies 31-51 -- the large
+    # caption is the farthest -- others 62-67 of 128).
+    assert near.max() <= 52 and far.min() >= 58, (near.tolist(), far.tolist())
 
 
 async def test_encoded_image_bytes_give_the_same_code_as_raw(

@@ -14,7 +14,7 @@ from services.hash.config import SUPPORTED_BITS
 
 
 def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from services.hash.train import train
+    from services.hash.train import VIEW, train
 
     record = train(out)
     config = {
@@ -25,6 +25,8 @@ def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         ],
         "max_batch_size": 0,
         "projection": "projection.npz",
+        # Applied to every frame before the features (services/hash/encoder.py).
+        "view": VIEW,
         "feature_model": {"name": "efficientnet_lite0", "version": 1, "output": "features"},
         "methods": ["itq", "lsh"],
         "bits": list(SUPPORTED_BITS),
@@ -48,5 +50,6 @@ def build_hash_itq(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 # Revision 3: whitened PCA-512 + random orthogonal map + ITQ; corpus with edited views and collages.
+# Revision 4: features of the bar-trimmed, greyscale view ("view" in config.yaml).
 # A projection matrix, not a served model: no batching policy.
-MODELS = [ModelExport("hash_itq", 1, 3, build_hash_itq, batching=None)]
+MODELS = [ModelExport("hash_itq", 1, 4, build_hash_itq, batching=None)]

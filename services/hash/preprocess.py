@@ -43,3 +43,48 @@ def to_batch(frames: list[np.ndarray], prep: dict[str, Any]) -> np.ndarray:
     std = np.asarray(prep["std"], np.float32)
     crops = np.stack([center_crop(f, size, fraction) for f in frames]).astype(np.float32)
     return np.ascontiguousarray(((crops - mean) / std).transpose(0, 3, 1, 2))
+
+
+def trim_borders(rgb: np.ndarray, tolerance: int = 16, keep: float = 0.1) -> np.ndarray:
+    """Cut letterbox / pillarbox bars: edge rows and columns of one flat colour.
+
+    Standard before fingerprinting video: the same picture re-encoded into another
+    aspect ratio gets bars that otherwise dominate a centre crop. A row (column) is a
+    bar while every pixel in it is within ``tolerance`` of the image's corner colour;
+    at least ``keep`` of each side length is always kept, so a flat image stays whole.
+    """
+    h, w = rgb.shape[:2]
+    if h < 8 or w < 8:
+        return rgb
+    pixels = rgb.astype(np.int16)
+    corner = pixels[0, 0]
+    flat = np.abs(pixels - corner).max(axis=2) <= tolerance
+    rows, cols = flat.all(axis=1), flat.all(axis=0)
+
+    def span(is_bar: np.ndarray) -> tuple[int, int]:
+        n = len(is_bar)
+        content = np.flatnonzero(~is_bar)
+        if len(content) == 0:
+            return 0, n
+        start, stop = int(content[0]), int(content[-1]) + 1
+        if stop - start < max(1, round(n * keep)):
+            return 0, n
+        return start, stop
+
+    top, bottom = span(rows)
+    left, right = span(cols)
+    return np.ascontiguousarray(rgb[top:bottom, left:right])
+
+
+def normalise_view(rgb: np.ndarray, trim: bool, grey: bool) -> np.ndarray:
+    """The view the hash features are computed from: bars trimmed, colour dropped (each optional).
+
+    Both are chosen when the projection is trained (the ``view`` section of the ``hash_itq``
+    entry's config.yaml), so codes and projection always agree.
+    """
+    if trim:
+        rgb = trim_borders(rgb)
+    if grey:
+        luma = np.asarray(Image.fromarray(rgb).convert("L"))
+        rgb = np.repeat(luma[:, :, None], 3, axis=2)
+    return rgb

@@ -128,3 +128,47 @@ def fit(
             features.shape[1], bits, np.random.default_rng(seed + 10_000 + bits)
         )
     return Projection(mean.astype(np.float32), matrices)
+
+
+def train_ssh(
+    centred: np.ndarray,
+    pairs: np.ndarray,
+    groups: np.ndarray,
+    bits: int,
+    iterations: int,
+    rng: np.random.Generator,
+    whiten_dims: int = WHITEN_DIMS,
+    eta: float = 0.5,
+) -> np.ndarray:
+    """Semi-supervised hashing (Wang, Kumar & Chang 2012) on the whitened PCA space, then ITQ.
+
+    ``pairs`` (``P x 2`` row indices into ``centred``) are copies of one image; rows of
+    different ``groups`` (source photos) are the dissimilar pairs. SSH's adjusted covariance
+    ``M = X_l S X_l^T + eta X X^T`` is built in the whitened space, where the unlabelled term
+    is ``eta`` times the identity: each principal direction of ``M`` is then weighted by how much copy
+    pairs agree along it (``sqrt`` of its clipped eigenvalue), so directions that the edits
+    scramble lose their say in the code while every direction the copies keep stays; the
+    random orthogonal spread and the ITQ rotation follow as in ``train_itq``.
+    """
+    dims = min(whiten_dims, min(centred.shape) - 1)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    whiten = vt[:dims].T.astype(np.float64) / (singular[:dims] / np.sqrt(centred.shape[0] - 1))
+    v = centred @ whiten
+    a, b = v[pairs[:, 0]], v[pairs[:, 1]]
+    similar = (a.T @ b + b.T @ a) / (2 * len(pairs))
+    i, j = rng.integers(0, len(v), (2, 4 * len(pairs)))
+    keep = groups[i] != groups[j]
+    c, d = v[i[keep]], v[j[keep]]
+    dissimilar = (c.T @ d + d.T @ c) / (2 * max(1, int(keep.sum())))
+    eigenvalues, eigenvectors = np.linalg.eigh(similar - dissimilar + eta * np.eye(dims))
+    weights = np.sqrt(np.clip(eigenvalues, 0.0, None))
+    basis = whiten @ (eigenvectors * weights)
+    spread, _ = np.linalg.qr(rng.standard_normal((dims, bits)))
+    pca = basis @ spread
+    projected = centred @ pca
+    rotation, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
+    for _ in range(iterations):
+        signs = np.where(projected @ rotation >= 0, 1.0, -1.0)
+        u, _, wt = np.linalg.svd(signs.T @ projected)
+        rotation = (u @ wt).T
+    return (pca @ rotation).astype(np.float32)
