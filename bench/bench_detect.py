@@ -121,7 +121,7 @@ def main() -> None:
     sizes = ", ".join(f"{k} {v.shape[1]}x{v.shape[0]}" for k, v in named.items())
     body = f"""
 Command: `flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_detect --rounds {args.rounds} --passes {args.passes} --concurrency {args.concurrency} --engine-threads {args.engine_threads}`
-Machine: {machine()}; shared with other work (load average per round below).
+Machine: {machine()}; load average per round below.
 Work per side and round: photos {sizes}, {args.passes} passes = {args.passes * len(named)} images
 (people found per pass set: service {sat[0].faces}, bare {bare[0].faces}); sides run in turn inside
 each round; {args.engine_threads} ONNX Runtime intra-op thread(s) on both sides.

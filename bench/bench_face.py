@@ -261,7 +261,7 @@ def main() -> None:
     )
     body = f"""
 Command: `flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_face --rounds {args.rounds} --passes {args.passes} --concurrency {args.concurrency} --engine-threads {args.engine_threads}`
-Machine: {machine()}; shared with other work (load average per round below).
+Machine: {machine()}; load average per round below.
 Work per side and round: photos {sizes}, {args.passes} passes = {args.passes * len(imgs)} images
 (faces found per pass set: RetinaFace service {faces["retinaface"]}, MTCNN service {faces["mtcnn"]}, bare {faces["bare"]}).
 Sides run in turn inside each round (A B C, A B C, ...); services get {args.concurrency} concurrent

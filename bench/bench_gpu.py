@@ -184,8 +184,8 @@ def cpu_section(args: argparse.Namespace) -> str:
     table = batch_table(args.cpu_models, args.cpu_batches, variants, args.rounds)
     load_after = os.getloadavg()[0]
     return (
-        f"Torch backend vs ONNX Runtime on CPU, measured on a shared 2-core machine ({machine()}, torch {torch.__version__}; "
-        f"1-minute load average {load_before:.1f} before and {load_after:.1f} after the run: other engineers' jobs share the cores, so absolute times are noisy), "
+        f"Torch backend vs ONNX Runtime on CPU, measured on a 2-core machine ({machine()}, torch {torch.__version__}; "
+        f"1-minute load average {load_before:.1f} before and {load_after:.1f} after the run), "
         f"{args.threads} intra-op threads each, median of {args.rounds} interleaved rounds through `Engine.infer`, random inputs; `speed vs` is throughput relative to ONNX Runtime. "
         "Both run the same repository ONNX; the torch backend exists for CUDA, so ONNX Runtime staying the CPU default is the expected outcome.\n\n"
         f"{table}"
