@@ -59,6 +59,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench("hash-copydetect", "bench_hash_copydetect"),
     Bench("hash-scale", "bench_hash_scale", (), ("--items", "100000", "--queries", "200")),
     Bench("hash-store", "bench_hash_store"),
+    Bench("hash-copies", "bench_hash_copies", ("--items", "1000000", "--big", "0"), ("--items", "100000", "--big", "0")),
     Bench("heldout", "bench_heldout", (), ("--quick",)),
     Bench("loadtest", "bench_loadtest", ("--duration", "5s"), ("--duration", "2s")),
     Bench("overload", "bench_overload"),
