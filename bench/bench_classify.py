@@ -1,7 +1,9 @@
 """Classify service benchmark: the whole service vs the same work on bare sessions vs torch eager.
 
-    .venv/bin/python -m bench.bench_classify [--seconds 4] [--rounds 5] [--batch 32] [--concurrency 32]
-    .venv/bin/python -m bench.bench_classify --quality-table   # the measurement table of docs/classify.md
+    .venv/bin/python -m bench.bench_classify [--seconds 4] [--rounds 5] [--batch 32] [--concurrency
+    32]
+    .venv/bin/python -m bench.bench_classify --quality-table   # the measurement table of
+    docs/classify.md
 
 Four sides, measured in alternating rounds (bench/harness.py), on the same
 photos (astronaut, chelsea, coffee, rocket, round robin):
@@ -258,7 +260,8 @@ def quality_table() -> str:
             r = assess(fn(img), QualityConfig())
             verdicts = ", ".join(v.name for v in r.verdicts) or "-"
             rows.append(
-                f"| {name} | {label} | {r.brightness:.1f} | {r.contrast:.1f} | {r.sharpness:.1f} | {verdicts} |"
+                f"| {name} | {label} | {r.brightness:.1f} | {r.contrast:.1f} | "
+                f"{r.sharpness:.1f} | {verdicts} |"
             )
     return "\n".join(rows)
 

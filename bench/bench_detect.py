@@ -1,6 +1,7 @@
 """Detection service benchmark: the service vs its bare model, one run.
 
-    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_detect [--rounds 5] [--passes 4] [--concurrency 8]
+    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_detect [--rounds 5] [--passes
+    4] [--concurrency 8]
 
 On the same photos (campus walkway frame: 6 people, astronaut: 1, coffee: 0),
 round by round, each round running its sides in turn (A B C, A B C, ...):
@@ -110,12 +111,15 @@ def main() -> None:
     sat, single, bare = runs("saturated"), runs("single"), runs("bare")
     med = lambda xs: float(statistics.median(xs))  # noqa: E731
     lines = [
-        f"| round | load avg (1 min) | service, {args.concurrency} clients img/s | service, 1 client img/s | bare model img/s | saturated / bare |",
+        f"| round | load avg (1 min) | service, {args.concurrency} clients img/s | "
+        "service, 1 client img/s | bare model img/s | saturated / bare |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for i, row in enumerate(table):
         lines.append(
-            f"| {i + 1} | {row['load']:.1f} | {sat[i].images_s:.1f} | {single[i].images_s:.1f} | {bare[i].images_s:.1f} | {sat[i].images_s / bare[i].images_s:.2f} |"
+            f"| {i + 1} | {row['load']:.1f} | {sat[i].images_s:.1f} | "
+            f"{single[i].images_s:.1f} | {bare[i].images_s:.1f} | "
+            f"{sat[i].images_s / bare[i].images_s:.2f} |"
         )
     ratio = med([a.images_s / b.images_s for a, b in zip(sat, bare, strict=True)])
     sizes = ", ".join(f"{k} {v.shape[1]}x{v.shape[0]}" for k, v in named.items())
@@ -135,7 +139,7 @@ each round; {args.engine_threads} ONNX Runtime intra-op thread(s) on both sides.
 
 Median of per-round ratios: **service at saturation / bare model = {ratio:.2f}**. The service
 figure includes gRPC, raw-pixel transfer and validation, the load generator on the same cores.
-"""
+"""  # noqa: E501
     print(body)
     write_section("Detection service", body)
 

@@ -1,6 +1,7 @@
 """Face service benchmark: RetinaFace service vs the MTCNN service vs bare models, one run.
 
-    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_face [--rounds 5] [--passes 2] [--concurrency 4]
+    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_face [--rounds 5] [--passes 2]
+    [--concurrency 4]
 
 On the same photos (astronaut: 1 face, the insightface group photo t1.jpg:
 6 faces, coffee: none), round by round, each round running its sides in turn
@@ -239,13 +240,18 @@ def main() -> None:
     fast = runs("retinaface 320")
     med = lambda xs: float(statistics.median(xs))  # noqa: E731
     lines = [
-        "| round | load avg (1 min) | RetinaFace service img/s | MTCNN service img/s | bare RetinaFace pipeline img/s | RetinaFace / MTCNN | service / bare | RetinaFace 320 only img/s | RetinaFace 320 / MTCNN |",
+        "| round | load avg (1 min) | RetinaFace service img/s | MTCNN service img/s "
+        "| bare RetinaFace pipeline img/s | RetinaFace / MTCNN | service / bare | "
+        "RetinaFace 320 only img/s | RetinaFace 320 / MTCNN |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, row in enumerate(table):
         a, b, c, d = ret[i], mt[i], bare_runs[i], fast[i]
         lines.append(
-            f"| {i + 1} | {row['load']:.1f} | {a.images_s:.2f} | {b.images_s:.2f} | {c.images_s:.2f} | {a.images_s / b.images_s:.1f} | {a.images_s / c.images_s:.2f} | {d.images_s:.2f} | {d.images_s / b.images_s:.1f} |"
+            f"| {i + 1} | {row['load']:.1f} | {a.images_s:.2f} | {b.images_s:.2f} | "
+            f"{c.images_s:.2f} | {a.images_s / b.images_s:.1f} | "
+            f"{a.images_s / c.images_s:.2f} | {d.images_s:.2f} | "
+            f"{d.images_s / b.images_s:.1f} |"
         )
     ratio_mt = med([a.images_s / b.images_s for a, b in zip(ret, mt, strict=True)])
     ratio_fast = med([d.images_s / b.images_s for d, b in zip(fast, mt, strict=True)])
@@ -288,7 +294,7 @@ times; a face counts as found when a returned box contains its centre).
 The default buckets (320, 640) halve a 1280 px frame, so faces under about 20 px in the
 frame are lost; `detector.retinaface.buckets: [320, 640, 1280]` keeps them at about 4x the
 detector's cost for such frames.
-"""
+"""  # noqa: E501
     print(body)
     write_section("Face service", body)
 

@@ -74,9 +74,11 @@ def main() -> None:
                      f"mean over the {FRAMES} sampled frames", "each service's defaults",
                      "1 call at a time", "upload, decode, all four features, reply", image_ms, "ms"),
                 Side("video", f"`AnalyzeVideo`, the 10 s 1280x720 H.264 clip "
-                     f"({clip.stat().st_size // 1024} KiB, client-streamed), {FRAMES} keyframes, all features",
+                     f"({clip.stat().st_size // 1024} KiB, client-streamed), {FRAMES} "
+                         "keyframes, all features",
                      "each service's defaults", "1 call at a time (its frames concurrently inside)",
-                     "upload, keyframe decode, all four features on each frame, aggregation", video_ms, "ms"),
+                     "upload, keyframe decode, all four features on each frame, "
+                         "aggregation", video_ms, "ms"),
             ]  # fmt: skip
             values = alternate(sides, args.rounds)
     finally:

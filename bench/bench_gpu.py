@@ -1,7 +1,9 @@
 """GPU engine benchmark: torch-CUDA fp32 vs fp16 vs fp16 + CUDA graphs, and per-instance streams.
 
-    .venv/bin/python -m bench.bench_gpu [--models a,b] [--batches 1,8,32,128] [--rounds 20] [--write]
-    .venv/bin/python -m bench.bench_gpu --mode cpu [--write]    # torch backend vs onnxruntime on CPU
+    .venv/bin/python -m bench.bench_gpu [--models a,b] [--batches 1,8,32,128] [--rounds 20]
+    [--write]
+    .venv/bin/python -m bench.bench_gpu --mode cpu [--write]    # torch backend vs onnxruntime on
+    CPU
 
 GPU mode (needs CUDA; exits with a message otherwise), in one run:
 1. every repository model at batch 1, 8, 32, 128 (up to its max batch) through
@@ -130,7 +132,8 @@ def streams_table(
         "| two instances, own streams | wall ms | img/s |",
         "|---|---:|---:|",
         *(f"| {label} | {s * 1e3:.1f} | {images / s:.0f} |" for label, s in medians.items()),
-        f"| **concurrent / back to back throughput** | | **{medians['back to back'] / medians['concurrent']:.2f}x** |",
+        "| **concurrent / back to back throughput** | | "
+        f"**{medians['back to back'] / medians['concurrent']:.2f}x** |",
     ]
     for engine in engines:
         engine.close()
@@ -145,7 +148,8 @@ def gpu_section(args: argparse.Namespace) -> str:
 
     if not torch.cuda.is_available():
         sys.exit(
-            "bench_gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine, or use --mode cpu"
+            "bench_gpu: no CUDA device here (torch.cuda.is_available() is False); run "
+            "it on a GPU machine, or use --mode cpu"
         )
     device = args.device
     variants = [
@@ -167,8 +171,10 @@ def gpu_section(args: argparse.Namespace) -> str:
     gpu = torch.cuda.get_device_name(torch.device(device))
     return (
         f"GPU: {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}. Host: {machine()}.\n"
-        f"Per figure: median of {args.rounds} interleaved rounds through `Engine.infer` (host arrays in and out, "
-        "pinned staging, own stream); fp16 only where the probe kept it (see docs/gpu.md); random inputs.\n\n"
+        f"Per figure: median of {args.rounds} interleaved rounds through "
+        "`Engine.infer` (host arrays in and out, "
+        "pinned staging, own stream); fp16 only where the probe kept it (see "
+        "docs/gpu.md); random inputs.\n\n"
         f"{table}\n\n{streams}"
     )
 
@@ -184,10 +190,14 @@ def cpu_section(args: argparse.Namespace) -> str:
     table = batch_table(args.cpu_models, args.cpu_batches, variants, args.rounds)
     load_after = os.getloadavg()[0]
     return (
-        f"Torch backend vs ONNX Runtime on CPU, measured on a 2-core machine ({machine()}, torch {torch.__version__}; "
+        "Torch backend vs ONNX Runtime on CPU, measured on a 2-core machine "
+        f"({machine()}, torch {torch.__version__}; "
         f"1-minute load average {load_before:.1f} before and {load_after:.1f} after the run), "
-        f"{args.threads} intra-op threads each, median of {args.rounds} interleaved rounds through `Engine.infer`, random inputs; `speed vs` is throughput relative to ONNX Runtime. "
-        "Both run the same repository ONNX; the torch backend exists for CUDA, so ONNX Runtime staying the CPU default is the expected outcome.\n\n"
+        f"{args.threads} intra-op threads each, median of {args.rounds} interleaved "
+        "rounds through `Engine.infer`, random inputs; `speed vs` is throughput "
+        "relative to ONNX Runtime. "
+        "Both run the same repository ONNX; the torch backend exists for CUDA, so "
+        "ONNX Runtime staying the CPU default is the expected outcome.\n\n"
         f"{table}"
     )
 
@@ -226,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parts = [
         f"Command: {command}",
-        "Engines: `services/common/engines/torch_backend.py`, `tensorrt_backend.py`; how to run them: docs/gpu.md.",
+        "Engines: `services/common/engines/torch_backend.py`, `tensorrt_backend.py`; "
+        "how to run them: docs/gpu.md.",
     ]
     if args.mode in ("gpu", "both"):
         parts.append("### torch on CUDA\n\n" + gpu_section(args))

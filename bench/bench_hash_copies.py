@@ -9,7 +9,8 @@ recipe on a smaller corpus (the CPU budget of this benchmark).
 
 Database for a query: the 40 originals, real distractors (the training corpus images
 and the copies of every *other* photo; images derived from the query's own photo are
-left out, its other half too, so the only relevant item is its original) and ``--items`` codes of features
+left out, its other half too, so the only relevant item is its original) and ``--items`` codes of
+features
 sampled from a Gaussian fitted to the training fold's real features (top 256 principal
 directions plus an isotropic rest), L2-normalised and pushed through the same projection.
 
@@ -30,7 +31,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# One BLAS thread: on a shared, loaded machine threaded BLAS spins on tiny matrices (70x slower here).
+# One BLAS thread: on a shared, loaded machine threaded BLAS spins on tiny matrices (70x slower
+# here).
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
@@ -137,7 +139,8 @@ def image_sets() -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
 
 
 def view(rgb: np.ndarray, variant: str) -> np.ndarray:
-    """The pixels a feature variant looks at: as served, or bars trimmed and colour dropped (mirrored)."""
+    """The pixels a feature variant looks at: as served, or bars trimmed and colour dropped
+    (mirrored)."""
     from services.hash.preprocess import normalise_view
 
     if variant == "plain":
@@ -186,7 +189,8 @@ def labels() -> dict[str, np.ndarray]:
 
 
 def variant_features(name: str, variant: str) -> np.ndarray:
-    """Cached features; ``trim_grey+mirror`` is the mean of a view's and its mirror's L2-normalised features."""
+    """Cached features; ``trim_grey+mirror`` is the mean of a view's and its mirror's L2-normalised
+    features."""
     from services.hash.projection import l2_normalise
 
     if variant == "trim_grey+mirror":
@@ -211,7 +215,8 @@ def assert_disjoint(train_sources: np.ndarray, eval_photos: np.ndarray) -> None:
 
 
 def copy_pairs(corpus_source: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Copy pairs among the corpus ``rows`` (indices into the corpus): each edited view and its two edits."""
+    """Copy pairs among the corpus ``rows`` (indices into the corpus): each edited view and its two
+    edits."""
     n_views = len(PHOTOS) * VIEWS_PER_PHOTO * 3
     first = len(corpus_source) - n_views
     position = {int(r): i for i, r in enumerate(rows)}
@@ -224,7 +229,8 @@ def copy_pairs(corpus_source: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 class Fold:
-    """One fold's training features, projections and Gaussian distractor model for a feature variant."""
+    """One fold's training features, projections and Gaussian distractor model for a feature
+    variant."""
 
     def __init__(self, variant: str, fold: int, lab: dict[str, np.ndarray]) -> None:
         from services.hash.projection import fit, l2_normalise, train_ssh
@@ -248,7 +254,8 @@ class Fold:
             self.projection.matrices[("ssh", bits)] = train_ssh(
                 centred, pairs, groups, bits, 50, np.random.default_rng(TRAIN_SEED + bits)
             )
-        # Gaussian fitted to the real (normalised) training features: top principal directions + isotropic rest.
+        # Gaussian fitted to the real (normalised) training features: top principal directions +
+        # isotropic rest.
         self.mu = normalised.mean(axis=0)
         _, s, vt = np.linalg.svd(normalised - self.mu, full_matrices=False)
         rank = min(256, len(s) - 1)
@@ -296,7 +303,8 @@ class Fold:
 
 
 def phash(rgb: np.ndarray, size: int = 16) -> np.ndarray:
-    """DCT perceptual hash, ``size**2`` bits: grey 4*size square, 2-D DCT, top-left ``size`` block vs its median."""
+    """DCT perceptual hash, ``size**2`` bits: grey 4*size square, 2-D DCT, top-left ``size`` block
+    vs its median."""
     from scipy.fft import dctn
 
     side = 4 * size
@@ -428,7 +436,8 @@ def score_fold(
     sampled: np.ndarray | None,
     k: int = 256,
 ) -> None:
-    """Add one fold's queries (its evaluation photos) to ``scores``; ``sampled`` codes go in a faiss flat index."""
+    """Add one fold's queries (its evaluation photos) to ``scores``; ``sampled`` codes go in a
+    faiss flat index."""
     import faiss
 
     original, edit = query_layout(lab)
@@ -489,7 +498,8 @@ def pixel_scores(method: str, lab: dict[str, np.ndarray]) -> Scores:
 
 
 def two_tier(exact: Scores, deep: Scores, fmr: float) -> dict[str, float]:
-    """PDQ at a tight radius first (its half of the false-match budget), the deep code for the rest."""
+    """PDQ at a tight radius first (its half of the false-match budget), the deep code for the
+    rest."""
     e, d = exact.summary(False), deep.summary(True)
     saved = (exact.normal_radius(fmr / 2), deep.radius(fmr / 2))
     found = (e["own"] <= saved[0]) | (d["own"] <= saved[1])
@@ -569,7 +579,12 @@ def main() -> None:
         kept[(variant, method, bits)] = s
         r = rows[(variant, method, bits)]
         print(
-            f"{variant} {method} {bits}: r@1 {r['recall@1']:.3f} r@10 {r['recall@10']:.3f} found@1e-6 {r['found@1e-6']:.3f} found@1e-7 {r['found@1e-7']:.3f} hard r@1 {r['hard recall@1']:.3f} hard found {r['hard found@1e-7']:.3f} radius {r['radius@1e-7']} copy {r['copy distance median/p95']} distractors {r['distractor distance mean/std']} search {r['search ms/query']:.2f} ms",
+            f"{variant} {method} {bits}: r@1 {r['recall@1']:.3f} r@10 "
+            f"{r['recall@10']:.3f} found@1e-6 {r['found@1e-6']:.3f} found@1e-7 "
+            f"{r['found@1e-7']:.3f} hard r@1 {r['hard recall@1']:.3f} hard found "
+            f"{r['hard found@1e-7']:.3f} radius {r['radius@1e-7']} copy "
+            f"{r['copy distance median/p95']} distractors "
+            f"{r['distractor distance mean/std']} search {r['search ms/query']:.2f} ms",
             flush=True,
         )
     pixel = {m: pixel_scores(m, lab) for m in ("pdq", "pdq_trimmed", "phash")}
@@ -581,11 +596,31 @@ def main() -> None:
     )  # type: ignore[operator]
     fused = two_tier(pixel["pdq_trimmed"], kept[best], 1e-7)
     print(
-        f"\ntwo-tier (PDQ of the bar-trimmed image at a tight radius, then {best[0]} {best[1]} 128 bits), false-match budget 1e-7 split in halves:"
+        f"\ntwo-tier (PDQ of the bar-trimmed image at a tight radius, then {best[0]} "
+        f"{best[1]} 128 bits), false-match budget 1e-7 split in halves:"
     )
     print(fused)
-    feats = {v: [(np.concatenate([variant_features("originals", v)[np.isin(lab["originals"], fold_photos(f)[1])], variant_features("corpus", v)[np.isin(lab["corpus"], fold_photos(f)[1])]]),
-                  np.r_[lab["originals"][np.isin(lab["originals"], fold_photos(f)[1])], lab["corpus"][np.isin(lab["corpus"], fold_photos(f)[1])]]) for f in range(FOLDS)] for v in folds}  # fmt: skip
+    feats = {
+        v: [
+            (
+                np.concatenate(
+                    [
+                        variant_features("originals", v)[
+                            np.isin(lab["originals"], fold_photos(f)[1])
+                        ],
+                        variant_features("corpus", v)[np.isin(lab["corpus"], fold_photos(f)[1])],
+                    ]
+                ),
+                # fmt: skip
+                np.r_[
+                    lab["originals"][np.isin(lab["originals"], fold_photos(f)[1])],
+                    lab["corpus"][np.isin(lab["corpus"], fold_photos(f)[1])],
+                ],
+            )
+            for f in range(FOLDS)
+        ]
+        for v in folds
+    }
     print("\nsemantic neighbours, mAP by content class (same class, other photo):")
     from services.hash.projection import l2_normalise
 
@@ -614,20 +649,30 @@ def main() -> None:
         s = deep_scores(variant, method, bits, args.big, lab, folds[variant])
         r = s.summary(True)
         print(
-            f"\n{args.big} distractors, {variant} {method} {bits}: r@1 {r['recall@1']:.3f} r@10 {r['recall@10']:.3f} found@1e-6 {r['found@1e-6']:.3f} found@1e-7 {r['found@1e-7']:.3f} hard r@1 {r['hard recall@1']:.3f} radius {r['radius@1e-7']} search {r['search ms/query']:.2f} ms/query (exact, batched, 2 threads) [{time.perf_counter() - t:.0f}s]"
+            f"\n{args.big} distractors, {variant} {method} {bits}: r@1 "
+            f"{r['recall@1']:.3f} r@10 {r['recall@10']:.3f} found@1e-6 "
+            f"{r['found@1e-6']:.3f} found@1e-7 {r['found@1e-7']:.3f} hard r@1 "
+            f"{r['hard recall@1']:.3f} radius {r['radius@1e-7']} search "
+            f"{r['search ms/query']:.2f} ms/query (exact, batched, 2 threads) "
+            f"[{time.perf_counter() - t:.0f}s]"
         )
     print(f"\ndone in {time.perf_counter() - start:.0f}s, load average {os.getloadavg()[0]:.1f}")
 
 
 def print_tables(rows: dict[tuple[str, str, int], dict[str, object]]) -> None:
     print(
-        "\n| features | codes | bits | recall@1 | recall@10 | found @1e-6 | found @1e-7 | radius @1e-7 | copy dist. median / p95 | hard: recall@1 / found @1e-7 | search ms/query |"
+        "\n| features | codes | bits | recall@1 | recall@10 | found @1e-6 | found "
+        "@1e-7 | radius @1e-7 | copy dist. median / p95 | hard: recall@1 / found "
+        "@1e-7 | search ms/query |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for (variant, method, bits), r in rows.items():
         med, p95 = r["copy distance median/p95"]  # type: ignore[misc]
         print(
-            f"| {variant} | {method} | {bits} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | {r['found@1e-6']:.3f} | {r['found@1e-7']:.3f} | {r['radius@1e-7']} | {med:.2f} / {p95:.2f} | {r['hard recall@1']:.3f} / {r['hard found@1e-7']:.3f} | {r['search ms/query']:.2f} |"
+            f"| {variant} | {method} | {bits} | {r['recall@1']:.3f} | "
+            f"{r['recall@10']:.3f} | {r['found@1e-6']:.3f} | {r['found@1e-7']:.3f} | "
+            f"{r['radius@1e-7']} | {med:.2f} / {p95:.2f} | {r['hard recall@1']:.3f} / "
+            f"{r['hard found@1e-7']:.3f} | {r['search ms/query']:.2f} |"
         )
     print("\nper edit, recall@1 / found @1e-7:")
     print("| features | codes | bits | " + " | ".join(EDIT_NAMES) + " |")

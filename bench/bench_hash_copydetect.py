@@ -64,7 +64,8 @@ def _rotate(rgb: np.ndarray, degrees: float) -> np.ndarray:
     )
 
 
-# Harder, composed edits (not part of the goal; they separate methods once the plain copies saturate).
+# Harder, composed edits (not part of the goal; they separate methods once the plain copies
+# saturate).
 HARD_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "crop_70+jpeg_q30": lambda x: jpeg(center_fraction(x, 0.7), 30),
     "resize_x0.25+grey": lambda x: grey(resize(x, 0.25)),
@@ -78,7 +79,8 @@ HARD_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 def build_sets(
     transforms: dict[str, Callable[[np.ndarray], np.ndarray]],
 ) -> tuple[list[np.ndarray], list[int], list[bool], list[np.ndarray], list[tuple[int, str]]]:
-    """Database images with their source photo and whether each is an original; queries with (photo, transform)."""
+    """Database images with their source photo and whether each is an original; queries with
+    (photo, transform)."""
     rng = np.random.default_rng(SEED)
     db, db_photo, db_original, queries, query_info = [], [], [], [], []
     for p, name in enumerate(ALL_PHOTOS):
@@ -175,7 +177,8 @@ def evaluate() -> tuple[list[dict[str, object]], dict[str, float], int, int]:
                     mask = np.asarray([info[1] == t for info in query_info])
                     per_transform[t] = float(np.mean(r[mask] == 1))
     print(
-        f"evaluated in {time.perf_counter() - start:.1f}s: {len(queries)} queries, {len(db)} database images"
+        f"evaluated in {time.perf_counter() - start:.1f}s: {len(queries)} queries, "
+        f"{len(db)} database images"
     )
     return rows, per_transform, int(plain.sum()), len(db)
 
@@ -187,7 +190,9 @@ def table(rows: list[dict[str, object]]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['bits'] or 'float'} | {r['recall@1']:.3f} | {r['mAP']:.3f} | {r['natural recall@1']:.3f} | {r['hard recall@1']:.3f} | {r['hard mAP']:.3f} |"
+            f"| {r['method']} | {r['bits'] or 'float'} | {r['recall@1']:.3f} | "
+            f"{r['mAP']:.3f} | {r['natural recall@1']:.3f} | {r['hard recall@1']:.3f} "
+            f"| {r['hard mAP']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -202,10 +207,13 @@ def main() -> None:
         f"Each of the {len(ALL_PHOTOS)} scikit-image photos gets {len(COPY_TRANSFORMS)} copies "
         f"({', '.join(COPY_TRANSFORMS)}; {nq} queries) and {len(HARD_TRANSFORMS)} harder composed "
         f'edits ({", ".join(HARD_TRANSFORMS)}; the "hard" columns). The database ({ndb} images) '
-        f"is every original plus distractors ({AUGMENTATIONS} random augmentations of each photo and "
-        "every copy); a query's own copies and augmentations are left out of its ranking, so its one "
+        f"is every original plus distractors ({AUGMENTATIONS} random augmentations of "
+        "each photo and "
+        "every copy); a query's own copies and augmentations are left out of its "
+        "ranking, so its one "
         "relevant item is its original (ties ranked pessimistically; AP = 1/rank). **No query is "
-        f"scored by a projection that saw its photo**: the photos are split in {FOLDS} folds and each "
+        f"scored by a projection that saw its photo**: the photos are split in {FOLDS} "
+        "folds and each "
         "fold is scored with projections trained by the served recipe (`services/hash/train.py`, "
         f"seed {TRAIN_SEED}) on the other folds' photos only. The served `hash_itq` is trained on "
         'all the photos, so it is not what this table scores. "natural photos" = '
@@ -230,7 +238,8 @@ def main() -> None:
             sentences.append(f"{bits} bits, {col}: ITQ {a:.3f} is {rel} LSH {b:.3f}.")
     hard_queries = len(ALL_PHOTOS) * len(HARD_TRANSFORMS)
     sentences.append(
-        f"One hard query is {100 / hard_queries:.1f} points of hard recall@1 ({hard_queries} hard queries)."
+        f"One hard query is {100 / hard_queries:.1f} points of hard recall@1 "
+        f"({hard_queries} hard queries)."
     )
     report.add(" ".join(sentences))
     report.write()

@@ -6,7 +6,8 @@ each with 10 near-duplicate variants (every bit flipped with p = 0.05, ~6 bits),
 true 10 nearest neighbours are the 10 variants of its original. Measures: add
 time (through ``Collection.add``, the path the store applies committed adds
 with; the store's fsync cost is separate, see ``bench/bench_hash_store.py``), resident
-memory per item, single and batched search latency of the IVF index at several ``nprobe``, and its recall@10
+memory per item, single and batched search latency of the IVF index at several ``nprobe``, and its
+recall@10
 against exact search (faiss ``IndexBinaryFlat``).
 
     .venv/bin/python -m bench.bench_hash_scale [--items 1000000]
@@ -60,7 +61,8 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 async def durable_adds(count: int, concurrency: int) -> float:
-    """Adds/s through HashStore (log append + fsync + apply, group commit) with ``concurrency`` callers."""
+    """Adds/s through HashStore (log append + fsync + apply, group commit) with ``concurrency``
+    callers."""
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         store = HashStore(StorageConfig(data_dir=tmp), IndexConfig())
         await store.start()
@@ -107,7 +109,9 @@ def main() -> None:
     add_s = time.perf_counter() - start
     per_item = (rss_bytes() - rss0) / len(codes)
     print(
-        f"added {len(codes)} codes in {add_s:.1f}s ({add_s / len(codes) * 1e6:.1f} us/item, IVF switch included); memory {per_item:.0f} B/item (RSS delta: the faiss index of codes and int64 labels; ids live in the store on disk)"
+        f"added {len(codes)} codes in {add_s:.1f}s ({add_s / len(codes) * 1e6:.1f} "
+        f"us/item, IVF switch included); memory {per_item:.0f} B/item (RSS delta: the "
+        "faiss index of codes and int64 labels; ids live in the store on disk)"
     )
 
     queries = variants(bases[rng.integers(0, len(bases), args.queries)], rng)
@@ -122,14 +126,17 @@ def main() -> None:
         exact.search(q[None], 10)
         single_exact.append(time.perf_counter() - t)
     print(
-        f"exact IndexBinaryFlat over all {len(codes)}: single p50 {percentiles(single_exact)[0]:.2f} ms, batched {flat_ms:.2f} ms/query (2 threads)"
+        f"exact IndexBinaryFlat over all {len(codes)}: single p50 "
+        f"{percentiles(single_exact)[0]:.2f} ms, batched {flat_ms:.2f} ms/query (2 "
+        "threads)"
     )
 
     index = coll.index
     nlist = int(index.nlist) if coll.approximate else 0
     default_nprobe = IndexConfig().nprobe
     rows = [
-        f"| nprobe (of {nlist} cells) | single p50 ms | single p99 ms | batched (100) ms/query | recall@10 vs exact |",
+        f"| nprobe (of {nlist} cells) | single p50 ms | single p99 ms | batched (100) "
+        "ms/query | recall@10 vs exact |",
         "|---:|---:|---:|---:|---:|",
     ]
     at_default: tuple[float, float] = (0.0, 0.0)
@@ -156,7 +163,8 @@ def main() -> None:
     adds = {c: asyncio.run(durable_adds(2000, c)) for c in (1, 16)}
     exact_p50 = percentiles(single_exact)[0]
     report.add(
-        f"Synthetic, shaped like re-uploads: {len(bases)} random originals x {VARIANTS} variants each "
+        f"Synthetic, shaped like re-uploads: {len(bases)} random originals x "
+        f"{VARIANTS} variants each "
         f"(every bit flipped with p = {FLIP_P}), {len(codes)} codes in one collection; "
         f"{len(queries)} queries are fresh variants of random originals. The collection uses the "
         f"service's index settings (`IndexConfig()`: IVF switch at "
@@ -169,8 +177,10 @@ def main() -> None:
         "| what | figure |\n|---|---|\n"
         f"| add {len(codes)} codes (`Collection.add`, batches of 10k, IVF switch included) | "
         f"{add_s:.1f} s ({add_s / len(codes) * 1e6:.1f} µs/item) |\n"
-        f"| memory per item (RSS delta: the faiss index of codes and int64 labels; ids live in the store) | {per_item:.0f} B |\n"
-        f"| exact `IndexBinaryFlat`: single query p50 / batched | {exact_p50:.2f} ms / {flat_ms:.2f} ms per query |\n"
+        "| memory per item (RSS delta: the faiss index of codes and int64 labels; ids "
+        f"live in the store) | {per_item:.0f} B |\n"
+        f"| exact `IndexBinaryFlat`: single query p50 / batched | {exact_p50:.2f} ms / "
+        f"{flat_ms:.2f} ms per query |\n"
         f"| durable adds through the store (commit + fsync + apply), 1 / 16 callers | "
         f"{adds[1]:.0f} / {adds[16]:.0f} adds/s |"
     )
@@ -181,7 +191,8 @@ def main() -> None:
         )
         + " "
         + Goal(">=", 0.95).sentence("recall@10 at the same nprobe", at_default[1], "{:.3f}")
-        + f" Exact single-query search p50 is {exact_p50 / max(at_default[0], 1e-9):.0f}x the IVF's."
+        + " Exact single-query search p50 is "
+        f"{exact_p50 / max(at_default[0], 1e-9):.0f}x the IVF's."
     )
     report.write()
 

@@ -14,7 +14,8 @@ The same script runs against any checkout whose ``services.hash.store`` has the
 interface, so the previous store can be measured beside the current one:
 
     flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_hash_store --items 1000000
-    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_hash_store --index-items 10000000
+    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_hash_store --index-items
+    10000000
     PYTHONPATH=/path/to/older/checkout .venv/bin/python bench/bench_hash_store.py --label previous
 
 Prints one markdown table row (and the load average before and after).
@@ -84,7 +85,7 @@ for first in range(0, items, 1_000_000):
 gc.collect()
 print(f"in-memory index alone, {items:,} items: {(rss() - before) / items:.1f} B/item (anonymous RSS) "
       f"({len(coll):,} indexed, IVF {coll.approximate}, {time.perf_counter() - start:.0f} s)")
-"""
+"""  # noqa: E501
 
 
 def codes_for(start: int, count: int) -> np.ndarray:

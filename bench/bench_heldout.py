@@ -117,7 +117,8 @@ async def face_section(report: Report) -> None:
     expected = sum(len(c.faces) for c in cases)
     report.add(
         f"### Face detection\n\nThe face service with its default detector "
-        f"(`detector.kind={FaceConfig().detector.kind}`). {len(cases)} images: the held-out face photo ({HELDOUT['face'][0]}) "
+        f"(`detector.kind={FaceConfig().detector.kind}`). {len(cases)} images: the "
+        f"held-out face photo ({HELDOUT['face'][0]}) "
         f"on grey and pasted at 96-200 px onto {len(HELDOUT['face']) - 1} face-free held-out "
         "backgrounds, and those backgrounds alone. A face counts as found when a returned box "
         "contains its centre. One person only: this measures detection on unseen backgrounds, "
@@ -195,7 +196,8 @@ async def hash_section(report: Report) -> None:
             rows.append(f"| {bits} | {len(r)} | {np.mean(r == 1):.3f} | {r.mean():.2f} |")
     report.add(
         f"### Hash copy detection with the served projection\n\n{len(held)} held-out pictures "
-        f"({', '.join(held)}) x {len(COPY_TRANSFORMS)} copies ({', '.join(COPY_TRANSFORMS)}) as queries; "
+        f"({', '.join(held)}) x {len(COPY_TRANSFORMS)} copies "
+        f"({', '.join(COPY_TRANSFORMS)}) as queries; "
         f"the database is their originals plus all {len(distractor_sources)} training photos and "
         "their copies as distractors. Codes from the served `hash_itq` through the hash service "
         "(Encode). Ties rank pessimistically.\n\n" + "\n".join(rows)

@@ -4,7 +4,8 @@
 
 Brings the mesh up on free loopback ports (``visionmesh.mesh.LocalMesh``), runs
 every ``loadtest/*.json`` config for ``--duration`` through k6
-(``loadtest.suite.run_suite``, what `make loadtest` runs), checks the SLOs of ``loadtest/slo.json`` and
+(``loadtest.suite.run_suite``, what `make loadtest` runs), checks the SLOs of ``loadtest/slo.json``
+and
 writes the table. These are SLO checks at the configs' modest rates, not
 capacity figures; the load average is recorded beside them.
 """
@@ -50,12 +51,14 @@ def main() -> None:
         breaches += bool(failed)
         limit = next((f"{c.limit:.0f}" for c in checks if c.metric == "p99_ms"), "-")
         rows.append(
-            f"| {rep.get('name', '?')} | {int(rep.get('count') or 0)} | {float(rep.get('rps') or 0):.1f} | "
+            f"| {rep.get('name', '?')} | {int(rep.get('count') or 0)} | "
+            f"{float(rep.get('rps') or 0):.1f} | "
             f"{slo._ms(rep, 50)} | {slo._ms(rep, 99)} | {limit} | {slo.error_rate(rep):.1%} | "
             f"{'PASS' if not failed else 'FAIL (' + ', '.join(failed) + ')'} |"
         )
     report.add(
-        f"Each of the {len(files)} configs in `loadtest/` runs through k6 for {args.duration} against a mesh "
+        f"Each of the {len(files)} configs in `loadtest/` runs through k6 for "
+        f"{args.duration} against a mesh "
         "on free loopback ports (every service and the gateway as separate processes); SLOs from "
         "`loadtest/slo.json`. Same as `make loadtest`."
     )

@@ -119,7 +119,8 @@ async def throughput(
         f"inside `rapidocr==3.10.0`), both systems on ONNX Runtime CPU, same files, same threads. "
         f'Images: {len(images)} rendered "hard" images (4 lines each, photos/gradients, rotation, '
         f"noise, JPEG; seed {seed}), sent to the "
-        f"service as raw RGB. {rounds} rounds after a warm-up round, sides in turn within each round; "
+        f"service as raw RGB. {rounds} rounds after a warm-up round, sides in turn "
+        "within each round; "
         "figures are images/s over the whole set."
     )
     report.sides(sides)
@@ -143,7 +144,8 @@ async def throughput(
 
 def cells(score: Score) -> str:
     return (
-        f"{score.cer * 100:.2f} % ({score.edits}/{score.chars}) | {score.line_recall * 100:.1f} % | "
+        f"{score.cer * 100:.2f} % ({score.edits}/{score.chars}) | "
+        f"{score.line_recall * 100:.1f} % | "
         f"{score.line_accuracy * 100:.1f} %"
     )
 
@@ -190,7 +192,8 @@ async def accuracy(lines: int, seed: int) -> None:
         "three ONNX files."
     )
     rows = [
-        "| set | images | OCR service: CER | line recall | exact lines | rapidocr: CER | line recall | exact lines |",
+        "| set | images | OCR service: CER | line recall | exact lines | rapidocr: "
+        "CER | line recall | exact lines |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, (ours, theirs, n) in scores.items():
@@ -220,7 +223,8 @@ def main() -> None:
         "--threads",
         type=int,
         default=HEAVY_STAGE_THREADS,
-        help="ORT intra-op threads of every model, on both sides (default: the service's heavy-stage default)",
+        help="ORT intra-op threads of every model, on both sides (default: the service's "
+        "heavy-stage default)",
     )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=2026)

@@ -195,7 +195,8 @@ HEADER = (
 def row(s: LevelStats) -> str:
     other = ", ".join(f"{k} {v}" for k, v in sorted(s.other.items())) or "0"
     return (
-        f"| {s.level} | {s.calls} | {s.goodput:.2f} | {s.exhausted_share:.0%} | {s.deadline_misses} "
+        f"| {s.level} | {s.calls} | {s.goodput:.2f} | {s.exhausted_share:.0%} | "
+        f"{s.deadline_misses} "
         f"| {s.feature_deadline} | {other} | {s.p99_ms:.0f} ms | {s.max_ms:.0f} ms "
         f"| {s.refusal_p99_ms:.0f} ms |"
     )
@@ -210,7 +211,8 @@ def summary(results: list[LevelStats]) -> str:
     return (
         f"Best goodput {best.goodput:.2f}/s at concurrency {best.level}; at {top.level}: "
         f"{top.goodput:.2f}/s = **{ratio:.0%} of the best** (goal >= 90 %). "
-        f"Calls past their deadline: **{misses}**; answers with a feature DEADLINE_EXCEEDED: {feature_misses}."
+        f"Calls past their deadline: **{misses}**; answers with a feature "
+        f"DEADLINE_EXCEEDED: {feature_misses}."
     )
 
 
@@ -244,7 +246,11 @@ def main() -> None:
             mesh.stop()
     load_after = os.getloadavg()
     text = summary(results)
-    loads = f"load average (1/5/15 min) {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f} before, {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} after"
+    loads = (
+        "load average (1/5/15 min) "
+        f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f} before, "
+        f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} after"
+    )
     print(text)
     print(loads)
     if args.write:
@@ -258,7 +264,7 @@ that wait the gateway's `retry-after-ms` (jittered) after RESOURCE_EXHAUSTED; {a
 {chr(10).join(row(s) for s in results)}
 
 {text}
-"""
+"""  # noqa: E501
         write_section("Overload ramp", body)
 
 

@@ -276,7 +276,8 @@ async def classify_side_by_side(
         ours_top = [label.class_index for label in reply.labels]
         if list(top[0]) != ours_top or abs(float(nsfw[0][0]) - reply.safety.nsfw_score) > 1e-3:
             raise RuntimeError(
-                f"sides disagree: Triton {list(top[0])} {nsfw} vs ours {ours_top} {reply.safety.nsfw_score}"
+                f"sides disagree: Triton {list(top[0])} {nsfw} vs ours {ours_top} "
+                f"{reply.safety.nsfw_score}"
             )
         results, batch_means = await compare(
             triton, "classify", {"triton": via_triton, "ours": via_ours}, args.concurrency, args
@@ -287,7 +288,9 @@ async def classify_side_by_side(
 
 def side_table(results: dict[int, dict[str, list[Phase]]], batch_means: dict[int, float]) -> str:
     rows = [
-        "| concurrency | Triton images/s | ours images/s | **ours / Triton** (per-round ratios) | Triton p50 / p99 ms | ours p50 / p99 ms | Triton mean batch |",
+        "| concurrency | Triton images/s | ours images/s | **ours / Triton** "
+        "(per-round ratios) | Triton p50 / p99 ms | ours p50 / p99 ms | Triton mean "
+        "batch |",
         "|---:|---:|---:|---|---:|---:|---:|",
     ]
     for c, sides in results.items():
@@ -416,7 +419,7 @@ def main() -> None:
 | gateway `Analyze`, all features (fanned out concurrently) | {g:.0f} ms | {", ".join(f"{x * 1000:.0f}" for x in gw_rounds)} |
 | sum of calling each service directly, one after the other ({each} ms) | {d:.0f} ms | {", ".join(f"{x * 1000:.0f}" for x in direct_rounds)} |
 | **gateway / sum of direct calls** | **{g / d:.2f}** | {", ".join(f"{a / b:.2f}" for a, b in zip(gw_rounds, direct_rounds, strict=True))} |
-"""
+"""  # noqa: E501
         print(gateway_rows, flush=True)
 
     body = f"""
@@ -450,7 +453,7 @@ our service preprocesses each image in worker threads while the models of
 earlier images compute, and batches per model (for face: detector rows and
 each attribute head's rows across calls). The timed region is one client
 call, request building to parsed reply; see docs/triton.md.
-"""
+"""  # noqa: E501
     print(body)
     if not args.dry_run:
         write_section("Side by side with Triton", body, key="peers")

@@ -174,7 +174,11 @@ def main() -> None:
             os.environ.pop("VISIONMESH_MALLOC_TUNING", None)
     load_after = os.getloadavg()
     text, verdict, _ = table(ramp_rss, level, samples)
-    loads = f"load average (1/5/15 min) {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f} before, {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} after"
+    loads = (
+        "load average (1/5/15 min) "
+        f"{load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f} before, "
+        f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} after"
+    )
     mode = (
         "baseline (glibc malloc untuned, ONNX Runtime arena never shrunk)"
         if args.baseline
@@ -191,7 +195,7 @@ Machine: {machine()}; {loads}. Mesh {mode}; RSS in MiB per process.
 {text}
 
 {verdict} Goodput during the soak: {goodput:.2f} full answers/s.
-"""
+"""  # noqa: E501
         write_section("Memory soak" + (" (baseline)" if args.baseline else ""), body)
 
 

@@ -1,6 +1,7 @@
 """Spine benchmark: what serving costs — classify service vs its bare engine, gateway overhead.
 
-    .venv/bin/python -m bench.bench_spine [--seconds 4] [--rounds 5] [--batch 32] [--concurrency 64] [--requests 60]
+    .venv/bin/python -m bench.bench_spine [--seconds 4] [--rounds 5] [--batch 32] [--concurrency 64]
+    [--requests 60]
 
 In alternating rounds (bench/harness.py):
 
@@ -201,8 +202,10 @@ def main() -> None:
     validate = decode_ms(encode(skimage.data.chelsea()))
     report.add(
         f"{args.rounds} rounds after a warm-up round, sides in turn within each round; the latency "
-        f"sides are {args.requests} sequential calls each per round, direct and gateway interleaved "
-        "call by call. Both meshes (tracing on / off) run all the time, idle while the other is measured."
+        f"sides are {args.requests} sequential calls each per round, direct and "
+        "gateway interleaved "
+        "call by call. Both meshes (tracing on / off) run all the time, idle while "
+        "the other is measured."
     )
     report.sides(sides)
     report.figures(
@@ -220,10 +223,14 @@ def main() -> None:
     report.add(
         "| gateway overhead at p50 (gateway p50 - direct p50, per round) | median | rounds |\n"
         "|---|---:|---|\n"
-        f"| tracing on | {statistics.median(overhead):.2f} ms | {', '.join(f'{v:.2f}' for v in overhead)} |\n"
-        f"| tracing off | {statistics.median(overhead_nt):.2f} ms | {', '.join(f'{v:.2f}' for v in overhead_nt)} |\n"
-        f"| a bare gRPC round trip to the gateway (health check, p50, after the rounds) | {hop:.2f} ms | |\n"
-        f"| the gateway's validating decode of this JPEG (this process, after the rounds) | {validate:.2f} ms | |\n\n"
+        f"| tracing on | {statistics.median(overhead):.2f} ms | "
+        f"{', '.join(f'{v:.2f}' for v in overhead)} |\n"
+        f"| tracing off | {statistics.median(overhead_nt):.2f} ms | "
+        f"{', '.join(f'{v:.2f}' for v in overhead_nt)} |\n"
+        "| a bare gRPC round trip to the gateway (health check, p50, after the "
+        f"rounds) | {hop:.2f} ms | |\n"
+        "| the gateway's validating decode of this JPEG (this process, after the "
+        f"rounds) | {validate:.2f} ms | |\n\n"
         + goal.sentence("gateway overhead at p50 (ms, tracing on)", statistics.median(overhead))
         + f" The round trip and the decode together are {fmt(hop + validate)} ms of it."
     )

@@ -87,7 +87,8 @@ def main() -> None:
         Side("keyframes", f"`decode_keyframes(data, {args.frames})`: packet index pass + keyframe-only "
              f"decode + RGB of {len(clip.frames)} samples (the gateway's path)", "PyAV defaults", one,
              "the call", timed_ms("keyframes", lambda: decode_keyframes(data, args.frames)), "CPU ms"),
-        Side("all_rgb", f"`decode_all_frames(data)`: all {total_frames} frames decoded and converted to RGB",
+        Side("all_rgb", f"`decode_all_frames(data)`: all {total_frames} frames decoded and converted "
+            "to RGB",
              "PyAV defaults", one, "the call", timed_ms("all_rgb", lambda: decode_all_frames(data)), "CPU ms"),
         Side("all_decode_only", f"all {total_frames} frames through the decoder, no RGB conversion",
              "PyAV defaults", one, "the decode loop",
@@ -119,7 +120,8 @@ def main() -> None:
     for side in sides:
         runs = wall[side.key][1:]  # the warm-up round's entry left out
         cpu_rows.append(
-            f"| {side.key} | {statistics.median(runs):.0f} | {', '.join(f'{v:.0f}' for v in runs)} |"
+            f"| {side.key} | {statistics.median(runs):.0f} | "
+            f"{', '.join(f'{v:.0f}' for v in runs)} |"
         )
     report.add("\n".join(cpu_rows))
     sys.exit(0 if report.write() else 3)

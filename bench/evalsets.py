@@ -193,7 +193,8 @@ class FaceCase:
 
 
 def face_cases() -> list[FaceCase]:
-    """The face photo alone and pasted at several sizes onto face-free backgrounds; the backgrounds alone."""
+    """The face photo alone and pasted at several sizes onto face-free backgrounds; the backgrounds
+    alone."""
     face = load(FACE_PHOTO)
     fh, fw = face.shape[:2]
     cases = [

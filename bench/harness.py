@@ -56,7 +56,10 @@ class Goal:
 
     def sentence(self, what: str, value: float, fmt: str = "{:.2f}") -> str:
         verdict = "met" if self.met(value) else "not met"
-        return f"Goal {what} {self.op} {fmt.format(self.target)}: {verdict} ({fmt.format(value)} in this run)."
+        return (
+            f"Goal {what} {self.op} {fmt.format(self.target)}: {verdict} "
+            f"({fmt.format(value)} in this run)."
+        )
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ def load_average() -> tuple[float, float, float]:
 def alternate(
     sides: Sequence[Side], rounds: int, warmup: bool = True, log: bool = True
 ) -> dict[str, list[float]]:
-    """Measure every side once per round, in turn (A B A B ...); one unrecorded warm-up round first."""
+    """Measure every side once per round, in turn (A B A B ...); one unrecorded warm-up round
+    first."""
     if warmup:
         for side in sides:
             side.measure()
@@ -182,8 +186,10 @@ class Report:
             )
             if result.spread > self.max_spread:
                 self.refusals.append(
-                    f"{ratio.label}: per-round ratios {', '.join(f'{v:.2f}' for v in result.per_round)} "
-                    f"spread {result.spread:.0%} of their median, more than the {self.max_spread:.0%} allowed"
+                    f"{ratio.label}: per-round ratios "
+                    f"{', '.join(f'{v:.2f}' for v in result.per_round)} "
+                    f"spread {result.spread:.0%} of their median, more than the "
+                    f"{self.max_spread:.0%} allowed"
                 )
         self.add("\n".join(rows))
         goals = [r.ratio.goal.sentence(r.ratio.label, r.median) for r in results if r.ratio.goal]
@@ -217,8 +223,10 @@ class Report:
             why = "\n".join(f"- {r}" for r in self.refusals)
             body = (
                 f"{self.header()}\n\n"
-                f"**No figures from this run**: its rounds disagreed by more than the allowed spread "
-                f"({self.max_spread:.0%}); re-run on a quieter machine or with more rounds.\n\n{why}"
+                "**No figures from this run**: its rounds disagreed by more than the "
+                "allowed spread "
+                f"({self.max_spread:.0%}); re-run on a quieter machine or with more "
+                f"rounds.\n\n{why}"
             )
             print(f"REFUSED to write figures for {self.key}:\n{why}", file=sys.stderr)
         else:

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.run_all                    # every benchmark, full settings
     .venv/bin/python -m bench.run_all --only classify ocr
-    .venv/bin/python -m bench.run_all --quick            # short settings, writes var/bench/benchmarks-quick.md
+    .venv/bin/python -m bench.run_all --quick            # short settings, writes
+    var/bench/benchmarks-quick.md
     make bench [BENCH=all|quick|name,name]
 
 Each benchmark runs in its own process (``python -m bench.<module> <args>``), one
@@ -76,7 +77,8 @@ def select(only: list[str], quick: bool) -> list[Bench]:
     unknown = set(only) - {b.name for b in BENCHES}
     if unknown:
         raise SystemExit(
-            f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: {', '.join(b.name for b in BENCHES)}"
+            f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: "
+            f"{', '.join(b.name for b in BENCHES)}"
         )
     chosen = [b for b in BENCHES if not only or b.name in only]
     return [b for b in chosen if not quick or b.quick is not None]

@@ -120,7 +120,8 @@ class ClassifyPipeline:
 
 
 class EngineModel:
-    """``OnnxRuntimeEngine`` behind the pipeline's ``Model`` interface, called directly (no batcher)."""
+    """``OnnxRuntimeEngine`` behind the pipeline's ``Model`` interface, called directly (no
+    batcher)."""
 
     def __init__(self, name: str, threads: int) -> None:
         self.entry = load_entry(name)

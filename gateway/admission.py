@@ -186,7 +186,8 @@ class Admission:
         return self.loads[service]
 
     def limit(self, service: str, budget_s: float) -> int:
-        """Calls of weight 1 ``service`` admits at once for ``budget_s`` (the derived in-flight cap)."""
+        """Calls of weight 1 ``service`` admits at once for ``budget_s`` (the derived in-flight
+        cap)."""
         load = self.load(service)
         return max(1, int(budget_s * self.headroom / load.item_s))
 

@@ -139,7 +139,8 @@ class _PooledResolver:
                 return endpoint
         addresses = ", ".join(e.address for e in pool.endpoints)
         raise BreakerOpen(
-            f"every instance of service {service!r} has an open circuit breaker ({addresses}); retry shortly"
+            f"every instance of service {service!r} has an open circuit breaker "
+            f"({addresses}); retry shortly"
         )
 
     async def close(self) -> None:
@@ -181,7 +182,8 @@ class StaticResolver(_PooledResolver):
 
 
 class DnsResolver(_PooledResolver):
-    """Kubernetes headless services: ``dns:///host:port`` with gRPC's round_robin across the pod IPs."""
+    """Kubernetes headless services: ``dns:///host:port`` with gRPC's round_robin across the pod
+    IPs."""
 
     kind = "dns"
 
@@ -280,7 +282,8 @@ class ConsulResolver(_PooledResolver):
             self.update(service, addresses)
 
     def update(self, service: str, addresses: Sequence[str]) -> None:
-        """Make ``service``'s endpoints exactly ``addresses``: keep known ones (and their breakers), add new, retire gone."""
+        """Make ``service``'s endpoints exactly ``addresses``: keep known ones (and their
+        breakers), add new, retire gone."""
         pool = self._pools.setdefault(service, _Pool())
         wanted = list(dict.fromkeys(addresses))
         current = {e.address: e for e in pool.endpoints}
@@ -329,7 +332,8 @@ def make_resolver(
     breaker_reset_s: float = 5.0,
     tls: ClientTlsConfig | None = None,
 ) -> Resolver:
-    """A resolver by name: "static" (``addresses``), "dns" (``dns_targets``) or "consul" (``consul_addr``)."""
+    """A resolver by name: "static" (``addresses``), "dns" (``dns_targets``) or "consul"
+    (``consul_addr``)."""
     common: dict[str, Any] = {
         "channel_options": channel_options,
         "interceptors": interceptors,
@@ -348,7 +352,8 @@ def make_resolver(
     if kind == "consul":
         if not consul_addr:
             raise ConfigError(
-                "consul discovery needs a Consul agent address (server.consul_addr or CONSUL_HTTP_ADDR)"
+                "consul discovery needs a Consul agent address (server.consul_addr or "
+                "CONSUL_HTTP_ADDR)"
             )
         names = list(service_names or (addresses or {}).keys())
         if not names:

@@ -40,7 +40,8 @@ FANOUT_WIDTH = Histogram(
 
 
 def _chunks(requests: list[Any], max_bytes: int, max_items: int) -> list[list[Any]]:
-    """Consecutive groups of ``requests``, each within the byte and item bounds of one batched call."""
+    """Consecutive groups of ``requests``, each within the byte and item bounds of one batched
+    call."""
     chunks: list[list[Any]] = []
     size = 0
     for request in requests:

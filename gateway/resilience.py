@@ -53,7 +53,8 @@ BREAKER_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTER
 # Outcomes that say nothing about the server: the caller's own deadline ran out,
 # or the caller went away. They neither count as failures nor close a breaker.
 BREAKER_NEUTRAL = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
-# The only status worth a retry: nothing was processed, another attempt (maybe another instance) can succeed.
+# The only status worth a retry: nothing was processed, another attempt (maybe another instance) can
+# succeed.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
@@ -68,7 +69,8 @@ class BreakerOpen(Unavailable):
 
 
 class CircuitBreaker:
-    """Closed -> open after N consecutive failures -> half-open after a timeout -> closed on a success."""
+    """Closed -> open after N consecutive failures -> half-open after a timeout -> closed on a
+    success."""
 
     def __init__(
         self,
@@ -135,7 +137,8 @@ class CircuitBreaker:
         self._probe_started_at = None
 
     def record_neutral(self) -> None:
-        """An attempt that proved nothing (deadline, cancellation): only free the half-open probe slot."""
+        """An attempt that proved nothing (deadline, cancellation): only free the half-open probe
+        slot."""
         self._probe_started_at = None
 
     def trip(self) -> None:
@@ -166,7 +169,8 @@ class CircuitBreaker:
 def backoff_delay(
     attempt: int, base_s: float, max_s: float, rng: random.Random | None = None
 ) -> float:
-    """Full-jitter exponential backoff before retry number ``attempt`` (1-based): U(0, min(max, base * 2^(attempt-1)))."""
+    """Full-jitter exponential backoff before retry number ``attempt`` (1-based): U(0, min(max,
+    base * 2^(attempt-1)))."""
     ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
     return (rng or random).uniform(0.0, ceiling)
 
@@ -215,7 +219,8 @@ async def call_with_retry(
 
 
 class InFlightLimiter:
-    """``async with limiter:`` admits up to ``max_in_flight`` holders; the next one gets RESOURCE_EXHAUSTED at once."""
+    """``async with limiter:`` admits up to ``max_in_flight`` holders; the next one gets
+    RESOURCE_EXHAUSTED at once."""
 
     def __init__(self, max_in_flight: int) -> None:
         if max_in_flight < 1:
@@ -227,7 +232,8 @@ class InFlightLimiter:
         # Single-threaded event loop: check-and-increment cannot interleave, so no lock is needed.
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(
-                f"gateway is at its limit of {self.max_in_flight} requests in flight; retry with backoff"
+                f"gateway is at its limit of {self.max_in_flight} requests in flight; "
+                "retry with backoff"
             )
         self.in_flight += 1
         return self

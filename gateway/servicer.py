@@ -55,7 +55,8 @@ def _service(feature: int) -> str:
 
 
 def _hint_retry(context: grpc.aio.ServicerContext, ticket: Ticket) -> None:
-    """A partly refused request still answers OK; its trailing metadata says when to retry the rest."""
+    """A partly refused request still answers OK; its trailing metadata says when to retry the
+    rest."""
     if ticket.retry_after_s is not None:
         context.set_trailing_metadata(retry_after_metadata(Overloaded("", ticket.retry_after_s)))
 
@@ -104,7 +105,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         await self.resolver.close()
 
     def _admit(self, weights: dict[int, int], timeout_s: float) -> Ticket:
-        """Admission for ``weights`` (feature -> calls) within ``timeout_s``; raises ``Overloaded``."""
+        """Admission for ``weights`` (feature -> calls) within ``timeout_s``; raises
+        ``Overloaded``."""
         return self.admission.admit({_service(f): w for f, w in weights.items()}, timeout_s)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
@@ -375,7 +377,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             wanted_frames = header.num_frames or self.config.video_frames
             if not 1 <= wanted_frames <= self.config.video_max_frames:
                 raise InvalidInput(
-                    f"num_frames must be between 1 and {self.config.video_max_frames}, got {wanted_frames}"
+                    f"num_frames must be between 1 and {self.config.video_max_frames}, "
+                    f"got {wanted_frames}"
                 )
             async with self.limiter:
                 clip = await asyncio.to_thread(

@@ -55,7 +55,8 @@ class Upload:
 
 
 class UploadReceiver:
-    """Receives uploads within the budget; ``receive`` returns the upload or raises a ``ServiceError``."""
+    """Receives uploads within the budget; ``receive`` returns the upload or raises a
+    ``ServiceError``."""
 
     def __init__(self, limits: UploadLimits) -> None:
         self.limits = limits
@@ -111,9 +112,11 @@ class UploadReceiver:
                     raise InvalidInput(f"video upload exceeds the {limit}-byte limit")
                 if header.total_size and size > header.total_size:
                     raise InvalidInput(
-                        f"video upload sent more than the {header.total_size} bytes its header announced"
+                        f"video upload sent more than the {header.total_size} bytes "
+                        "its header announced"
                     )
-                # Past spill_bytes this goes to the page cache of a temporary file: fast enough inline.
+                # Past spill_bytes this goes to the page cache of a temporary file: fast enough
+                # inline.
                 file.write(message.chunk)
             if header is None:
                 raise InvalidInput("video upload was empty (no header)")
@@ -121,7 +124,8 @@ class UploadReceiver:
                 raise InvalidInput("video upload has no bytes")
             if header.total_size and size != header.total_size:
                 raise InvalidInput(
-                    f"video upload ended after {size} bytes; its header announced {header.total_size}"
+                    f"video upload ended after {size} bytes; its header announced "
+                    f"{header.total_size}"
                 )
             file.seek(0)
             return Upload(header, file, size)

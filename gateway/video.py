@@ -110,7 +110,8 @@ def _open(data: VideoSource, limits: VideoLimits) -> av.container.InputContainer
     if any(marker in fmt for marker in _IMAGE_DEMUXERS):
         container.close()
         raise InvalidInput(
-            f"bytes are a still image ({fmt.removesuffix('_pipe')}), not a video: send it to Analyze"
+            f"bytes are a still image ({fmt.removesuffix('_pipe')}), not a video: send "
+            "it to Analyze"
         )
     return container
 
@@ -144,7 +145,8 @@ def _seconds(pts: int, stream: av.video.stream.VideoStream) -> float:
 
 @dataclass
 class _PacketIndex:
-    """What demuxing alone (no decoding) tells about the clip: its time span and keyframe positions."""
+    """What demuxing alone (no decoding) tells about the clip: its time span and keyframe
+    positions."""
 
     start_s: float
     duration_s: float
@@ -185,7 +187,8 @@ def _index_packets(
     if first is None:
         if untimed:
             raise InvalidInput(
-                "video stream has no timestamps (a raw elementary stream?): send it in a container such as MP4, MKV or MPEG-TS"
+                "video stream has no timestamps (a raw elementary stream?): send it "
+                "in a container such as MP4, MKV or MPEG-TS"
             )
         raise InvalidInput("video stream has no packets (empty or truncated clip)")
     if not key_pts:
@@ -302,7 +305,8 @@ def _fill(
 def decode_keyframes(
     data: VideoSource, num_frames: int = 3, limits: VideoLimits | None = None
 ) -> DecodedVideo:
-    """Validate ``data`` and sample up to ``num_frames`` frames across it (keyframes first; see module doc)."""
+    """Validate ``data`` and sample up to ``num_frames`` frames across it (keyframes first; see
+    module doc)."""
     limits = limits or VideoLimits()
     if num_frames < 1:
         raise InvalidInput(f"num_frames must be at least 1, got {num_frames}")
@@ -334,7 +338,8 @@ def decode_keyframes(
 
 
 def decode_all_frames(data: VideoSource, limits: VideoLimits | None = None) -> int:
-    """Decode every frame to RGB (the baseline keyframe-only decoding is measured against); returns the count."""
+    """Decode every frame to RGB (the baseline keyframe-only decoding is measured against); returns
+    the count."""
     limits = limits or VideoLimits()
     count = 0
     with _open(data, limits) as container:

@@ -150,13 +150,15 @@ def consensus_tags(results: Sequence[TimedResult]) -> list[common_pb2.Tag]:
 
 
 def normalise_text(text: str) -> str:
-    """Text as compared across frames: NFKC (full-width -> ASCII), case-folded, no spaces or punctuation."""
+    """Text as compared across frames: NFKC (full-width -> ASCII), case-folded, no spaces or
+    punctuation."""
     folded = unicodedata.normalize("NFKC", text).casefold()
     return _NOT_WORD.sub("", folded) or folded.strip()
 
 
 def same_text(a: str, b: str) -> bool:
-    """Whether two normalised lines are one text seen twice (exact, or difflib ratio >= TEXT_SIMILARITY)."""
+    """Whether two normalised lines are one text seen twice (exact, or difflib ratio >=
+    TEXT_SIMILARITY)."""
     return a == b or difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= TEXT_SIMILARITY
 
 

@@ -106,7 +106,8 @@ def require_loopback(host: str) -> None:
     outside = [a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback]
     if outside:
         raise ConfigError(
-            f"refusing non-loopback target {host!r} (resolves to {', '.join(sorted(outside))}); the load tests only load a local mesh"
+            f"refusing non-loopback target {host!r} (resolves to "
+            f"{', '.join(sorted(outside))}); the load tests only load a local mesh"
         )
 
 

@@ -65,7 +65,10 @@ def _ms(report: dict[str, Any], pct: int) -> str:
 
 
 def table(rows: list[tuple[dict[str, Any], list[Check]]]) -> str:
-    header = f"{'test':<24} {'calls':>7} {'rps':>8} {'p50 ms':>9} {'p99 ms':>9} {'p99 SLO':>8} {'errors':>7} {'err SLO':>7}  verdict"
+    header = (
+        f"{'test':<24} {'calls':>7} {'rps':>8} {'p50 ms':>9} {'p99 ms':>9} {'p99 SLO':>8} "
+        f"{'errors':>7} {'err SLO':>7}  verdict"
+    )
     lines = [header, "-" * len(header)]
     for rep, checks in rows:
         by = {c.metric: c for c in checks}
@@ -74,8 +77,10 @@ def table(rows: list[tuple[dict[str, Any], list[Check]]]) -> str:
         failed = [c.metric for c in checks if not c.ok]
         verdict = "PASS" if not failed else "FAIL (" + ", ".join(failed) + ")"
         lines.append(
-            f"{str(rep.get('name', '?')):<24} {int(rep.get('count') or 0):>7} {float(rep.get('rps') or 0):>8.1f} "
-            f"{_ms(rep, 50):>9} {_ms(rep, 99):>9} {p99_limit:>8} {error_rate(rep):>7.1%} {err_limit:>7}  {verdict}"
+            f"{str(rep.get('name', '?')):<24} {int(rep.get('count') or 0):>7} "
+            f"{float(rep.get('rps') or 0):>8.1f} "
+            f"{_ms(rep, 50):>9} {_ms(rep, 99):>9} {p99_limit:>8} "
+            f"{error_rate(rep):>7.1%} {err_limit:>7}  {verdict}"
         )
     return "\n".join(lines)
 

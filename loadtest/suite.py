@@ -1,7 +1,8 @@
 """Run every load test briefly with k6 against a local mesh and print the SLO table.
 
     python -m loadtest.suite --up --duration 5s          # what `make loadtest` runs
-    python -m loadtest.suite --duration 30s              # against a mesh already up on the default ports
+    python -m loadtest.suite --duration 30s              # against a mesh already up on the default
+    ports
 
 With ``--up`` the mesh (every service present plus the gateway) is started on
 free loopback ports with ``visionmesh.mesh.LocalMesh`` - what ``visionmesh up``

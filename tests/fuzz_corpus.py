@@ -341,7 +341,8 @@ def _features(rng: np.random.Generator) -> list[int]:
 def image_request(
     method: str, image: common_pb2.Image, rng: np.random.Generator, wild_options: bool
 ) -> bytes:
-    """The request bytes of ``method`` carrying ``image`` (and random, maybe out-of-range, options)."""
+    """The request bytes of ``method`` carrying ``image`` (and random, maybe out-of-range,
+    options)."""
     opts = _random_options(rng, wild_options)
     if method == ANALYZE:
         request = gateway_pb2.AnalyzeRequest(image=image, features=_features(rng), options=opts)

@@ -68,7 +68,8 @@ async def running_service(
         await server.stop(grace)
 
 
-# Size of a dynamic non-batch dim when config.yaml gives no range (a multiple of 32 suits detectors).
+# Size of a dynamic non-batch dim when config.yaml gives no range (a multiple of 32 suits
+# detectors).
 DYNAMIC_DIM = 64
 
 
@@ -81,7 +82,8 @@ def repository_models() -> list[str]:
 
 
 def random_inputs(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Uniform [-1, 1) inputs of every declared input, dynamic dims at their configured maximum (or DYNAMIC_DIM)."""
+    """Uniform [-1, 1) inputs of every declared input, dynamic dims at their configured maximum (or
+    DYNAMIC_DIM)."""
     rng = np.random.default_rng(seed)
     ranges = engine.entry.extra.get("dynamic_dims") or {}
     feeds = {}

@@ -1,4 +1,5 @@
-"""open_nsfw preprocessing, verdicts and second-look regions, checked against the reference package."""
+"""open_nsfw preprocessing, verdicts and second-look regions, checked against the reference
+package."""
 
 from __future__ import annotations
 

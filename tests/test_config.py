@@ -13,7 +13,8 @@ from services.common import config as cfgmod
 def test_precedence(tmp_path: Path) -> None:
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text(
-        "server:\n  port: 6000\n  log_level: DEBUG\nclassifier:\n  batcher:\n    max_batch_size: 16\n"
+        "server:\n  port: 6000\n  log_level: DEBUG\nclassifier:\n  batcher:\n    "
+        "max_batch_size: 16\n"
     )
     env = {
         "VISIONMESH_SERVER__PORT": "7000",

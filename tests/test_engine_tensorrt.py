@@ -1,4 +1,5 @@
-"""TensorRT backend: profile and plan-cache logic everywhere; the runtime where TensorRT and a GPU exist."""
+"""TensorRT backend: profile and plan-cache logic everywhere; the runtime where TensorRT and a GPU
+exist."""
 
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def _cuda() -> bool:
 
 needs_tensorrt = pytest.mark.skipif(
     not (tensorrt_available() and _cuda()),
-    reason="TensorRT runtime tests need the tensorrt package and a CUDA GPU (only tensorrt-stubs are installed here)",
+    reason="TensorRT runtime tests need the tensorrt package and a CUDA GPU (only "
+    "tensorrt-stubs are installed here)",
 )
 
 
@@ -252,7 +254,8 @@ def test_stub_repair_makes_generated_signatures_valid_python() -> None:
     broken = (
         "class P:\n"
         "    def on_shape_change(self, in: list[int], out: list[int]) -> None:\n        ...\n"
-        "    def add_scale_nd(self, mode: int, shift: dict[str, int] = None, channel_axis: int) -> int:\n        ...\n"
+        "    def add_scale_nd(self, mode: int, shift: dict[str, int] = None, "
+        "channel_axis: int) -> int:\n        ...\n"
         "    def f(self, a: int = 1, *, b: int) -> None:\n        ...\n"
     )
     with pytest.raises(SyntaxError):

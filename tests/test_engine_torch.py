@@ -1,4 +1,5 @@
-"""torch backend on CPU: same graph as ONNX Runtime, same answers on real photos, served end to end."""
+"""torch backend on CPU: same graph as ONNX Runtime, same answers on real photos, served end to
+end."""
 
 from __future__ import annotations
 

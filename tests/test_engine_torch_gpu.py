@@ -1,4 +1,5 @@
-"""torch backend on CUDA: own stream per instance, fp16, CUDA graphs per bucket. Skipped without a GPU."""
+"""torch backend on CUDA: own stream per instance, fp16, CUDA graphs per bucket. Skipped without a
+GPU."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
         not torch.cuda.is_available(),
-        reason="needs a CUDA GPU and the CUDA torch build (`make setup-gpu`); this torch build or machine has none",
+        reason="needs a CUDA GPU and the CUDA torch build (`make setup-gpu`); this torch "
+        "build or machine has none",
     ),
 ]
 

@@ -1,4 +1,5 @@
-"""The face service behind the real gateway: faces survive the gateway's downsizing and their tags merge."""
+"""The face service behind the real gateway: faces survive the gateway's downsizing and their tags
+merge."""
 
 from __future__ import annotations
 

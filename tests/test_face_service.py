@@ -25,7 +25,8 @@ from tools.testdata import INSIGHTFACE_DIR, missing_message
 from visionmesh.v1 import common_pb2, face_pb2, face_pb2_grpc
 
 GROUP_PHOTO_CACHE = INSIGHTFACE_DIR / "t1.jpg"
-# The six people of t1.jpg (1280 x 886): a point inside each face, and their gender (labelled by hand).
+# The six people of t1.jpg (1280 x 886): a point inside each face, and their gender (labelled by
+# hand).
 GROUP_PEOPLE = [
     ((111, 329), "female"),
     ((320, 206), "female"),
@@ -199,7 +200,8 @@ async def test_tiny_image_has_no_face(stub: face_pb2_grpc.FaceServiceStub) -> No
 
 
 async def test_attribute_heads_batch_faces_of_concurrent_calls(group_photo: np.ndarray) -> None:
-    """Four concurrent group-photo calls (6 faces each): the gender head runs them in fewer, larger batches."""
+    """Four concurrent group-photo calls (6 faces each): the gender head runs them in fewer, larger
+    batches."""
     from prometheus_client import REGISTRY
 
     def batches(model: str) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Face service building blocks without a server: MTCNN box maths, alignment, pose, age, the exported nets."""
+"""Face service building blocks without a server: MTCNN box maths, alignment, pose, age, the
+exported nets."""
 
 from __future__ import annotations
 

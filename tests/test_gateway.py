@@ -1,4 +1,5 @@
-"""Gateway end to end, in-process: a real classify service with its real model behind a real gateway."""
+"""Gateway end to end, in-process: a real classify service with its real model behind a real
+gateway."""
 
 from __future__ import annotations
 

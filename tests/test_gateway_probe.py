@@ -1,4 +1,5 @@
-"""The gateway's header-only validation agrees with the full validating decode; frame batching bounds."""
+"""The gateway's header-only validation agrees with the full validating decode; frame batching
+bounds."""
 
 from __future__ import annotations
 

@@ -129,7 +129,8 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 
 
 class Script:
-    """A fake attempt: raises the scripted errors in turn, then returns "ok"; records the timeouts it was given."""
+    """A fake attempt: raises the scripted errors in turn, then returns "ok"; records the timeouts
+    it was given."""
 
     def __init__(self, *errors: BaseException) -> None:
         self.errors = list(errors)
@@ -193,7 +194,8 @@ def _free_port() -> int:
 
 
 async def test_real_unavailable_from_a_dead_port_is_retried() -> None:
-    """A real gRPC channel to a port nobody listens on: UNAVAILABLE each time, retried, then raised."""
+    """A real gRPC channel to a port nobody listens on: UNAVAILABLE each time, retried, then
+    raised."""
     attempts = 0
     async with grpc.aio.insecure_channel(f"127.0.0.1:{_free_port()}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)

@@ -81,7 +81,8 @@ def test_fewer_keyframes_than_asked_fills_by_decoding(one_keyframe_clip: bytes) 
     video = decode_keyframes(one_keyframe_clip, num_frames=3)
     assert video.keyframes_decoded == 1
     times = [f.timestamp_s for f in video.frames]
-    # Targets: segment centres 1/3, 1, 5/3 s. The keyframe (0 s) serves the first; the rest are decoded for real.
+    # Targets: segment centres 1/3, 1, 5/3 s. The keyframe (0 s) serves the first; the rest are
+    # decoded for real.
     assert len(times) == 3 and times[0] == 0.0
     assert times[1] == pytest.approx(1.0, abs=1 / FPS) and times[2] == pytest.approx(
         5 / 3, abs=1 / FPS
@@ -107,7 +108,8 @@ def test_other_containers_and_codecs(suffix: str, codec: str) -> None:
     data = video_bytes(seconds=2, size=SIZE, fps=FPS, gop=5, suffix=suffix, codec=codec)
     video = decode_keyframes(data, num_frames=3)
     assert video.duration_s == pytest.approx(2.0, abs=0.15)
-    # A keyframe every 5th of 30 frames (mpeg4's encoder adds a few at scene cuts): keyframe-only work,
+    # A keyframe every 5th of 30 frames (mpeg4's encoder adds a few at scene cuts): keyframe-only
+    # work,
     # even with FFmpeg's VP9 decoder, which ignores skip_frame.
     assert 6 <= video.keyframes_decoded < 15
     assert len(video.frames) == 3 and [f.timestamp_s for f in video.frames] == sorted(

@@ -1,4 +1,5 @@
-"""AnalyzeVideo end to end: a client-streamed clip through the gateway to the real classify + hash services."""
+"""AnalyzeVideo end to end: a client-streamed clip through the gateway to the real classify + hash
+services."""
 
 from __future__ import annotations
 

@@ -80,7 +80,8 @@ def test_safety_takes_the_worst_frame_and_its_verdict() -> None:
 
 
 def test_safety_without_scores_reads_the_tags() -> None:
-    # No classify.safety message: "normal" at 0.7 means NSFW 0.3, which beats "normal" at 0.9 (NSFW 0.1).
+    # No classify.safety message: "normal" at 0.7 means NSFW 0.3, which beats "normal" at 0.9 (NSFW
+    # 0.1).
     results = [
         (0.0, frame(tag("safety/normal", 0.9, "safety"))),
         (1.0, frame(tag("safety/normal", 0.7, "safety"))),

@@ -143,7 +143,8 @@ def test_a_spent_budget_still_finishes_with_partial_results(tmp_path: Path) -> N
 
 
 def test_gateway_starts_without_pyav() -> None:
-    # The GPU image has no PyAV: the launcher must let the gateway import, and video use must fail loudly.
+    # The GPU image has no PyAV: the launcher must let the gateway import, and video use must fail
+    # loudly.
     code = (
         "from tools.gpu_check.gateway_without_av import install_if_absent\n"
         "import sys; sys.modules.pop('av', None)\n"

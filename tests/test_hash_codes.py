@@ -1,4 +1,5 @@
-"""Code-level pieces of the hash service: border trimming, semi-supervised projection, the benchmark's split."""
+"""Code-level pieces of the hash service: border trimming, semi-supervised projection, the
+benchmark's split."""
 
 from __future__ import annotations
 

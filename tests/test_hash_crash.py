@@ -1,4 +1,5 @@
-"""Durability: SIGKILL the hash service mid-stream of Adds; every acknowledged Add survives the restart."""
+"""Durability: SIGKILL the hash service mid-stream of Adds; every acknowledged Add survives the
+restart."""
 
 from __future__ import annotations
 

@@ -139,7 +139,8 @@ async def test_radius_search_returns_exactly_the_items_within(
 async def test_video_code_sits_with_its_frames(
     stub: hash_pb2_grpc.HashServiceStub, photos: dict[str, np.ndarray]
 ) -> None:
-    # A "video" of chelsea frames (small pans and a JPEG'd frame): one code near the photo's, far from others.
+    # A "video" of chelsea frames (small pans and a JPEG'd frame): one code near the photo's, far
+    # from others.
     frames = [photos["chelsea"][:, i : i + 380] for i in (0, 30, 60)] + [
         COPY_TRANSFORMS["jpeg_q30"](photos["chelsea"])
     ]

@@ -221,7 +221,8 @@ def test_healthy_store_survives_reopen_and_repair_changes_nothing(tmp_path: Path
 
 
 def write_previous_format(directory: Path, n: int, snapshot_at: int | None) -> list[bytes]:
-    """A directory as the previous store left it: optional snapshot at ``snapshot_at`` + one segment."""
+    """A directory as the previous store left it: optional snapshot at ``snapshot_at`` + one
+    segment."""
     directory.mkdir(parents=True, exist_ok=True)
     records = [
         legacy.Record(legacy.OP_ADD, "c", f"item-{i}", 128, "itq", code_for(i)) for i in range(n)

@@ -201,7 +201,8 @@ def test_every_workload_is_production_ready(overlay: str) -> None:
             assert c["securityContext"]["readOnlyRootFilesystem"] is True, (name, c["name"])
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), (name, c["name"])
-        # Drain fits: endpoints removed (preStop sleep), drain_delay_s, drain_grace_s, inside the grace period.
+        # Drain fits: endpoints removed (preStop sleep), drain_delay_s, drain_grace_s, inside the
+        # grace period.
         prestop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
         server_cfg = base_config(name)["server"]
         drain = float(server_cfg.get("drain_delay_s", 0)) + float(server_cfg["drain_grace_s"])
@@ -340,7 +341,8 @@ def test_gpu_overlay_runs_tensorrt_on_one_gpu_and_gateway_stays_on_cpu() -> None
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert container["image"].startswith("visionmesh/visionmesh-gpu:")
         assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
-        # TensorRT caches its plan next to the ONNX: the repository is copied to a writable emptyDir.
+        # TensorRT caches its plan next to the ONNX: the repository is copied to a writable
+        # emptyDir.
         (init,) = pod["initContainers"]
         assert init["command"][:3] == ["cp", "-a", f"{IMAGE_MODEL_REPOSITORY}/."]
         assert env_of(container)["VISIONMESH_MODEL_REPOSITORY"] == init["command"][3].rstrip("/")

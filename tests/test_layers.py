@@ -105,7 +105,8 @@ def test_engine_backends_share_helpers_not_each_other() -> None:
 
 
 def test_one_entry_point_per_service() -> None:
-    """``python -m services.<name>`` (``__main__.py``) and ``visionmesh serve``; main.py only defines."""
+    """``python -m services.<name>`` (``__main__.py``) and ``visionmesh serve``; main.py only
+    defines."""
     folders = [p for p in SERVICES.iterdir() if (p / "main.py").is_file()]
     for folder in [*folders, ROOT / "gateway"]:
         assert (folder / "__main__.py").is_file(), folder

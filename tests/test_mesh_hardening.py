@@ -39,7 +39,8 @@ pytestmark = pytest.mark.timeout(900)
 FORBIDDEN = {"UNKNOWN", "INTERNAL"}
 # A file path, a Python source line or a traceback in a message meant for callers.
 LEAK = re.compile(
-    r"Traceback|File \"|\.pyx?\b|site-packages|(?<![\w.])/(?:home|root|tmp|usr|work|var|opt|proc|etc|srv)/"
+    r"Traceback|File "
+    r"\"|\.pyx?\b|site-packages|(?<![\w.])/(?:home|root|tmp|usr|work|var|opt|proc|etc|srv)/"
 )
 CONCURRENCY = 24
 CALL_TIMEOUT_S = 120.0

@@ -122,7 +122,8 @@ async def test_regression_tuning_photos_without_text_give_no_lines(
 
 
 async def test_sign_sample_over_a_photo_is_read(stub: ocr_pb2_grpc.OcrServiceStub) -> None:
-    """The bundled sample (tools/make_samples.py): a sign pasted over the coffee photo, sent as JPEG."""
+    """The bundled sample (tools/make_samples.py): a sign pasted over the coffee photo, sent as
+    JPEG."""
     from tools.make_samples import text_sign
 
     response = await recognize(

@@ -99,7 +99,8 @@ def test_one_trace_spans_client_gateway_and_every_service(
     client_call = parent(gateway_server)
     assert (client_call["service"], client_call["kind"]) == ("client", CLIENT)
     assert parent(client_call) == root
-    # Every service's server span is a child of a gateway client span under the gateway's server span.
+    # Every service's server span is a child of a gateway client span under the gateway's server
+    # span.
     for name in services:
         server_spans = [s for s in spans if s["service"] == name and s["kind"] == SERVER]
         assert server_spans, f"no server span from {name}: {sorted({s['service'] for s in spans})}"

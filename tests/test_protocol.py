@@ -1,4 +1,5 @@
-"""The protocol edge on real servers: malformed bytes, option ranges, per-RPC sizes, reflection, pixel budgets."""
+"""The protocol edge on real servers: malformed bytes, option ranges, per-RPC sizes, reflection,
+pixel budgets."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ async def _raw_call(address: str, method: str, payload: bytes) -> grpc.aio.AioRp
 
 
 def _invalid_utf8_collection() -> bytes:
-    # AnalyzeRequest.options (3) -> AnalyzeOptions.hash (4) -> HashOptions.collection (1) = b"\xff\xfe"
+    # AnalyzeRequest.options (3) -> AnalyzeOptions.hash (4) -> HashOptions.collection (1) =
+    # b"\xff\xfe"
     collection = b"\x0a\x02\xff\xfe"
     hash_options = b"\x22" + bytes([len(collection)]) + collection
     return b"\x1a" + bytes([len(hash_options)]) + hash_options

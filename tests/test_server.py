@@ -1,4 +1,5 @@
-"""The service runtime: graceful drain, health during drain, Prometheus metrics — on the real classify service."""
+"""The service runtime: graceful drain, health during drain, Prometheus metrics — on the real
+classify service."""
 
 from __future__ import annotations
 

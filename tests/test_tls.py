@@ -1,4 +1,5 @@
-"""TLS and mutual TLS on a real server (the gateway, in-process): who is let in, and certificate reload."""
+"""TLS and mutual TLS on a real server (the gateway, in-process): who is let in, and certificate
+reload."""
 
 from __future__ import annotations
 

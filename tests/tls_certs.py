@@ -1,4 +1,5 @@
-"""Certificates made at test time: a CA, server and client certificates it signs, PEM files on disk."""
+"""Certificates made at test time: a CA, server and client certificates it signs, PEM files on
+disk."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ class CertificateAuthority:
         return path
 
     def issue(self, folder: Path, common_name: str, *, server: bool) -> tuple[Path, Path]:
-        """A leaf certificate (server: localhost/127.0.0.1 SANs; else a client) -> (cert, key) files."""
+        """A leaf certificate (server: localhost/127.0.0.1 SANs; else a client) -> (cert, key)
+        files."""
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH

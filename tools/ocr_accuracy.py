@@ -53,7 +53,8 @@ class Score:
 
     def summary(self) -> str:
         return (
-            f"CER {self.cer * 100:.2f}% ({self.edits}/{self.chars} chars), line recall {self.line_recall * 100:.1f}%, "
+            f"CER {self.cer * 100:.2f}% ({self.edits}/{self.chars} chars), line recall "
+            f"{self.line_recall * 100:.1f}%, "
             f"exact lines {self.line_accuracy * 100:.1f}% of {self.lines}, spurious {self.spurious}"
         )
 

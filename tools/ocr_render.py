@@ -31,10 +31,14 @@ SC_FACE = 2
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"]
 
 WORDS = (
-    "the of and to in is for on with as by at from this that be are was or an not have it can all more new one about time "
-    "data model image video service search upload review content safety policy account user music travel food family "
-    "price order number today city world open free best show news game sport photo share light water green river north "
-    "market report system network cloud server update version guide online mobile phone email address office school "
+    "the of and to in is for on with as by at from this that be are was or an not "
+    "have it can all more new one about time "
+    "data model image video service search upload review content safety policy "
+    "account user music travel food family "
+    "price order number today city world open free best show news game sport photo "
+    "share light water green river north "
+    "market report system network cloud server update version guide online mobile "
+    "phone email address office school "
     "Beijing Shanghai London Paris China Monday Friday January March OCR API HTTP GPU Python"
 ).split()
 PUNCT_EN = [",", ".", ":", "!", "?", "-", "(", ")", "/", "&"]
@@ -98,7 +102,8 @@ class TextSampler:
             lambda: f"{r.randint(1, 100)}.{r.randint(0, 9)}%",
             lambda: f"No. {r.randint(100, 99999)}",
             lambda: (
-                f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d} ({r.randint(1, 9)}/{r.randint(10, 99)})"
+                f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d} "
+                f"({r.randint(1, 9)}/{r.randint(10, 99)})"
             ),
         ]
         return r.choice(forms)()
@@ -145,7 +150,8 @@ def _background(rng: random.Random, hard: bool, size: tuple[int, int]) -> np.nda
 def _text_colour(
     rng: random.Random, region: np.ndarray, hard: bool
 ) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
-    """A fill that contrasts with the region under the line, plus an outline colour (subtitle style) or None."""
+    """A fill that contrasts with the region under the line, plus an outline colour (subtitle
+    style) or None."""
     if not hard:
         return (rng.randint(0, 50), rng.randint(0, 50), rng.randint(0, 70)), None
     luminance = float(region.mean()) if region.size else 128.0

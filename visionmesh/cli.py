@@ -140,7 +140,8 @@ def _start_mesh(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _up(args: argparse.Namespace) -> int:
     mesh, address = _start_mesh(args)
     print(
-        f"gateway listening on {address}  (services: {', '.join(f'{n}={p.address}' for n, p in mesh.processes.items() if n != 'gateway')})"
+        f"gateway listening on {address}  (services: "
+        f"{', '.join(f'{n}={p.address}' for n, p in mesh.processes.items() if n != 'gateway')})"
     )
     print(f"logs in {mesh.log_dir}; Ctrl-C to stop", flush=True)
     stop = threading.Event()
@@ -237,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     analyze.add_argument(
         "--tls-ca",
-        help="PEM CA bundle to verify the gateway with: turns TLS on (env VISIONMESH_CLIENT__TLS__CA_FILE)",
+        help="PEM CA bundle to verify the gateway with: turns TLS on (env "
+        "VISIONMESH_CLIENT__TLS__CA_FILE)",
     )
     analyze.add_argument(
         "--tls-cert",
@@ -248,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     analyze.add_argument(
         "--tls-server-name",
-        help="name to verify the gateway's certificate against (VISIONMESH_CLIENT__TLS__SERVER_NAME)",
+        help="name to verify the gateway's certificate against "
+        "(VISIONMESH_CLIENT__TLS__SERVER_NAME)",
     )
     analyze.set_defaults(func=_analyze)
 

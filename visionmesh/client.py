@@ -119,7 +119,8 @@ def render_text(path: Path, result: Any, top: int = 10) -> str:
     if isinstance(result, gateway_pb2.AnalyzeVideoResponse):
         v = result.video
         lines.append(
-            f"   video {v.width}x{v.height} {v.codec} {v.duration_s:.1f}s, {v.keyframes_decoded} keyframes decoded, {v.frames_analyzed} analysed"
+            f"   video {v.width}x{v.height} {v.codec} {v.duration_s:.1f}s, "
+            f"{v.keyframes_decoded} keyframes decoded, {v.frames_analyzed} analysed"
         )
     for tag in list(result.tags)[:top]:
         zh = f" ({tag.display_name_zh})" if tag.display_name_zh else ""
@@ -145,7 +146,8 @@ def render_text(path: Path, result: Any, top: int = 10) -> str:
             or "none"
         )
         lines.append(
-            f"   hash: {result.hash.code.bits} bits {result.hash.code.code.hex()}  most similar indexed: {found}"
+            f"   hash: {result.hash.code.bits} bits {result.hash.code.code.hex()}  "
+            f"most similar indexed: {found}"
         )
     for err in result.errors:
         lines.append(f"   error {feature_name(err.feature)}: {err.code} {err.message}")

@@ -330,9 +330,11 @@ DETECT = register(
 def markdown_table() -> str:
     """The services table of docs/operations.md (a test keeps the doc equal to this)."""
     rows = [
-        "| service  | gRPC port | health service name              | models (in the image's repository)          |",
+        "| service  | gRPC port | health service name              | models (in the "
+        "image's repository)          |",
         "|----------|-----------|----------------------------------|---------------------------------------------|",
-        "| gateway  | 50050     | `visionmesh.v1.GatewayService`   | none                                        |",
+        "| gateway  | 50050     | `visionmesh.v1.GatewayService`   | "
+        "none                                        |",
     ]
     for spec in all_features():
         health = f"`visionmesh.v1.{spec.grpc_service}`"

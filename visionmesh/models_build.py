@@ -108,7 +108,8 @@ def build(root: Path | None = None, only: Iterable[str] = (), force: bool = Fals
             target.parent.mkdir(parents=True, exist_ok=True)
             staging.rename(target)
         print(
-            f"built model {export.name} v{export.version} in {time.perf_counter() - start:.1f}s -> {target}"
+            f"built model {export.name} v{export.version} in "
+            f"{time.perf_counter() - start:.1f}s -> {target}"
         )
         built.append(export.name)
     return built

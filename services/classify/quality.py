@@ -3,7 +3,8 @@
 All measures are taken on the luma (ITU-R BT.601) of the image shrunk so its
 long side is at most ``working_size`` pixels, so figures do not depend on the
 upload's resolution. Smaller images are measured as they are: upscaling adds
-no detail and would make every thumbnail read as blurred. Sharpness is the variance of the Laplacian of the luma after it is
+no detail and would make every thumbnail read as blurred. Sharpness is the variance of the Laplacian
+of the luma after it is
 rescaled to a fixed standard deviation: a dark or flat photo has a weak
 Laplacian for the same reason it has a small standard deviation, and that is
 an exposure problem, not blur.

@@ -55,7 +55,8 @@ class SafetyAssessment:
 
 
 def nsfw_input(rgb: np.ndarray, prep: dict[str, Any]) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB -> ``size x size x 3`` float32 BGR, mean-subtracted (one row of the NHWC batch)."""
+    """``H x W x 3`` uint8 RGB -> ``size x size x 3`` float32 BGR, mean-subtracted (one row of the
+    NHWC batch)."""
     resize, size = int(prep.get("resize", 256)), int(prep.get("size", 224))
     offset = (resize - size) // 2
     img = Image.fromarray(rgb).resize((resize, resize), Image.Resampling.BILINEAR)

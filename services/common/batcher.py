@@ -187,7 +187,8 @@ class DynamicBatcher:
             metrics.REJECTED.labels(self.name, "capacity").inc()
             drain = self.expected_wait_s(0)
             raise Overloaded(
-                f"model {self.name} cannot compute this before its deadline: ~{self.expected_wait_s(rows):.2f}s "
+                f"model {self.name} cannot compute this before its deadline: "
+                f"~{self.expected_wait_s(rows):.2f}s "
                 f"of work is ahead, {left:.2f}s is left; retry after {drain:.2f}s",
                 retry_after_s=drain,
             )
@@ -216,7 +217,8 @@ class DynamicBatcher:
                 metrics.REJECTED.labels(self.name, "deadline").inc()
                 req.future.set_exception(
                     DeadlineExceeded(
-                        f"deadline passed after {now - req.enqueued:.3f}s in model {self.name}'s queue"
+                        f"deadline passed after {now - req.enqueued:.3f}s in model "
+                        f"{self.name}'s queue"
                     )
                 )
                 continue

@@ -85,7 +85,8 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class OtlpConfig:
-    """Where ``trace_exporter: otlp`` sends spans (OTLP over gRPC, e.g. an OpenTelemetry Collector)."""
+    """Where ``trace_exporter: otlp`` sends spans (OTLP over gRPC, e.g. an OpenTelemetry
+    Collector)."""
 
     endpoint: str = "127.0.0.1:4317"
     # Sent with every export, e.g. {"authorization": "Bearer ..."}.
@@ -102,7 +103,8 @@ class OtlpConfig:
 
 @dataclasses.dataclass
 class ImageLimitsConfig:
-    """What one request may make a server decode; checked on headers, before any pixel is allocated."""
+    """What one request may make a server decode; checked on headers, before any pixel is
+    allocated."""
 
     # Encoded bytes of one image.
     max_bytes: int = 32 * 1024 * 1024

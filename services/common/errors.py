@@ -41,7 +41,8 @@ class InvalidInput(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """Refused for lack of capacity; ``retry_after_s`` (if known) reaches the caller as ``retry-after-ms``."""
+    """Refused for lack of capacity; ``retry_after_s`` (if known) reaches the caller as
+    ``retry-after-ms``."""
 
     code = Status.RESOURCE_EXHAUSTED
 

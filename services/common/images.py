@@ -64,7 +64,8 @@ class PixelBudget:
         if self.used + pixels > self.max_pixels:
             raise InvalidInput(
                 f"request decodes to {self.used + pixels} pixels (this image {width}x{height}): "
-                f"over the per-request budget of {self.max_pixels} pixels (images.max_request_pixels)"
+                f"over the per-request budget of {self.max_pixels} pixels "
+                "(images.max_request_pixels)"
             )
         self.used += pixels
 
@@ -95,7 +96,8 @@ def _check_dims(width: int, height: int, limits: ImageLimits) -> None:
         )
     if width * height > limits.max_pixels:
         raise InvalidInput(
-            f"image is {width}x{height} = {width * height} pixels: over the {limits.max_pixels}-pixel limit "
+            f"image is {width}x{height} = {width * height} pixels: over the "
+            f"{limits.max_pixels}-pixel limit "
             "(decompression-bomb guard)"
         )
 
@@ -198,7 +200,8 @@ def from_raw(
     expected = width * height * 3
     if len(rgb) != expected:
         raise InvalidInput(
-            f"raw image {width}x{height} needs {expected} RGB bytes (width x height x 3), got {len(rgb)}"
+            f"raw image {width}x{height} needs {expected} RGB bytes (width x height x "
+            f"3), got {len(rgb)}"
         )
     (budget or limits.budget()).charge(width, height)
     return np.frombuffer(rgb, dtype=np.uint8).reshape(height, width, 3)

@@ -131,7 +131,8 @@ class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
             if len(data) > limit:
                 return RejectedRequest(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"request message is {len(data)} bytes: over the {limit}-byte limit of {method}",
+                    f"request message is {len(data)} bytes: over the {limit}-byte "
+                    f"limit of {method}",
                 )
             if inner is None:
                 return data

@@ -23,7 +23,8 @@ RPC_ERRORS = Counter(
 )
 REJECTED_REQUESTS = Counter(
     "visionmesh_rejected_requests_total",
-    "Request messages refused before a servicer saw them (oversized, malformed, option out of range)",
+    "Request messages refused before a servicer saw them (oversized, malformed, "
+    "option out of range)",
     ["code"],
 )
 RPC_IN_FLIGHT = Gauge("visionmesh_rpc_in_flight", "RPCs being served", ["service"])

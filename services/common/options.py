@@ -34,7 +34,8 @@ MAX_UPLOAD_BYTES = 1 << 40
 
 @dataclass(frozen=True)
 class Range:
-    """``low <= value <= high``; with ``zero_is_default`` a 0 (the service default) is accepted too."""
+    """``low <= value <= high``; with ``zero_is_default`` a 0 (the service default) is accepted
+    too."""
 
     low: float
     high: float
@@ -147,7 +148,8 @@ def _check(message: Message, prefix: str) -> None:
                 if item not in known:
                     names = ", ".join(v.name for v in field.enum_type.values if v.number)
                     raise InvalidInput(
-                        f"{where}: unknown {field.enum_type.name.lower()} value {item} (known: {names})"
+                        f"{where}: unknown {field.enum_type.name.lower()} value {item} "
+                        f"(known: {names})"
                     )
             continue
         rule = RANGES.get(f"{descriptor.name}.{field.name}")

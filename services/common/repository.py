@@ -125,7 +125,8 @@ def load_entry(name: str, version: int = 1, root: Path | None = None) -> ModelEn
     cfg_file = path / "config.yaml"
     if not cfg_file.is_file():
         raise ModelNotFound(
-            f"model {name!r} version {version} is not in the repository at {root}; run `visionmesh models build`"
+            f"model {name!r} version {version} is not in the repository at {root}; run "
+            "`visionmesh models build`"
         )
     cfg = yaml.safe_load(cfg_file.read_text())
     known = {

@@ -84,7 +84,8 @@ def build_person_ssdlite(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             {"name": "scores", "dtype": "float32", "shape": [-1, anchors, len(LABELS)]},
         ],
         "max_batch_size": 64,
-        # The graph's preprocessing: bilinear resize to 300 x 300 (aspect not kept), (2 / 255) x - 1.
+        # The graph's preprocessing: bilinear resize to 300 x 300 (aspect not kept), (2 / 255) x -
+        # 1.
         "preprocessing": {
             "size": INPUT_SIZE,
             "mean": 127.5,

@@ -1,4 +1,5 @@
-"""The detection service's definition, run by ``visionmesh serve detect`` or ``python -m services.detect``."""
+"""The detection service's definition, run by ``visionmesh serve detect`` or ``python -m
+services.detect``."""
 
 from __future__ import annotations
 

@@ -115,7 +115,8 @@ class GraphNet(nn.Module):
         if op == "BiasAdd":
             return [ins[0]], {"bias": self._param(graph, ins[1])}
         if op == "Reshape":
-            # Box predictor heads: (N, H, W, A * k) -> (N, H * W * A, k); k is the shape's last entry.
+            # Box predictor heads: (N, H, W, A * k) -> (N, H * W * A, k); k is the shape's last
+            # entry.
             pack = graph.node(ins[1])
             return [ins[0]], {"last": int(graph.const(pack.input[-1]))}
         if op == "ConcatV2":

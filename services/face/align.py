@@ -39,7 +39,8 @@ def chip_matrix(landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
 
 
 def extract_chip(rgb: np.ndarray, landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
-    """An aligned ``size x size`` chip; supersampled then area-averaged when shrinking a large face."""
+    """An aligned ``size x size`` chip; supersampled then area-averaged when shrinking a large
+    face."""
     matrix = chip_matrix(landmarks, size, padding)
     scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
     factor = min(MAX_OVERSAMPLE, max(1, math.ceil(1.0 / scale))) if scale > 0 else 1

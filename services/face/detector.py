@@ -4,7 +4,8 @@ RetinaFace runs once per image: the image is letterboxed into a fixed square
 bucket (``retinaface.py``), so images of different sizes are one input shape
 and the batcher merges concurrent calls into one batch.
 
-MTCNN (``detector.kind: mtcnn``): stage 1 runs P-Net on every pyramid level concurrently (each level is its own
+MTCNN (``detector.kind: mtcnn``): stage 1 runs P-Net on every pyramid level concurrently (each level
+is its own
 request; the batcher merges only same-size levels, e.g. the same image size
 from concurrent calls). Stages 2 and 3 send all candidate crops of one image
 as one request, which the batcher merges with other calls' crops.
@@ -171,7 +172,8 @@ class MtcnnDetector:
         landmarks = np.stack([xs, ys], axis=2)
         boxes = mtcnn.regress(boxes, regs)
         keep = mtcnn.nms(boxes, scores, 0.7, mode="min")
-        # The pyramid starts at min_face, but regression can shrink a box below it: enforce the contract.
+        # The pyramid starts at min_face, but regression can shrink a box below it: enforce the
+        # contract.
         sides = np.maximum(boxes[keep, 2] - boxes[keep, 0], boxes[keep, 3] - boxes[keep, 1])
         keep = keep[sides >= min_face][:max_faces]
         boxes = boxes[keep]

@@ -174,7 +174,8 @@ def _bn_state(prefix: str, group: dict[str, np.ndarray]) -> dict[str, torch.Tens
 
 
 def load_mini_xception(hdf5: Path) -> MiniXception:
-    """Read fer's Keras HDF5 weights into ``MiniXception`` (``strict`` load: every tensor accounted for)."""
+    """Read fer's Keras HDF5 weights into ``MiniXception`` (``strict`` load: every tensor accounted
+    for)."""
     import h5py
 
     def layer(name: str) -> dict[str, np.ndarray]:

@@ -56,7 +56,8 @@ def make_detector(models: FaceModels, config: FaceConfig) -> Detector:
     if kind == "mtcnn" and models.pnet and models.rnet and models.onet:
         return MtcnnDetector(models.pnet, models.rnet, models.onet, config.detector)
     raise ValueError(
-        f"detector.kind must be one of {sorted(DETECTOR_MODELS)} with its models given, got {kind!r}"
+        f"detector.kind must be one of {sorted(DETECTOR_MODELS)} with its models "
+        f"given, got {kind!r}"
     )
 
 
@@ -91,7 +92,8 @@ class FacePipeline(Pipeline):
         and the attribute heads (owned: started and closed with the pipeline)."""
         if config.detector.kind not in DETECTOR_MODELS:
             raise ConfigError(
-                f"detector.kind must be one of {sorted(DETECTOR_MODELS)}, got {config.detector.kind!r}"
+                f"detector.kind must be one of {sorted(DETECTOR_MODELS)}, got "
+                f"{config.detector.kind!r}"
             )
         sources = {"age": config.age, "gender": config.gender, "emotion": config.emotion}
         sources["retinaface"] = config.retinaface

@@ -1,4 +1,5 @@
-"""FaceService: RetinaFace (or MTCNN) detection, alignment, then age / gender / emotion heads batched across calls."""
+"""FaceService: RetinaFace (or MTCNN) detection, alignment, then age / gender / emotion heads
+batched across calls."""
 
 from __future__ import annotations
 
@@ -35,12 +36,14 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     def _limits(self, request: face_pb2.DetectRequest) -> tuple[float, int]:
         if request.max_faces < 0:
             raise InvalidInput(
-                f"max_faces must be >= 0 (0 = default {self.config.detector.max_faces}), got {request.max_faces}"
+                "max_faces must be >= 0 (0 = default "
+                f"{self.config.detector.max_faces}), got {request.max_faces}"
             )
         size = request.min_face_size
         if not np.isfinite(size) or size < 0 or 0 < size < MIN_FACE_FLOOR:
             raise InvalidInput(
-                f"min_face_size must be 0 (default) or a finite value >= {MIN_FACE_FLOOR:g} px, got {size}"
+                "min_face_size must be 0 (default) or a finite value >= "
+                f"{MIN_FACE_FLOOR:g} px, got {size}"
             )
         return (
             size or self.config.detector.min_face_size,

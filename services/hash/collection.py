@@ -96,7 +96,8 @@ class Collection:
     def within(
         self, query: np.ndarray, max_distance: int, limit: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, labels) of every item within ``max_distance`` (at most ``limit``, nearest first)."""
+        """(distances, labels) of every item within ``max_distance`` (at most ``limit``, nearest
+        first)."""
         if len(self) == 0:
             return np.empty(0, np.int32), np.empty(0, np.int64)
         # faiss returns distances strictly below the radius.

@@ -149,7 +149,8 @@ def video_frames(
 ) -> list[np.ndarray]:
     """Frames of an H.264 clip made with PyAV: a slow random pan-and-zoom over each photo, encoded and decoded back.
 
-    Adds what uploaded videos look like (codec artefacts, motion between frames) to the training corpus.
+    Adds what uploaded videos look like (codec artefacts, motion between frames) to the training
+    corpus.
     """
     import av
 
@@ -270,7 +271,8 @@ def collages(photos: tuple[str, ...], count: int, seed: int) -> list[np.ndarray]
 def photo_corpus(
     photos: tuple[str, ...], per_photo: int, frames_per_photo: int, views_per_photo: int, seed: int
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Everything made from one photo at a time (augmentations, video frames, edited views) and each image's photo index."""
+    """Everything made from one photo at a time (augmentations, video frames, edited views) and
+    each image's photo index."""
     stills = augmented_corpus(photos, per_photo, seed)
     frames = video_frames(photos, frames_per_photo, seed)
     views = edited_views(photos, views_per_photo, seed + 1)

@@ -30,7 +30,10 @@ from pathlib import Path
 
 DB_NAME = "hash.sqlite3"
 SCHEMA_VERSION = "1"
-REPAIR_HINT = "run `python -m services.hash.repair --data-dir {dir}` (keeps every valid record, reports what it drops)"
+REPAIR_HINT = (
+    "run `python -m services.hash.repair --data-dir {dir}` (keeps every valid record, "
+    "reports what it drops)"
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -138,7 +141,8 @@ def check_wal(path: Path) -> None:
     hint = REPAIR_HINT.format(dir=path.parent)
     if not wal.header_ok:
         raise CorruptStore(
-            f"{path}: the write-ahead log header is damaged (byte offset 0); SQLite would ignore every transaction in it; {hint}"
+            f"{path}: the write-ahead log header is damaged (byte offset 0); SQLite "
+            f"would ignore every transaction in it; {hint}"
         )
     first_bad = next((f for f in wal.frames if not f.chained), None)
     if first_bad is None:
@@ -146,7 +150,8 @@ def check_wal(path: Path) -> None:
     lost = [f for f in wal.frames if f.number > first_bad.number and f.valid and f.commit_size]
     if lost:
         raise CorruptStore(
-            f"{path}: frame {first_bad.number} at byte offset {first_bad.offset} (page {first_bad.page}) "
+            f"{path}: frame {first_bad.number} at byte offset {first_bad.offset} (page "
+            f"{first_bad.page}) "
             f"fails its checksum and {len(lost)} committed transaction(s) follow it "
             f"(frames {lost[0].number}..{lost[-1].number}); {hint}"
         )
@@ -230,12 +235,14 @@ def load_items(
     while True:
         try:
             rows = conn.execute(
-                "SELECT label, id, code, crc FROM items WHERE cid = ? AND label > ? ORDER BY label LIMIT ?",
+                "SELECT label, id, code, crc FROM items WHERE cid = ? AND label > ? "
+                "ORDER BY label LIMIT ?",
                 (collection.cid, last, batch),
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             raise CorruptStore(
-                f"{directory / DB_NAME}: reading collection {collection.name!r} after label {last}: {exc}; {hint}"
+                f"{directory / DB_NAME}: reading collection {collection.name!r} after "
+                f"label {last}: {exc}; {hint}"
             ) from exc
         if not rows:
             return

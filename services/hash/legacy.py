@@ -205,7 +205,8 @@ def migrate_if_present(directory: Path, fsync: bool = True) -> bool:
     if path.exists():
         raise db.CorruptStore(
             f"{directory} holds both {db.DB_NAME} and files of the previous format "
-            "(wal-*.log / snapshot-*): move the previous-format files away once you know which is current"
+            "(wal-*.log / snapshot-*): move the previous-format files away once you "
+            "know which is current"
         )
     staging = directory / f"{db.DB_NAME}.converting"
     for leftover in directory.glob(f"{db.DB_NAME}.converting*"):

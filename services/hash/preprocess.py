@@ -36,7 +36,8 @@ def center_crop(rgb: np.ndarray, size: int, crop_fraction: float) -> np.ndarray:
 
 
 def to_batch(frames: list[np.ndarray], prep: dict[str, Any]) -> np.ndarray:
-    """``H x W x 3`` uint8 frames -> ``N x 3 x S x S`` float32, normalised as the model was trained."""
+    """``H x W x 3`` uint8 frames -> ``N x 3 x S x S`` float32, normalised as the model was
+    trained."""
     size = int(prep["size"])
     fraction = float(prep.get("crop_fraction", 0.875))
     mean = np.asarray(prep["mean"], np.float32)

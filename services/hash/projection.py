@@ -3,7 +3,8 @@
 Both start the same way: L2-normalise the 1280-d pooled features, subtract the
 training mean. ITQ then projects onto the top 512 principal components, whitened,
 maps them to ``bits`` dimensions with a random orthogonal matrix and rotates
-those (Gong & Lazebnik, "Iterative Quantization", 2011) so that taking the sign loses as little as possible; LSH projects onto random Gaussian
+those (Gong & Lazebnik, "Iterative Quantization", 2011) so that taking the sign loses as little as
+possible; LSH projects onto random Gaussian
 directions. A code bit is 1 where the projection is positive; bits are packed
 most significant bit first (``np.packbits``), as HashCode.code documents.
 """
@@ -54,9 +55,11 @@ def train_itq(
     dims = min(whiten_dims, min(centred.shape) - 1)
     if dims < bits:
         raise ValueError(
-            f"ITQ with {bits} bits needs at least {bits + 1} training samples and dimensions, got {centred.shape}"
+            f"ITQ with {bits} bits needs at least {bits + 1} training samples and "
+            f"dimensions, got {centred.shape}"
         )
-    # PCA from the SVD of the centred data (rows = samples); dividing by the singular values whitens.
+    # PCA from the SVD of the centred data (rows = samples); dividing by the singular values
+    # whitens.
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     whiten = vt[:dims].T.astype(np.float64) / (singular[:dims] / np.sqrt(centred.shape[0] - 1))
     spread, _ = np.linalg.qr(rng.standard_normal((dims, bits)))
@@ -145,7 +148,8 @@ def train_ssh(
     ``pairs`` (``P x 2`` row indices into ``centred``) are copies of one image; rows of
     different ``groups`` (source photos) are the dissimilar pairs. SSH's adjusted covariance
     ``M = X_l S X_l^T + eta X X^T`` is built in the whitened space, where the unlabelled term
-    is ``eta`` times the identity: each principal direction of ``M`` is then weighted by how much copy
+    is ``eta`` times the identity: each principal direction of ``M`` is then weighted by how much
+    copy
     pairs agree along it (``sqrt`` of its clipped eigenvalue), so directions that the edits
     scramble lose their say in the code while every direction the copies keep stays; the
     random orthogonal spread and the ITQ rotation follow as in ``train_itq``.

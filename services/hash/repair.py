@@ -132,7 +132,8 @@ def _page_size(db_bytes: bytes, wal: db.Wal | None) -> int:
 
 
 def newest_pages(directory: Path, report: Report) -> tuple[bytearray, int]:
-    """The database image: the file overlaid with every intact WAL frame up to the last intact commit."""
+    """The database image: the file overlaid with every intact WAL frame up to the last intact
+    commit."""
     path = directory / db.DB_NAME
     db_bytes = path.read_bytes() if path.exists() else b""
     wal = db.read_wal(directory / f"{db.DB_NAME}-wal")
@@ -153,8 +154,10 @@ def newest_pages(directory: Path, report: Report) -> tuple[bytearray, int]:
                     f.valid and f.number > frame.number for f in wal.frames
                 ):
                     report.dropped.append(
-                        f"{wal.path}: frame {frame.number} at byte offset {frame.offset} (page {frame.page}) "
-                        "fails its checksum: that version of the page is lost; rows written on it in that "
+                        f"{wal.path}: frame {frame.number} at byte offset "
+                        f"{frame.offset} (page {frame.page}) "
+                        "fails its checksum: that version of the page is lost; rows "
+                        "written on it in that "
                         "transaction and not rewritten later are missing"
                     )
                 continue

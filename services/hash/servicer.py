@@ -111,7 +111,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
             bits = existing.bits if existing else self.default_bits
             if existing is not None and existing.method != self.method:
                 raise InvalidInput(
-                    f"collection {name!r} holds {existing.method} codes; this service encodes {self.method}: add codes, not frames"
+                    f"collection {name!r} holds {existing.method} codes; this service "
+                    f"encodes {self.method}: add codes, not frames"
                 )
             code, method = (
                 await self._encode(list(request.frames), bits, request_deadline(context)),
@@ -142,7 +143,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         else:
             if coll.method != self.method:
                 raise InvalidInput(
-                    f"collection {coll.name!r} holds {coll.method} codes; this service encodes {self.method}: search with a code"
+                    f"collection {coll.name!r} holds {coll.method} codes; this service "
+                    f"encodes {self.method}: search with a code"
                 )
             query = await self._encode(list(request.frames), coll.bits, request_deadline(context))
         if request.HasField("max_distance"):
@@ -156,7 +158,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         else:
             if request.k < 0 or request.k > self.config.index.max_k:
                 raise InvalidInput(
-                    f"k must be within 0..{self.config.index.max_k} (0 = {self.config.index.default_k}), got {request.k}"
+                    f"k must be within 0..{self.config.index.max_k} (0 = "
+                    f"{self.config.index.default_k}), got {request.k}"
                 )
             k = request.k or self.config.index.default_k
             distances, labels = coll.search(query.reshape(1, -1), k)[0]

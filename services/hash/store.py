@@ -168,7 +168,8 @@ class Writer:
             )
         elif row.bits != op.bits or row.method != op.method:
             raise InvalidInput(
-                f"collection {op.collection!r} holds {row.bits}-bit {row.method} codes, not {op.bits}-bit {op.method}"
+                f"collection {op.collection!r} holds {row.bits}-bit {row.method} "
+                f"codes, not {op.bits}-bit {op.method}"
             )
         found = self.conn.execute(
             "SELECT label FROM items WHERE cid = ? AND id = ?", (row.cid, op.id)
@@ -387,7 +388,8 @@ class HashStore:
             try:
                 outcomes = await asyncio.to_thread(writer.commit, [op for op, _ in batch])
             except db.StoreFull as exc:
-                # Rolled back, nothing applied: these callers are told; later writes are tried again.
+                # Rolled back, nothing applied: these callers are told; later writes are tried
+                # again.
                 log.error("hash commit refused: %s", exc)
                 REJECTED.labels("disk_full").inc(len(batch))
                 for _, future in batch:
@@ -413,7 +415,8 @@ class HashStore:
                 try:
                     self._apply(op, outcome)
                 except Exception as exc:
-                    # Disk has it, memory does not: serve nothing stale -- fail stop, restart rebuilds.
+                    # Disk has it, memory does not: serve nothing stale -- fail stop, restart
+                    # rebuilds.
                     log.exception("applying a committed hash operation failed")
                     if not future.done():
                         future.set_exception(Unavailable("hash store failed; restart the service"))

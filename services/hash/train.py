@@ -61,7 +61,8 @@ def train(
     model_root: Path | None = None,
     photos: tuple[str, ...] = ALL_PHOTOS,
 ) -> dict[str, Any]:
-    """Build the corpus, extract features, fit; write ``projection.npz``; return the training record."""
+    """Build the corpus, extract features, fit; write ``projection.npz``; return the training
+    record."""
     start = time.perf_counter()
     images = training_corpus(photos, per_photo, VIDEO_FRAMES, VIEWS_PER_PHOTO, COLLAGES, seed)
     views = [normalise_view(x, VIEW["trim_borders"], VIEW["grey"]) for x in images]

@@ -24,7 +24,8 @@ MAX_ID_BYTES = 512
 def collection_name(name: str) -> str:
     if not isinstance(name, str) or not COLLECTION_NAME.fullmatch(name):
         raise InvalidInput(
-            f"collection name {name!r:.140} must be 1-128 characters of letters, digits, '_', '.', '-' (starting with a letter or digit)"
+            f"collection name {name!r:.140} must be 1-128 characters of letters, "
+            "digits, '_', '.', '-' (starting with a letter or digit)"
         )
     return name
 
@@ -40,7 +41,8 @@ def item_id(value: str, max_bytes: int = MAX_ID_BYTES) -> str:
 def method(value: str) -> str:
     if not isinstance(value, str) or not METHOD.fullmatch(value):
         raise InvalidInput(
-            f"code.method {value!r:.60} must be 1-32 characters of a-z, 0-9, '_', '-' (e.g. itq or lsh)"
+            f"code.method {value!r:.60} must be 1-32 characters of a-z, 0-9, '_', '-' "
+            "(e.g. itq or lsh)"
         )
     return value
 
@@ -62,7 +64,8 @@ def bits(value: int, default: int) -> int:
     chosen = value or default
     if chosen not in SUPPORTED_BITS:
         raise InvalidInput(
-            f"bits must be one of {', '.join(map(str, SUPPORTED_BITS))} (or 0 for the default), got {value}"
+            f"bits must be one of {', '.join(map(str, SUPPORTED_BITS))} (or 0 for the "
+            f"default), got {value}"
         )
     return chosen
 
@@ -80,7 +83,8 @@ def code(
         )
     if expected_method is not None and message.method and message.method != expected_method:
         raise InvalidInput(
-            f"the collection holds {expected_method} codes, got a {message.method} code (codes of different methods are not comparable)"
+            f"the collection holds {expected_method} codes, got a {message.method} "
+            "code (codes of different methods are not comparable)"
         )
     return np.frombuffer(message.code, np.uint8).copy()
 

@@ -33,7 +33,8 @@ class TextBox:
 
 
 def detection_size(height: int, width: int, cfg: DetectionConfig) -> tuple[int, int]:
-    """Model input (h, w): short side up to ``min_side``, long side capped at ``max_side``, multiples of 32."""
+    """Model input (h, w): short side up to ``min_side``, long side capped at ``max_side``,
+    multiples of 32."""
     ratio = max(1.0, cfg.min_side / min(height, width))
     ratio = min(ratio, cfg.max_side / max(height, width))
     # Rounding to a multiple of 32 must not push a side past the cap.

@@ -83,7 +83,8 @@ def build_rec(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             "the rec model carries no 'character' metadata: not the expected PP-OCR rec model"
         )
     characters = meta["character"].splitlines()
-    # One character a line; CTC index 0 is the blank and the last index a space (added by the decoder).
+    # One character a line; CTC index 0 is the blank and the last index a space (added by the
+    # decoder).
     (out / "dict.txt").write_text("\n".join(characters) + "\n", encoding="utf-8")
     provenance["dictionary"] = {
         "from": "ONNX metadata key 'character'",

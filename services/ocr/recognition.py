@@ -29,7 +29,8 @@ def crop_quad(bgr: np.ndarray, quad: np.ndarray) -> np.ndarray:
 
 
 def _resize_pad(crop: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize to ``height`` keeping aspect (at most ``width`` wide), normalise, zero-pad on the right."""
+    """Resize to ``height`` keeping aspect (at most ``width`` wide), normalise, zero-pad on the
+    right."""
     h, w = crop.shape[:2]
     resized_w = min(width, max(1, math.ceil(height * w / h)))
     resized = cv2.resize(crop, (resized_w, height), interpolation=cv2.INTER_LINEAR)

@@ -43,7 +43,8 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
             raise InvalidInput(f"max_lines must be >= 0, got {request.max_lines}")
         if request.max_lines > limits.max_lines_cap:
             raise InvalidInput(
-                f"max_lines {request.max_lines} is over this service's cap of {limits.max_lines_cap}"
+                f"max_lines {request.max_lines} is over this service's cap of "
+                f"{limits.max_lines_cap}"
             )
         if not 0.0 <= request.min_confidence <= 1.0:
             raise InvalidInput(

@@ -13,12 +13,14 @@ from __future__ import annotations
 KIT_DIR = ".gpu-kit"
 # The model subset inside the kit, unpacked on the GPU machine before the run.
 MODELS_ARCHIVE = "model_repository.zip"
-# Ignored paths the GPU run needs besides the tracked tree (the generated gRPC code travels as built).
+# Ignored paths the GPU run needs besides the tracked tree (the generated gRPC code travels as
+# built).
 CARRY_PATHS = (KIT_DIR, "visionmesh/v1")
 # What the run may carry in all: tracked + untracked-not-ignored files + CARRY_PATHS.
 CARRY_LIMIT_BYTES = 64 * 1024 * 1024
 
-# Classifier, safety model, the face detector (RetinaFace, the default), one OCR model (the text-direction classifier:
+# Classifier, safety model, the face detector (RetinaFace, the default), one OCR model (the
+# text-direction classifier:
 # the detector and recogniser are 9.5 and 21 MiB and do not fit beside the others).
 KIT_MODELS = (
     "efficientnet_lite0",

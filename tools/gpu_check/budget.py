@@ -17,7 +17,8 @@ class Budget:
         return max(0.0, self.total_s - self.elapsed())
 
     def share(self, fraction: float, reserve_s: float = 0.0) -> float:
-        """Seconds a phase may use: ``fraction`` of what is left after ``reserve_s`` (kept for later phases)."""
+        """Seconds a phase may use: ``fraction`` of what is left after ``reserve_s`` (kept for
+        later phases)."""
         return max(0.0, (self.left() - reserve_s) * fraction)
 
 

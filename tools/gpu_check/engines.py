@@ -18,7 +18,8 @@ from tests.support import random_inputs
 from tools.gpu_check.budget import Deadline
 from tools.gpu_check.report import Section
 
-# The CI tolerance (tests/test_engine_torch.py): max |torch - onnxruntime| <= 1e-3 of the output scale.
+# The CI tolerance (tests/test_engine_torch.py): max |torch - onnxruntime| <= 1e-3 of the output
+# scale.
 FP32_TOLERANCE = 1e-3
 ACCURACY_BATCH = 3  # odd on purpose: with CUDA graphs it runs padded in bucket 4
 
@@ -59,7 +60,8 @@ def graphs_captured(engine: Engine) -> bool:
 def worst_scaled_error(
     got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]
 ) -> tuple[float, str]:
-    """Largest ``max|got - expected| / max(max|expected|, 1)`` over the outputs, and a shape/dtype problem if any."""
+    """Largest ``max|got - expected| / max(max|expected|, 1)`` over the outputs, and a shape/dtype
+    problem if any."""
     worst, problem = 0.0, ""
     for name, want in expected.items():
         have = got.get(name)
@@ -129,7 +131,8 @@ def fp32_without_tf32(
     feeds: dict[str, np.ndarray],
     expected: Mapping[str, np.ndarray],
 ) -> dict[str, Any]:
-    """The same fp32 check with cuDNN's TF32 convolutions off: tells TF32 rounding from a real error."""
+    """The same fp32 check with cuDNN's TF32 convolutions off: tells TF32 rounding from a real
+    error."""
     import torch
 
     row: dict[str, Any] = {"model": entry.name, "asked": variant.label + ", TF32 off"}

@@ -44,7 +44,8 @@ class _AbsentAv(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install_if_absent(force: bool = False) -> bool:
-    """Register the absent-``av`` finder when ``av`` is not importable (or ``force``); True if registered."""
+    """Register the absent-``av`` finder when ``av`` is not importable (or ``force``); True if
+    registered."""
     if not force and importlib.util.find_spec("av") is not None:
         return False
     sys.meta_path.insert(0, _AbsentAv())

@@ -18,7 +18,8 @@ from pathlib import Path
 
 
 def install_wheels(wheel_dir: Path, target: Path) -> list[str]:
-    """Install every ``*.whl`` of ``wheel_dir`` into ``target``; returns what was done, line by line."""
+    """Install every ``*.whl`` of ``wheel_dir`` into ``target``; returns what was done, line by
+    line."""
     wheels = sorted(wheel_dir.glob("*.whl"))
     if not wheels:
         raise FileNotFoundError(f"no wheels in {wheel_dir}: run `make gpu-kit` before carrying it")

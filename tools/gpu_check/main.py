@@ -31,7 +31,8 @@ from tools.gpu_check.sampling import sampled
 
 SITE_DIR = Path("/tmp/visionmesh-gpu-kit-site")
 MODELS_DIR = Path("/tmp/visionmesh-gpu-kit-models")
-# A small model keeps the CPU dry run short; the service phase still loads the classifier and open_nsfw.
+# A small model keeps the CPU dry run short; the service phase still loads the classifier and
+# open_nsfw.
 DRY_RUN_MODELS = ("face_retinaface",)
 # Budget shares of the phases after the install, in run order.
 PLAN = {
@@ -121,7 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget-s",
         type=float,
-        help="global time budget (default 480; dry run 200: its sizes are tiny, the budget only matters on a starved machine)",
+        help="global time budget (default 480; dry run 200: its sizes are tiny, the budget "
+        "only matters on a starved machine)",
     )
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--models", type=lambda s: s.split(","), help="models (default: the kit's)")
@@ -214,7 +216,8 @@ def run_phases(args: argparse.Namespace, budget: Budget, device: str, report: Re
         return
     sizes = (dry_sizes if args.dry_run else gpu_sizes)(models)
     if args.dry_run:
-        # One intra-op thread everywhere: on a small shared CPU, spinning thread pools cost more than they give.
+        # One intra-op thread everywhere: on a small shared CPU, spinning thread pools cost more
+        # than they give.
         import torch
 
         torch.set_num_threads(1)
@@ -332,11 +335,14 @@ def environment(device: str, sec: Any, report: Report) -> None:
             "nvidia-smi (name, driver, memory, power limit, max SM clock)": guarded(nvidia_smi),
         }
         report.header["device"] = (
-            f"{props.name}, driver {facts['nvidia-smi (name, driver, memory, power limit, max SM clock)']}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+            f"{props.name}, driver "
+            f"{facts['nvidia-smi (name, driver, memory, power limit, max SM clock)']}, "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}"
         )
     else:
         report.header["device"] = (
-            f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
+            f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} "
+            f"cores), torch {torch.__version__}"
         )
     sec.values |= facts
 
@@ -394,9 +400,12 @@ def preprocessing_phase(
         "device top-1 within the CPU top-5": f"{sum(in_top5)}/{len(jpegs)}",
     }
     sec.notes.append(
-        "the classify service itself preprocesses on the CPU; this phase measures what moving decode+resize "
-        "to the device would buy. The decoders differ (PIL/libjpeg vs nvJPEG) and so do the resamplers, so "
-        "inputs differ by about a grey level and photos whose top-2 logits are close may swap; the check is "
+        "the classify service itself preprocesses on the CPU; this phase measures "
+        "what moving decode+resize "
+        "to the device would buy. The decoders differ (PIL/libjpeg vs nvJPEG) and so "
+        "do the resamplers, so "
+        "inputs differ by about a grey level and photos whose top-2 logits are close "
+        "may swap; the check is "
         "that the device top-1 stays within the CPU top-5"
     )
     if not all(in_top5):
@@ -455,7 +464,8 @@ def mesh_phase(
             )
             report.write()
     sec.notes.append(
-        "fixed rate = half the saturation rate of the same API; latencies from each call's scheduled send time"
+        "fixed rate = half the saturation rate of the same API; latencies from each "
+        "call's scheduled send time"
     )
     sec.notes.append(
         "CPU cores used = CPU seconds of the service process / wall time of the saturation run "
@@ -496,7 +506,8 @@ def goals(report: Report, sec: Any, dry_run: bool) -> None:
     rows.append(
         {
             "goal": "full analyses (all features) >= 4000/s",
-            "measured": "not run: the OCR detector/recogniser and face attribute models and the person detector do not fit the carry",
+            "measured": "not run: the OCR detector/recogniser and face attribute models and the "
+            "person detector do not fit the carry",
             "met": "n/a",
         }
     )

@@ -123,7 +123,8 @@ def _client_process(load: Load, jpegs: list[bytes], start_at: float, index: int,
 
 
 def run_load(load: Load, jpegs: list[bytes], settle_s: float = 3.0) -> dict[str, Any]:
-    """Drive ``load`` from ``load.processes`` spawned processes; answers/s, outcomes and latency percentiles."""
+    """Drive ``load`` from ``load.processes`` spawned processes; answers/s, outcomes and latency
+    percentiles."""
     ctx = multiprocessing.get_context("spawn")
     results: Any = ctx.Queue()
     start_at = time.time() + settle_s  # every process imports grpc first, then all start together

@@ -94,7 +94,8 @@ def pack_models(source: Path, archive: Path, level: int = 9) -> None:
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as out:
         for model in KIT_MODELS:
             for path in sorted((source / model).rglob("*")):
-                # TensorRT plans are built per GPU (and locks are transient): the kit carries the ONNX.
+                # TensorRT plans are built per GPU (and locks are transient): the kit carries the
+                # ONNX.
                 if path.is_file() and path.suffix not in (".plan", ".lock"):
                     out.write(path, path.relative_to(source).as_posix())
     partial.replace(archive)
@@ -147,7 +148,8 @@ def print_sizes(root: Path) -> int:
     total = sum(sizes.values())
     verdict = "fits" if total <= CARRY_LIMIT_BYTES else "DOES NOT FIT"
     print(
-        f"  {'total carried':<40} {total / MiB:8.2f} MiB of {CARRY_LIMIT_BYTES / MiB:.0f} MiB: {verdict} "
+        f"  {'total carried':<40} {total / MiB:8.2f} MiB of "
+        f"{CARRY_LIMIT_BYTES / MiB:.0f} MiB: {verdict} "
         f"({(CARRY_LIMIT_BYTES - total) / MiB:+.2f} MiB spare)"
     )
     return total
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         "\nOn the GPU machine (repository root), run with these ignored paths carried:\n"
         f"  command: bash tools/gpu_check/run.sh\n"
         f"  carry:   [{carry}]\n"
-        "  timeout: 570 s (the run budgets itself to 480 s, run.sh stops it at 540 s; results.json + report.md into $OUT)"
+        "  timeout: 570 s (the run budgets itself to 480 s, run.sh stops it at 540 s; "
+        "results.json + report.md into $OUT)"
     )
 
 

@@ -35,7 +35,8 @@ PHOTOS = (
 
 
 def load_jpegs(folder: Path) -> list[bytes]:
-    """The kit's JPEG photos; where the kit folder is absent (dry run), scikit-image photos encoded here."""
+    """The kit's JPEG photos; where the kit folder is absent (dry run), scikit-image photos encoded
+    here."""
     files = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
     if files:
         return [f.read_bytes() for f in files]
@@ -68,7 +69,8 @@ def _cpu_worker(args: tuple[list[bytes], dict[str, Any], float]) -> int:
 
 
 def cpu_rate(jpegs: list[bytes], prep: dict[str, Any], seconds: float, processes: int) -> float:
-    """Images/s of the service's CPU preprocessing in ``processes`` processes (1 = in this process)."""
+    """Images/s of the service's CPU preprocessing in ``processes`` processes (1 = in this
+    process)."""
     if processes == 1:
         return _cpu_worker((jpegs, prep, seconds)) / seconds
     ctx = multiprocessing.get_context("spawn")

@@ -1,4 +1,5 @@
-"""Child processes that can never outlive the kit: own process group, killed with it, and on its death."""
+"""Child processes that can never outlive the kit: own process group, killed with it, and on its
+death."""
 
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ class CudaGraphSet:
                 for spec in self._specs
             ]
             with torch.inference_mode(), torch.cuda.stream(self._stream):
-                # Warm-up on the capture stream: lazy cuDNN/cuBLAS set-up must not land in the graph.
+                # Warm-up on the capture stream: lazy cuDNN/cuBLAS set-up must not land in the
+                # graph.
                 for _ in range(WARMUP_RUNS):
                     self._forward(static_in)
             self._stream.synchronize()

@@ -39,7 +39,8 @@ class OnnxRuntimeEngine(Engine):
         if self.config.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise EngineError(
-                    "onnxruntime here has no CUDA provider; use --backend torch or tensorrt for GPUs"
+                    "onnxruntime here has no CUDA provider; use --backend torch or "
+                    "tensorrt for GPUs"
                 )
             device_id = int(self.config.device.partition(":")[2] or 0)
             providers = [

@@ -96,12 +96,14 @@ def optimization_profile(
             span = axis_ranges.get(axis)
             if span is None:
                 raise ShapeError(
-                    f"input {spec.name!r} axis {axis} is dynamic: give its [min, opt, max] in config.yaml "
+                    f"input {spec.name!r} axis {axis} is dynamic: give its [min, opt, "
+                    "max] in config.yaml "
                     f"under dynamic_dims: {{{spec.name}: {{{axis}: [min, opt, max]}}}}"
                 )
             if len(span) != 3 or not 1 <= span[0] <= span[1] <= span[2]:
                 raise ShapeError(
-                    f"input {spec.name!r} axis {axis}: range {list(span)} is not 1 <= min <= opt <= max"
+                    f"input {spec.name!r} axis {axis}: range {list(span)} is not 1 <= "
+                    "min <= opt <= max"
                 )
             lo.append(int(span[0]))
             mid.append(int(span[1]))

@@ -210,7 +210,8 @@ class TensorRTEngine(SpecsFromLoad):
             profile = self._profile_by_name.get(spec.name)
             if profile is not None and not profile.admits(array.shape):
                 raise EngineError(
-                    f"model {self.entry.name}: input {spec.name} shape {array.shape} is outside the plan's profile {profile.min}..{profile.max}"
+                    f"model {self.entry.name}: input {spec.name} shape {array.shape} "
+                    f"is outside the plan's profile {profile.min}..{profile.max}"
                 )
         return arrays
 
@@ -225,7 +226,8 @@ class TensorRTEngine(SpecsFromLoad):
                 keep_alive.append(device)
                 if not self._context.set_input_shape(spec.name, tuple(array.shape)):
                     raise EngineError(
-                        f"model {self.entry.name}: TensorRT refused shape {array.shape} for {spec.name}"
+                        f"model {self.entry.name}: TensorRT refused shape "
+                        f"{array.shape} for {spec.name}"
                     )
                 self._context.set_tensor_address(spec.name, device.data_ptr())
             device_out = []

@@ -110,7 +110,8 @@ class TorchEngine(SpecsFromLoad):
             log.info("model %s runs in fp16 (probe relative error %.2g)", self.entry.name, worst)
         else:
             log.warning(
-                "model %s stays fp32: fp16 outputs differ by %.2g of their scale on a probe batch (tolerance %.2g)",
+                "model %s stays fp32: fp16 outputs differ by %.2g of their scale on a "
+                "probe batch (tolerance %.2g)",
                 self.entry.name,
                 worst,
                 self.config.fp16_tolerance,
