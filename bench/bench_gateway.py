@@ -1,4 +1,5 @@
-"""Gateway end to end: a 10 s 720p clip (3 keyframes) vs one of its own frames, through the whole mesh.
+"""Gateway end to end: a 10 s 720p clip (3 keyframes) vs one of its own frames, through the whole
+mesh.
 
     .venv/bin/python -m bench.bench_gateway [--rounds 5]
 

@@ -1,4 +1,5 @@
-"""Copy detection at scale: real photos, real edits, 1M (and 10M) distractor codes shaped like real content.
+"""Copy detection at scale: real photos, real edits, 1M (and 10M) distractor codes shaped like real
+content.
 
 Originals: the two halves (split along the long side) of 20 scikit-image photos, 40
 images. Queries: every original under each edit of ``EDITS`` (the everyday re-upload

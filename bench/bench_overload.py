@@ -1,4 +1,5 @@
-"""Overload ramp: concurrency 1 -> 512 against the whole mesh; is overload shed as RESOURCE_EXHAUSTED?
+"""Overload ramp: concurrency 1 -> 512 against the whole mesh; is overload shed as
+RESOURCE_EXHAUSTED?
 
     .venv/bin/python -m bench.bench_overload [--levels 1,2,4,...,512] [--seconds 15] [--deadline 5]
 

@@ -94,7 +94,8 @@ async def closed_loop(call: Call, concurrency: int, seconds: float) -> Phase:
 async def alternate(
     sides: dict[str, Call], concurrency: int, seconds: float, rounds: int
 ) -> dict[str, list[Phase]]:
-    """Rounds of every side, the order flipped each round (A B, B A, ...) so drift hits both alike."""
+    """Rounds of every side, the order flipped each round (A B, B A, ...) so drift hits both
+    alike."""
     names = list(sides)
     out: dict[str, list[Phase]] = {n: [] for n in names}
     for r in range(rounds):

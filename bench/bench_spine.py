@@ -41,7 +41,8 @@ from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2, gateway_p
 
 
 def bare_engine(pipeline: BarePipeline, seconds: float, workers: int) -> float:
-    """Images/s of the two sessions alone on pre-made tensors, ``workers`` threads each on a batch."""
+    """Images/s of the two sessions alone on pre-made tensors, ``workers`` threads each on a
+    batch."""
     lite, nsfw = pipeline.lite, pipeline.nsfw
     from services.classify.preprocess import to_tensor
     from services.classify.safety import nsfw_input

@@ -1,4 +1,5 @@
-"""Our classify and face pipelines as PyTriton callables behind Triton's dynamic batcher (bench_peers' peer).
+"""Our classify and face pipelines as PyTriton callables behind Triton's dynamic batcher
+(bench_peers' peer).
 
 Runs in ``.venv-triton`` (``make setup-triton``: PyTriton wants numpy<2), with the
 repository root on ``PYTHONPATH``:

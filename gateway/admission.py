@@ -140,7 +140,8 @@ class Ticket:
             slot.load.observe(self.clock() - slot.admitted_at, slot.found_in_flight, slot.weight)
 
     def close(self) -> None:
-        """Release every slot not finished yet, measuring none (cache hits, errors before fan-out)."""
+        """Release every slot not finished yet, measuring none (cache hits, errors before
+        fan-out)."""
         for service in list(self.slots):
             self.finish(service, measured=False)
 

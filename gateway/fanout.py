@@ -136,7 +136,8 @@ class FanOut:
         responses: list[gateway_pb2.AnalyzeResponse],
         batch_calls: bool = True,
     ) -> None:
-        """A video's frames: one call per feature carrying every frame where the service has a batch method.
+        """A video's frames: one call per feature carrying every frame where the service has a batch
+        method.
 
         ``responses[i]`` receives frame ``i``'s results; a feature that fails puts its
         ``FeatureError`` in every frame's response.

@@ -1,4 +1,5 @@
-"""Staying up when services are not: circuit breakers, health probes, bounded retries, an in-flight cap.
+"""Staying up when services are not: circuit breakers, health probes, bounded retries, an in-flight
+cap.
 
 - ``CircuitBreaker`` — per service instance. After ``failure_threshold``
   consecutive failures it opens (calls are refused at once, so a dead instance

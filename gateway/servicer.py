@@ -187,7 +187,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         encoded: bytes | None = None,
         ticket: Ticket | None = None,
     ) -> gateway_pb2.AnalyzeResponse:
-        """Fan ``rgb`` out; ``encoded`` is the validated original, forwarded instead when no resize was needed.
+        """Fan ``rgb`` out; ``encoded`` is the validated original, forwarded instead when no resize
+        was needed.
 
         An encoded image is usually ~10x smaller than its pixels: on loopback a
         400 KB raw message costs more than the service's ~1 ms decode of the

@@ -205,7 +205,8 @@ def dedupe_text_lines(results: Sequence[TimedResult]) -> list[gateway_pb2.VideoT
 
 
 def frame_results(results: Sequence[TimedResult]) -> list[gateway_pb2.VideoFrameResult]:
-    """``AnalyzeVideoResponse.frames``: each frame's full answer with its timestamp, in time order."""
+    """``AnalyzeVideoResponse.frames``: each frame's full answer with its timestamp, in time
+    order."""
     return [
         gateway_pb2.VideoFrameResult(timestamp_s=t, result=r)
         for t, r in sorted(results, key=lambda item: item[0])

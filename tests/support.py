@@ -100,7 +100,8 @@ OCR_MODELS = ("ppocr_det", "ppocr_cls", "ppocr_rec")
 
 
 def ensure_ocr_models() -> Path:
-    """Build the three OCR entries when missing (a file copy from the rapidocr wheel; no network)."""
+    """Build the three OCR entries when missing (a file copy from the rapidocr wheel; no
+    network)."""
     from visionmesh.models_build import build
 
     build(only=OCR_MODELS)

@@ -52,7 +52,8 @@ def test_refuses_what_cannot_finish_before_the_deadline_with_a_retry_hint() -> N
 
 
 def test_the_retry_hint_stretches_when_many_callers_are_waiting() -> None:
-    """Many refusals per freed slot: callers are asked to come back later, so refusing stays cheap."""
+    """Many refusals per freed slot: callers are asked to come back later, so refusing stays
+    cheap."""
     clock = FakeClock()
     admission = Admission(["ocr"], headroom=1.0, initial_item_s=0.5, clock=clock)
     held = [admission.admit({"ocr": 1}, budget_s=None) for _ in range(4)]  # drains in 2 s

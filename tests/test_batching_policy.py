@@ -1,4 +1,5 @@
-"""Batching policy has one home: the model's repository config.yaml; services override explicitly."""
+"""Batching policy has one home: the model's repository config.yaml; services override
+explicitly."""
 
 from __future__ import annotations
 

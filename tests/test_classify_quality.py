@@ -1,4 +1,5 @@
-"""Image quality on real photos and their degraded versions: each degradation flips exactly its verdict.
+"""Image quality on real photos and their degraded versions: each degradation flips exactly its
+verdict.
 
 The thresholds were chosen on these photos and degradations, so the tests on them are regression
 tests; accuracy on pictures they never saw is measured by bench/bench_heldout.py.

@@ -1,4 +1,5 @@
-"""The face service end to end: a real server in-process, real MTCNN / age / gender / emotion models, real photos.
+"""The face service end to end: a real server in-process, real MTCNN / age / gender / emotion
+models, real photos.
 
 The group photo comes from the insightface wheel (no weights in it): the set-up
 (``make testdata``, part of ``make setup``) fetches it once into ``var/test-data``;

@@ -135,7 +135,8 @@ def test_dns_target_and_factory() -> None:
 
 
 class FakeConsul:
-    """The health endpoint of a Consul agent, with blocking queries; instances are set by the test."""
+    """The health endpoint of a Consul agent, with blocking queries; instances are set by the
+    test."""
 
     def __init__(self) -> None:
         self.instances: dict[str, list[str]] = {}
@@ -205,7 +206,8 @@ def fake_consul() -> Iterator[FakeConsul]:
 
 
 async def wait_for(resolver: ConsulResolver, service: str, expected: list[str]) -> None:
-    """Until the resolver knows exactly ``expected`` (any order: Consul answers sorted by address)."""
+    """Until the resolver knows exactly ``expected`` (any order: Consul answers sorted by
+    address)."""
 
     async def until() -> None:
         while sorted(resolver.addresses(service)) != sorted(expected):

@@ -1,4 +1,5 @@
-"""Circuit breaker states, retry rules (UNAVAILABLE only, within the deadline), the in-flight cap."""
+"""Circuit breaker states, retry rules (UNAVAILABLE only, within the deadline), the in-flight
+cap."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The GPU verification kit cannot rot: its CPU dry run runs every phase here, and the GPU install path is pinned.
+"""The GPU verification kit cannot rot: its CPU dry run runs every phase here, and the GPU install
+path is pinned.
 
 The dry run is the kit's own code path (``python -m tools.gpu_check --dry-run``)
 on CPU with tiny sizes: real models, real photos, the classify service and the

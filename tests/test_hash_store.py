@@ -1,4 +1,5 @@
-"""The hash store on disk: every acknowledged write survives, damage is refused and repaired, never hidden.
+"""The hash store on disk: every acknowledged write survives, damage is refused and repaired, never
+hidden.
 
 Each case fills a store in a child process that exits like a SIGKILL (``os._exit``,
 no close, no checkpoint: the committed transactions sit in SQLite's WAL), damages

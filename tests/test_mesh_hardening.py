@@ -1,4 +1,5 @@
-"""The whole mesh (gateway + every service, separate processes) under mutual TLS, fed the fuzz corpus.
+"""The whole mesh (gateway + every service, separate processes) under mutual TLS, fed the fuzz
+corpus.
 
 One mesh serves every test here: certificates are made at test time, every
 server requires a client certificate from the test CA, and the gateway

@@ -1,4 +1,5 @@
-"""A rolling restart with zero failed calls: Kubernetes' maxUnavailable: 0 rollout on real processes.
+"""A rolling restart with zero failed calls: Kubernetes' maxUnavailable: 0 rollout on real
+processes.
 
 Two replicas of every feature service run behind one gateway, which balances
 client-side, round-robin over static discovery (the same resolver machinery as

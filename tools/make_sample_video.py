@@ -40,7 +40,8 @@ DEFAULT_SCENES: tuple[Callable[[], np.ndarray], ...] = (
 
 
 def _pan_zoom(photo: Image.Image, progress: float, size: tuple[int, int]) -> np.ndarray:
-    """The frame at ``progress`` (0..1) of a scene: a crop that shrinks (zoom in) and slides right."""
+    """The frame at ``progress`` (0..1) of a scene: a crop that shrinks (zoom in) and slides
+    right."""
     width, height = photo.size
     out_w, out_h = size
     aspect = out_w / out_h

@@ -1,4 +1,5 @@
-"""Make the installed ``tensorrt-stubs`` usable by mypy: ``python -m tools.tensorrt_typings .typings``.
+"""Make the installed ``tensorrt-stubs`` usable by mypy: ``python -m tools.tensorrt_typings
+.typings``.
 
 TensorRT cannot be installed on our CPU machines, so the tensorrt backend is
 type-checked against ``tensorrt-stubs``. That wheel's stubs cannot be used as

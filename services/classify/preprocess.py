@@ -13,7 +13,8 @@ import numpy as np
 
 
 def center_crop(rgb: np.ndarray, size: int, crop_fraction: float) -> np.ndarray:
-    """The centre square a "short side to ``size / crop_fraction``, crop ``size``" pipeline keeps, at ``size`` px.
+    """The centre square a "short side to ``size / crop_fraction``, crop ``size``" pipeline keeps,
+    at ``size`` px.
 
     Cropping first and resizing once is the same geometry with far fewer pixels resized.
     """

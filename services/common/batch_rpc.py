@@ -1,4 +1,5 @@
-"""Several requests in one call (``<Method>Batch``): each item through the single-item path, concurrently.
+"""Several requests in one call (``<Method>Batch``): each item through the single-item path,
+concurrently.
 
 A video's sampled frames travel as one call per service: the items' model rows
 reach the dynamic batchers together (one batch instead of three that happen to

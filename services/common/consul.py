@@ -172,7 +172,8 @@ def _query(
 
 
 async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call on a daemon thread: a long-poll still waiting at exit never delays shutdown
+    """Run a blocking call on a daemon thread: a long-poll still waiting at exit never delays
+    shutdown
     (``asyncio.to_thread`` uses the default pool, which ``asyncio.run`` joins)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()

@@ -103,7 +103,8 @@ def _check_dims(width: int, height: int, limits: ImageLimits) -> None:
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from an encoded image's header without decoding pixels; None if unreadable."""
+    """(width, height) from an encoded image's header without decoding pixels; None if
+    unreadable."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             return int(img.width), int(img.height)

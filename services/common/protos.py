@@ -93,7 +93,8 @@ async def decode_image(
 async def decode_frames(
     frames: Sequence[common_pb2.Image], limits: ImageLimits
 ) -> list[np.ndarray]:
-    """Every frame of one request within one pixel budget (``frames_to_rgb``), off the event loop."""
+    """Every frame of one request within one pixel budget (``frames_to_rgb``), off the event
+    loop."""
     return await asyncio.to_thread(frames_to_rgb, frames, limits)
 
 

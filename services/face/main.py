@@ -1,4 +1,5 @@
-"""The face service's definition, run by ``visionmesh serve face`` or ``python -m services.face``."""
+"""The face service's definition, run by ``visionmesh serve face`` or ``python -m
+services.face``."""
 
 from __future__ import annotations
 

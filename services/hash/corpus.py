@@ -114,7 +114,8 @@ COPY_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def random_augmentation(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random crop (8-100 % of the area), maybe flipped, colour-jittered, grey, JPEG-compressed."""
+    """A random crop (8-100 % of the area), maybe flipped, colour-jittered, grey,
+    JPEG-compressed."""
     h, w = rgb.shape[:2]
     area = rng.uniform(0.08, 1.0)
     aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
@@ -147,7 +148,8 @@ def augmented_corpus(photos: tuple[str, ...], per_photo: int, seed: int) -> list
 def video_frames(
     photos: tuple[str, ...], frames_per_photo: int, seed: int, size: int = 256
 ) -> list[np.ndarray]:
-    """Frames of an H.264 clip made with PyAV: a slow random pan-and-zoom over each photo, encoded and decoded back.
+    """Frames of an H.264 clip made with PyAV: a slow random pan-and-zoom over each photo, encoded
+    and decoded back.
 
     Adds what uploaded videos look like (codec artefacts, motion between frames) to the training
     corpus.
@@ -233,7 +235,8 @@ def edited_views(photos: tuple[str, ...], views_per_photo: int, seed: int) -> li
 
 
 def collages(photos: tuple[str, ...], count: int, seed: int) -> list[np.ndarray]:
-    """``count`` new 256x256 images: 2 or 4 random crops of different photos side by side or in a grid.
+    """``count`` new 256x256 images: 2 or 4 random crops of different photos side by side or in a
+    grid.
 
     Many distinct images out of few photos, so PCA sees more than the photos' own directions.
     """

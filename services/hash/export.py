@@ -1,4 +1,5 @@
-"""Model repository export of the hash service: ``hash_itq`` (projections learned by services/hash/train.py).
+"""Model repository export of the hash service: ``hash_itq`` (projections learned by
+services/hash/train.py).
 
 Needs ``efficientnet_lite0`` built first (the classify export, which
 visionmesh/models_build.py runs earlier): training reads its ``features`` output.

@@ -1,4 +1,5 @@
-"""The hash service's definition, run by ``visionmesh serve hash`` or ``python -m services.hash``."""
+"""The hash service's definition, run by ``visionmesh serve hash`` or ``python -m
+services.hash``."""
 
 from __future__ import annotations
 

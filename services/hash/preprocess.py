@@ -14,7 +14,8 @@ from PIL import Image
 
 
 def center_crop(rgb: np.ndarray, size: int, crop_fraction: float) -> np.ndarray:
-    """The centre square a "short side to ``size / crop_fraction``, crop ``size``" pipeline keeps, at ``size`` px.
+    """The centre square a "short side to ``size / crop_fraction``, crop ``size``" pipeline keeps,
+    at ``size`` px.
 
     Cropping first (a view, no copy) and resizing once is the same geometry, and
     the cost follows the output: resizing the whole image first made a 1 x 20000

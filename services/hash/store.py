@@ -229,7 +229,8 @@ class HashStore:
     # -- lifecycle --
 
     def recover(self) -> None:
-        """Verify the database and rebuild every collection's index (synchronous, before serving)."""
+        """Verify the database and rebuild every collection's index (synchronous, before
+        serving)."""
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True)
         migrated = legacy.migrate_if_present(self.directory, self.storage.fsync)

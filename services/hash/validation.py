@@ -73,7 +73,8 @@ def bits(value: int, default: int) -> int:
 def code(
     message: hash_pb2.HashCode, expected_bits: int | None = None, expected_method: str | None = None
 ) -> np.ndarray:
-    """A HashCode message -> packed uint8 array, checked against its own bits and the collection's."""
+    """A HashCode message -> packed uint8 array, checked against its own bits and the
+    collection's."""
     code_bytes(message.code, message.bits)
     if message.method:
         method(message.method)

@@ -1,4 +1,5 @@
-"""Engine-level checks: torch backend vs ONNX Runtime CPU, images/s per batch, two streams vs one."""
+"""Engine-level checks: torch backend vs ONNX Runtime CPU, images/s per batch, two streams vs
+one."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Start the gateway where PyAV is not installed (the GPU machine's image; its wheel alone is 36 MB).
+"""Start the gateway where PyAV is not installed (the GPU machine's image; its wheel alone is 36
+MB).
 
 ``gateway.video`` imports ``av`` at module level but uses it only inside the
 video functions. Where ``av`` does not import, this launcher registers an

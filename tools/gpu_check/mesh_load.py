@@ -231,7 +231,8 @@ async def _wait_ready(api: str, target: str, jpeg: bytes, timeout_s: float, proc
 
 
 class Mesh:
-    """Context manager: classify + gateway processes on free loopback ports, always stopped after."""
+    """Context manager: classify + gateway processes on free loopback ports, always stopped
+    after."""
 
     def __init__(self, settings: MeshSettings, work: Path, ready_timeout_s: float) -> None:
         self.settings = settings

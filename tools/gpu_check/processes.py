@@ -39,7 +39,8 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def started(args: Sequence[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python args...`` in its own session, output to ``log_path``; stopped on leaving the block."""
+    """``python args...`` in its own session, output to ``log_path``; stopped on leaving the
+    block."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -29,7 +29,8 @@ def _gpu_utilisation() -> float | None:
 
 @contextmanager
 def sampled(pids: dict[str, int], gpu: bool, into: dict[str, Any]) -> Iterator[None]:
-    """Fill ``into`` with CPU cores used per process and GPU utilisation (nvidia-smi, 1 s samples)."""
+    """Fill ``into`` with CPU cores used per process and GPU utilisation (nvidia-smi, 1 s
+    samples)."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
     samples: list[float] = []

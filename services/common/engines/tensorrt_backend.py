@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 def tensorrt_available() -> bool:
-    """True where the real TensorRT runtime imports (its stubs alone import as an empty namespace)."""
+    """True where the real TensorRT runtime imports (its stubs alone import as an empty
+    namespace)."""
     return trt is not None and hasattr(trt, "Builder")
 
 

@@ -1,4 +1,5 @@
-"""Turn a repository ONNX file into a torch module, plus the torch-side helpers the GPU engines share.
+"""Turn a repository ONNX file into a torch module, plus the torch-side helpers the GPU engines
+share.
 
 The ONNX in the model repository is the one source of truth, so the torch
 backend runs exactly the graph the other backends run: ``onnx2fx`` converts it
