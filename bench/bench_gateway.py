@@ -73,7 +73,8 @@ def main() -> None:
             sides = [
                 Side("image", "`Analyze`, one 1280x720 frame of the clip (JPEG q90), all features; "
                      f"mean over the {FRAMES} sampled frames", "each service's defaults",
-                     "1 call at a time", "upload, decode, all four features, reply", image_ms, "ms"),
+                     "1 call at a time", "upload, decode, all four features, reply",
+                     image_ms, "ms"),
                 Side("video", f"`AnalyzeVideo`, the 10 s 1280x720 H.264 clip "
                      f"({clip.stat().st_size // 1024} KiB, client-streamed), {FRAMES} "
                          "keyframes, all features",

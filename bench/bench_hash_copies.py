@@ -409,11 +409,17 @@ class Scores:
             "hard recall@1": float(np.mean(rank[~everyday] == 1)),
             "hard found@1e-7": float(np.mean(own[~everyday] <= r7)),
             "radius@1e-7": r7,
-            "copy distance median/p95": (float(np.median(own[everyday])) / self.bits, float(np.percentile(own[everyday], 95)) / self.bits),
+            "copy distance median/p95": (
+                float(np.median(own[everyday])) / self.bits,
+                float(np.percentile(own[everyday], 95)) / self.bits,
+            ),
             "per edit recall@1": {e: float(np.mean(rank[edit == e] == 1)) for e in EDIT_NAMES},
             "per edit found@1e-7": {e: float(np.mean(own[edit == e] <= r7)) for e in EDIT_NAMES},
             "search ms/query": float(np.mean(self.search_ms)) if self.search_ms else float("nan"),
-            "distractor distance mean/std": (float(np.concatenate(self.real).mean()) / self.bits, float(np.concatenate(self.real).std()) / self.bits),
+            "distractor distance mean/std": (
+                float(np.concatenate(self.real).mean()) / self.bits,
+                float(np.concatenate(self.real).std()) / self.bits,
+            ),
             "own": own, "rank": rank, "edit": edit,
         }  # fmt: skip
 
@@ -522,7 +528,8 @@ def two_tier(exact: Scores, deep: Scores, fmr: float) -> dict[str, float]:
 # Content classes of the photos (item 5: semantic neighbours).
 CLASSES = {
     "astronaut": "people/animals", "chelsea": "people/animals", "camera": "people/animals",
-    "coffee": "objects", "rocket": "objects", "stereo_motorcycle": "objects", "clock": "objects", "coins": "objects",
+    "coffee": "objects", "rocket": "objects", "stereo_motorcycle": "objects", "clock": "objects",
+    "coins": "objects",
     "brick": "texture", "grass": "texture", "gravel": "texture",
     "page": "document", "text": "document",
     "logo": "graphic", "colorwheel": "graphic",

@@ -156,7 +156,8 @@ def evaluate() -> tuple[list[dict[str, object]], dict[str, float], int, int]:
             "method": method, "bits": bits,
             "recall@1": float(np.mean(r[plain] == 1)), "mAP": float(np.mean(1.0 / r[plain])),
             "natural recall@1": float(np.mean(r[plain & natural] == 1)),
-            "hard recall@1": float(np.mean(r[~plain] == 1)), "hard mAP": float(np.mean(1.0 / r[~plain])),
+            "hard recall@1": float(np.mean(r[~plain] == 1)),
+            "hard mAP": float(np.mean(1.0 / r[~plain])),
         }, r  # fmt: skip
 
     cos = l2_normalise(query_features) @ l2_normalise(db_features).T

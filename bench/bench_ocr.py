@@ -105,8 +105,10 @@ async def throughput(
         sides = []
         for level in (1, concurrency):
             sides += [
-                Side(f"ours_c{level}", f"OCR service (gRPC, server in this process), {level} in flight", t,
-                     f"{level} call(s) in flight", "gRPC round trip, detection, direction, recognition",
+                Side(f"ours_c{level}",
+                     f"OCR service (gRPC, server in this process), {level} in flight", t,
+                     f"{level} call(s) in flight",
+                     "gRPC round trip, detection, direction, recognition",
                      side(f"ours_c{level}", ours, level)),
                 Side(f"rapidocr_c{level}", f"rapidocr (in-process), {level} in flight", t,
                      f"{level} thread(s) calling it", "detection, direction, recognition",

@@ -84,19 +84,26 @@ def main() -> None:
 
     one = "1 (this process)"
     sides = [
-        Side("keyframes", f"`decode_keyframes(data, {args.frames})`: packet index pass + keyframe-only "
-             f"decode + RGB of {len(clip.frames)} samples (the gateway's path)", "PyAV defaults", one,
-             "the call", timed_ms("keyframes", lambda: decode_keyframes(data, args.frames)), "CPU ms"),
-        Side("all_rgb", f"`decode_all_frames(data)`: all {total_frames} frames decoded and converted "
-            "to RGB",
-             "PyAV defaults", one, "the call", timed_ms("all_rgb", lambda: decode_all_frames(data)), "CPU ms"),
+        Side("keyframes",
+             f"`decode_keyframes(data, {args.frames})`: packet index pass + keyframe-only "
+             f"decode + RGB of {len(clip.frames)} samples (the gateway's path)",
+             "PyAV defaults", one, "the call",
+             timed_ms("keyframes", lambda: decode_keyframes(data, args.frames)), "CPU ms"),
+        Side("all_rgb",
+             f"`decode_all_frames(data)`: all {total_frames} frames decoded and converted "
+             "to RGB",
+             "PyAV defaults", one, "the call",
+             timed_ms("all_rgb", lambda: decode_all_frames(data)), "CPU ms"),
         Side("all_decode_only", f"all {total_frames} frames through the decoder, no RGB conversion",
              "PyAV defaults", one, "the decode loop",
              timed_ms("all_decode_only", lambda: decode_only(data)), "CPU ms"),
-        Side("one_keyframe_fill", f"same clip encoded with one keyframe: `decode_keyframes` fallback "
+        Side("one_keyframe_fill",
+             f"same clip encoded with one keyframe: `decode_keyframes` fallback "
              f"({fill.keyframes_decoded} keyframe(s), samples at "
-             f"{', '.join(f'{f.timestamp_s:.2f}' for f in fill.frames)} s)", "PyAV defaults", one,
-             "the call", timed_ms("one_keyframe_fill", lambda: decode_keyframes(one_key, args.frames)), "CPU ms"),
+             f"{', '.join(f'{f.timestamp_s:.2f}' for f in fill.frames)} s)",
+             "PyAV defaults", one, "the call",
+             timed_ms("one_keyframe_fill", lambda: decode_keyframes(one_key, args.frames)),
+             "CPU ms"),
     ]  # fmt: skip
     values = alternate(sides, args.runs)
     report.add(

@@ -47,8 +47,10 @@ class Bench:
 
 # In the order of the sections of docs/benchmarks.md.
 BENCHES: tuple[Bench, ...] = (
-    Bench("classify", "bench_classify", ("--seconds", "4", "--rounds", "5"), ("--seconds", "1", "--rounds", "2")),
-    Bench("spine", "bench_spine", ("--seconds", "4", "--rounds", "5"), ("--seconds", "1", "--rounds", "2", "--requests", "20")),
+    Bench("classify", "bench_classify", ("--seconds", "4", "--rounds", "5"),
+          ("--seconds", "1", "--rounds", "2")),
+    Bench("spine", "bench_spine", ("--seconds", "4", "--rounds", "5"),
+          ("--seconds", "1", "--rounds", "2", "--requests", "20")),
     Bench("peers", "bench_peers", ("--rounds", "3", "--seconds", "3", "--gateway-calls", "3")),
     Bench("overhead", "bench_overhead", ("--rounds", "4", "--calls", "20", "--video-runs", "3")),
     Bench("face", "bench_face"),
@@ -60,7 +62,8 @@ BENCHES: tuple[Bench, ...] = (
     Bench("hash-copydetect", "bench_hash_copydetect"),
     Bench("hash-scale", "bench_hash_scale", (), ("--items", "100000", "--queries", "200")),
     Bench("hash-store", "bench_hash_store"),
-    Bench("hash-copies", "bench_hash_copies", ("--items", "1000000", "--big", "0"), ("--items", "100000", "--big", "0")),
+    Bench("hash-copies", "bench_hash_copies", ("--items", "1000000", "--big", "0"),
+          ("--items", "100000", "--big", "0")),
     Bench("heldout", "bench_heldout", (), ("--quick",)),
     Bench("loadtest", "bench_loadtest", ("--duration", "5s"), ("--duration", "2s")),
     Bench("overload", "bench_overload"),

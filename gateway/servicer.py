@@ -143,7 +143,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return None  # e.g. adds to a collection: never answered from the cache
         opts = gateway_pb2.AnalyzeOptions()
         opts.CopyFrom(options)
-        return f"{decoded.sha256}:{decoded.width}x{decoded.height}:{','.join(map(str, sorted(features)))}:{opts.SerializeToString(deterministic=True).hex()}"
+        return (
+            f"{decoded.sha256}:{decoded.width}x{decoded.height}:"
+            f"{','.join(map(str, sorted(features)))}:"
+            f"{opts.SerializeToString(deterministic=True).hex()}"
+        )
 
     async def analyze_decoded(
         self,

@@ -396,7 +396,9 @@ def preprocessing_phase(
             np.abs(dev_batch - cpu_batch).max()
         ),
         "mean |device - CPU| input difference": float(np.abs(dev_batch - cpu_batch).mean()),
-        "top-1 agreement, device vs CPU preprocessing": f"{int((cpu_logits.argmax(1) == dev_top).sum())}/{len(jpegs)}",
+        "top-1 agreement, device vs CPU preprocessing": (
+            f"{int((cpu_logits.argmax(1) == dev_top).sum())}/{len(jpegs)}"
+        ),
         "device top-1 within the CPU top-5": f"{sum(in_top5)}/{len(jpegs)}",
     }
     sec.notes.append(

@@ -115,7 +115,8 @@ def optimization_profile(
 def profile_fingerprint(profile: Sequence[ProfileShape]) -> str:
     """A stable text form of a profile (part of the plan cache key)."""
     return ";".join(
-        f"{p.name}:{'x'.join(map(str, p.min))}/{'x'.join(map(str, p.opt))}/{'x'.join(map(str, p.max))}"
+        f"{p.name}:{'x'.join(map(str, p.min))}/"
+        f"{'x'.join(map(str, p.opt))}/{'x'.join(map(str, p.max))}"
         for p in profile
     )
 
