@@ -123,23 +123,35 @@ def main() -> None:
         )
     ratio = med([a.images_s / b.images_s for a, b in zip(sat, bare, strict=True)])
     sizes = ", ".join(f"{k} {v.shape[1]}x{v.shape[0]}" for k, v in named.items())
-    body = f"""
-Command: `flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_detect --rounds {args.rounds} --passes {args.passes} --concurrency {args.concurrency} --engine-threads {args.engine_threads}`
-Machine: {machine()}; load average per round below.
-Work per side and round: photos {sizes}, {args.passes} passes = {args.passes * len(named)} images
-(people found per pass set: service {sat[0].faces}, bare {bare[0].faces}); sides run in turn inside
-each round; {args.engine_threads} ONNX Runtime intra-op thread(s) on both sides.
-
-{chr(10).join(lines)}
-
-| median | service, {args.concurrency} clients (saturation) | service, 1 client | bare model, one image at a time |
-|---|---:|---:|---:|
-| images/s | **{med([r.images_s for r in sat]):.1f}** | {med([r.images_s for r in single]):.1f} | {med([r.images_s for r in bare]):.1f} |
-| latency per image (p50) | {med([r.latency_ms for r in sat]):.0f} ms | **{med([r.latency_ms for r in single]):.0f} ms** | {med([r.latency_ms for r in bare]):.0f} ms |
-
-Median of per-round ratios: **service at saturation / bare model = {ratio:.2f}**. The service
-figure includes gRPC, raw-pixel transfer and validation, the load generator on the same cores.
-"""  # noqa: E501
+    body = (
+        "\n"
+        "Command: `flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_detect "
+        f"--rounds {args.rounds} --passes {args.passes} --concurrency {args.concurrency} "
+        f"--engine-threads {args.engine_threads}`\n"
+        f"Machine: {machine()}; load average per round below.\n"
+        f"Work per side and round: photos {sizes}, {args.passes} passes = "
+        f"{args.passes * len(named)} images\n"
+        f"(people found per pass set: service {sat[0].faces}, bare {bare[0].faces}); sides "
+        "run in turn inside\n"
+        f"each round; {args.engine_threads} ONNX Runtime intra-op thread(s) on both sides.\n"
+        "\n"
+        f"{chr(10).join(lines)}\n"
+        "\n"
+        f"| median | service, {args.concurrency} clients (saturation) | service, 1 client | "
+        "bare model, one image at a time |\n"
+        "|---|---:|---:|---:|\n"
+        f"| images/s | **{med([r.images_s for r in sat]):.1f}** | "
+        f"{med([r.images_s for r in single]):.1f} | {med([r.images_s for r in bare]):.1f} "
+        "|\n"
+        f"| latency per image (p50) | {med([r.latency_ms for r in sat]):.0f} ms | "
+        f"**{med([r.latency_ms for r in single]):.0f} ms** | "
+        f"{med([r.latency_ms for r in bare]):.0f} ms |\n"
+        "\n"
+        f"Median of per-round ratios: **service at saturation / bare model = {ratio:.2f}**. "
+        "The service\n"
+        "figure includes gRPC, raw-pixel transfer and validation, the load generator on "
+        "the same cores.\n"
+    )
     print(body)
     write_section("Detection service", body)
 

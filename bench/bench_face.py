@@ -265,36 +265,53 @@ def main() -> None:
         + " |"
         for i, n in enumerate(tiles)
     )
-    body = f"""
-Command: `flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_face --rounds {args.rounds} --passes {args.passes} --concurrency {args.concurrency} --engine-threads {args.engine_threads}`
-Machine: {machine()}; load average per round below.
-Work per side and round: photos {sizes}, {args.passes} passes = {args.passes * len(imgs)} images
-(faces found per pass set: RetinaFace service {faces["retinaface"]}, MTCNN service {faces["mtcnn"]}, bare {faces["bare"]}).
-Sides run in turn inside each round (A B C, A B C, ...); services get {args.concurrency} concurrent
-gRPC clients, the bare pipeline one image at a time; {args.engine_threads} ONNX Runtime intra-op thread(s) per model everywhere.
-MTCNN side: `detector.kind=mtcnn`, faces from {MTCNN_MIN_FACE:g} px (its previous default).
-
-{chr(10).join(lines)}
-
-| median | RetinaFace service | MTCNN service | bare RetinaFace pipeline |
-|---|---:|---:|---:|
-| images/s | **{med([r.images_s for r in ret]):.2f}** | {med([r.images_s for r in mt]):.2f} | {med([r.images_s for r in bare_runs]):.2f} |
-| latency per image (median) | {med([r.latency_ms for r in ret]):.0f} ms | {med([r.latency_ms for r in mt]):.0f} ms | {med([r.latency_ms for r in bare_runs]):.0f} ms |
-
-Median of per-round ratios: **RetinaFace service / MTCNN service = {ratio_mt:.1f}x**, **service / bare models = {ratio_bare:.2f}**;
-with one 320 px bucket only (`detector.retinaface.buckets=[320]`, faces found per pass set: {faces["retinaface 320"]}): **{ratio_fast:.1f}x** MTCNN.
-
-Small faces: recall on mosaics of the group photo in a {w}x{h} frame (n x n copies shrunk n
-times; a face counts as found when a returned box contains its centre).
-
-| mosaic | faces | face size | {" | ".join(sides)} |
-|---|---:|---|{"---:|" * len(sides)}
-{recall_rows}
-
-The default buckets (320, 640) halve a 1280 px frame, so faces under about 20 px in the
-frame are lost; `detector.retinaface.buckets: [320, 640, 1280]` keeps them at about 4x the
-detector's cost for such frames.
-"""  # noqa: E501
+    body = (
+        "\n"
+        "Command: `flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_face "
+        f"--rounds {args.rounds} --passes {args.passes} --concurrency {args.concurrency} "
+        f"--engine-threads {args.engine_threads}`\n"
+        f"Machine: {machine()}; load average per round below.\n"
+        f"Work per side and round: photos {sizes}, {args.passes} passes = "
+        f"{args.passes * len(imgs)} images\n"
+        f"(faces found per pass set: RetinaFace service {faces['retinaface']}, MTCNN "
+        f"service {faces['mtcnn']}, bare {faces['bare']}).\n"
+        "Sides run in turn inside each round (A B C, A B C, ...); services get "
+        f"{args.concurrency} concurrent\n"
+        f"gRPC clients, the bare pipeline one image at a time; {args.engine_threads} ONNX "
+        "Runtime intra-op thread(s) per model everywhere.\n"
+        f"MTCNN side: `detector.kind=mtcnn`, faces from {MTCNN_MIN_FACE:g} px (its previous "
+        "default).\n"
+        "\n"
+        f"{chr(10).join(lines)}\n"
+        "\n"
+        "| median | RetinaFace service | MTCNN service | bare RetinaFace pipeline |\n"
+        "|---|---:|---:|---:|\n"
+        f"| images/s | **{med([r.images_s for r in ret]):.2f}** | "
+        f"{med([r.images_s for r in mt]):.2f} | {med([r.images_s for r in bare_runs]):.2f} "
+        "|\n"
+        f"| latency per image (median) | {med([r.latency_ms for r in ret]):.0f} ms | "
+        f"{med([r.latency_ms for r in mt]):.0f} ms | "
+        f"{med([r.latency_ms for r in bare_runs]):.0f} ms |\n"
+        "\n"
+        "Median of per-round ratios: **RetinaFace service / MTCNN service = "
+        f"{ratio_mt:.1f}x**, **service / bare models = {ratio_bare:.2f}**;\n"
+        "with one 320 px bucket only (`detector.retinaface.buckets=[320]`, faces found per "
+        f"pass set: {faces['retinaface 320']}): **{ratio_fast:.1f}x** MTCNN.\n"
+        "\n"
+        f"Small faces: recall on mosaics of the group photo in a {w}x{h} frame (n x n "
+        "copies shrunk n\n"
+        "times; a face counts as found when a returned box contains its centre).\n"
+        "\n"
+        f"| mosaic | faces | face size | {' | '.join(sides)} |\n"
+        f"|---|---:|---|{'---:|' * len(sides)}\n"
+        f"{recall_rows}\n"
+        "\n"
+        "The default buckets (320, 640) halve a 1280 px frame, so faces under about 20 px "
+        "in the\n"
+        "frame are lost; `detector.retinaface.buckets: [320, 640, 1280]` keeps them at "
+        "about 4x the\n"
+        "detector's cost for such frames.\n"
+    )
     print(body)
     write_section("Face service", body)
 

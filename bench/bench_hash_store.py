@@ -62,30 +62,35 @@ print(json.dumps({"seconds": seconds, "rss": rss() - before, "items": items}))
 """
 
 
-INDEX_ONLY = """
-import gc, sys, time
-import numpy as np
-from services.hash.collection import Collection
-from services.hash.config import IndexConfig
-
-def rss():
-    with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("RssAnon:"))
-
-items = int(sys.argv[1])
-coll = Collection("bench", 1, 128, "itq", IndexConfig())
-gc.collect()
-before = rss()
-start = time.perf_counter()
-for first in range(0, items, 1_000_000):
-    count = min(1_000_000, items - first)
-    codes = np.random.default_rng(first).integers(0, 256, (count, 16), dtype=np.uint8)
-    coll.add(np.arange(first, first + count, dtype=np.int64), codes)
-    del codes
-gc.collect()
-print(f"in-memory index alone, {items:,} items: {(rss() - before) / items:.1f} B/item (anonymous RSS) "
-      f"({len(coll):,} indexed, IVF {coll.approximate}, {time.perf_counter() - start:.0f} s)")
-"""  # noqa: E501
+INDEX_ONLY = (
+    "\n"
+    "import gc, sys, time\n"
+    "import numpy as np\n"
+    "from services.hash.collection import Collection\n"
+    "from services.hash.config import IndexConfig\n"
+    "\n"
+    "def rss():\n"
+    '    with open("/proc/self/status") as fh:\n'
+    "        return next(int(l.split()[1]) * 1024 for l in fh if "
+    'l.startswith("RssAnon:"))\n'
+    "\n"
+    "items = int(sys.argv[1])\n"
+    'coll = Collection("bench", 1, 128, "itq", IndexConfig())\n'
+    "gc.collect()\n"
+    "before = rss()\n"
+    "start = time.perf_counter()\n"
+    "for first in range(0, items, 1_000_000):\n"
+    "    count = min(1_000_000, items - first)\n"
+    "    codes = np.random.default_rng(first).integers(0, 256, (count, 16), "
+    "dtype=np.uint8)\n"
+    "    coll.add(np.arange(first, first + count, dtype=np.int64), codes)\n"
+    "    del codes\n"
+    "gc.collect()\n"
+    'print(f"in-memory index alone, {items:,} items: {(rss() - before) / items:.1f} B/item '
+    '(anonymous RSS) "\n'
+    '      f"({len(coll):,} indexed, IVF {coll.approximate}, {time.perf_counter() - '
+    'start:.0f} s)")\n'
+)
 
 
 def codes_for(start: int, count: int) -> np.ndarray:

@@ -127,15 +127,22 @@ def overhead(args: argparse.Namespace, work: Path) -> str:
     over_b = [x - y for x, y in zip(rounds["before"], rounds["direct"], strict=True)]
     over_a = [x - y for x, y in zip(rounds["after"], rounds["direct"], strict=True)]
     fmt = ", ".join
-    return f"""
-| classify only, chelsea JPEG (451x300, {len(photo) // 1024} KiB), cache off, sequential | p50, median of rounds | per-round p50 (ms) |
-|---|---:|---|
-| classify service directly | {d:.2f} ms | {fmt(f"{x:.2f}" for x in rounds["direct"])} |
-| gateway before (`validation=decode`: decode in the gateway, then forward the bytes) | {b:.2f} ms | {fmt(f"{x:.2f}" for x in rounds["before"])} |
-| gateway after (`validation=header`: header checks, the service's decode validates) | {a:.2f} ms | {fmt(f"{x:.2f}" for x in rounds["after"])} |
-| **gateway overhead at p50, before** | **{median(over_b):.2f} ms** | {fmt(f"{x:.2f}" for x in over_b)} |
-| **gateway overhead at p50, after** (goal <= 2 ms) | **{median(over_a):.2f} ms** | {fmt(f"{x:.2f}" for x in over_a)} |
-"""  # noqa: E501
+    return (
+        "\n"
+        f"| classify only, chelsea JPEG (451x300, {len(photo) // 1024} KiB), cache off, "
+        "sequential | p50, median of rounds | per-round p50 (ms) |\n"
+        "|---|---:|---|\n"
+        f"| classify service directly | {d:.2f} ms | "
+        f"{fmt(f'{x:.2f}' for x in rounds['direct'])} |\n"
+        "| gateway before (`validation=decode`: decode in the gateway, then forward the "
+        f"bytes) | {b:.2f} ms | {fmt(f'{x:.2f}' for x in rounds['before'])} |\n"
+        "| gateway after (`validation=header`: header checks, the service's decode "
+        f"validates) | {a:.2f} ms | {fmt(f'{x:.2f}' for x in rounds['after'])} |\n"
+        f"| **gateway overhead at p50, before** | **{median(over_b):.2f} ms** | "
+        f"{fmt(f'{x:.2f}' for x in over_b)} |\n"
+        f"| **gateway overhead at p50, after** (goal <= 2 ms) | **{median(over_a):.2f} ms** "
+        f"| {fmt(f'{x:.2f}' for x in over_a)} |\n"
+    )
 
 
 def video(args: argparse.Namespace, work: Path) -> str:
@@ -200,15 +207,24 @@ def video(args: argparse.Namespace, work: Path) -> str:
     rb = [x / y for x, y in zip(rounds["before"], rounds["image"], strict=True)]
     ra = [x / y for x, y in zip(rounds["after"], rounds["image"], strict=True)]
     fmt = ", ".join
-    return f"""
-| every feature, cache off | median | rounds (ms) |
-|---|---:|---|
-| `Analyze`, one 1280x720 photo | {img:.0f} ms | {fmt(f"{x:.0f}" for x in rounds["image"])} |
-| `AnalyzeVideo`, 10 s 1280x720 clip, 3 keyframes, before (one call per frame and service: {3 * len(per_frame)} calls) | {b:.0f} ms | {fmt(f"{x:.0f}" for x in rounds["before"])} |
-| `AnalyzeVideo`, same clip, after ({", ".join(batched)} take the 3 frames in one call each; {", ".join(unbatched) or "none"} per frame: {len(batched) + 3 * len(unbatched)} calls) | {a:.0f} ms | {fmt(f"{x:.0f}" for x in rounds["after"])} |
-| **video / image, before** | **{median(rb):.2f}x** | {fmt(f"{x:.2f}" for x in rb)} |
-| **video / image, after** | **{median(ra):.2f}x** | {fmt(f"{x:.2f}" for x in ra)} |
-"""  # noqa: E501
+    return (
+        "\n"
+        "| every feature, cache off | median | rounds (ms) |\n"
+        "|---|---:|---|\n"
+        f"| `Analyze`, one 1280x720 photo | {img:.0f} ms | "
+        f"{fmt(f'{x:.0f}' for x in rounds['image'])} |\n"
+        "| `AnalyzeVideo`, 10 s 1280x720 clip, 3 keyframes, before (one call per frame and "
+        f"service: {3 * len(per_frame)} calls) | {b:.0f} ms | "
+        f"{fmt(f'{x:.0f}' for x in rounds['before'])} |\n"
+        f"| `AnalyzeVideo`, same clip, after ({', '.join(batched)} take the 3 frames in one "
+        f"call each; {', '.join(unbatched) or 'none'} per frame: "
+        f"{len(batched) + 3 * len(unbatched)} calls) | {a:.0f} ms | "
+        f"{fmt(f'{x:.0f}' for x in rounds['after'])} |\n"
+        f"| **video / image, before** | **{median(rb):.2f}x** | "
+        f"{fmt(f'{x:.2f}' for x in rb)} |\n"
+        f"| **video / image, after** | **{median(ra):.2f}x** | "
+        f"{fmt(f'{x:.2f}' for x in ra)} |\n"
+    )
 
 
 def main() -> None:
@@ -227,18 +243,24 @@ def main() -> None:
     print(over, flush=True)
     vid = "" if args.skip_video else video(args, work)
     print(vid, flush=True)
-    body = f"""
-Command: `.venv/bin/python -m bench.bench_overhead --rounds {args.rounds} --calls {args.calls} --video-runs {args.video_runs}`
-Machine: {machine()}; load average {load_before} before, {load_average()} after (a shared machine: other work ran alongside).
-Two gateways on the same services, before (`validation=decode`, `video_batch_calls=false`) and after (`validation=header`, `video_batch_calls=true`), sides alternating round by round.
-
-### Gateway overhead: header-only validation
-
-{args.rounds} rounds of {args.calls} sequential calls per side; within a round the three sides take turns call by call (rotating order).
-{over}
-### Video: a clip's frames in one call per service
-{vid if vid else "(not run: --skip-video)"}
-"""  # noqa: E501
+    body = (
+        "\n"
+        f"Command: `.venv/bin/python -m bench.bench_overhead --rounds {args.rounds} --calls "
+        f"{args.calls} --video-runs {args.video_runs}`\n"
+        f"Machine: {machine()}; load average {load_before} before, {load_average()} after "
+        "(a shared machine: other work ran alongside).\n"
+        "Two gateways on the same services, before (`validation=decode`, "
+        "`video_batch_calls=false`) and after (`validation=header`, "
+        "`video_batch_calls=true`), sides alternating round by round.\n"
+        "\n"
+        "### Gateway overhead: header-only validation\n"
+        "\n"
+        f"{args.rounds} rounds of {args.calls} sequential calls per side; within a round "
+        "the three sides take turns call by call (rotating order).\n"
+        f"{over}\n"
+        "### Video: a clip's frames in one call per service\n"
+        f"{vid if vid else '(not run: --skip-video)'}\n"
+    )
     print(body)
     if not args.dry_run:
         write_section("Serving overhead and video batching: before / after", body, key="overhead")

@@ -255,17 +255,22 @@ def main() -> None:
     print(text)
     print(loads)
     if args.write:
-        body = f"""
-Command: `.venv/bin/python -m bench.bench_overload --levels {args.levels} --seconds {args.seconds:g} --deadline {args.deadline:g}`
-Machine: {machine()}; {loads}. Every service and the gateway as separate processes on loopback;
-`Analyze` of `samples/astronaut.jpg`, every feature, cache off, deadline {args.deadline:g} s; closed-loop callers
-that wait the gateway's `retry-after-ms` (jittered) after RESOURCE_EXHAUSTED; {args.seconds:g} s per level.
-
-{HEADER}
-{chr(10).join(row(s) for s in results)}
-
-{text}
-"""  # noqa: E501
+        body = (
+            "\n"
+            f"Command: `.venv/bin/python -m bench.bench_overload --levels {args.levels} "
+            f"--seconds {args.seconds:g} --deadline {args.deadline:g}`\n"
+            f"Machine: {machine()}; {loads}. Every service and the gateway as separate "
+            "processes on loopback;\n"
+            "`Analyze` of `samples/astronaut.jpg`, every feature, cache off, deadline "
+            f"{args.deadline:g} s; closed-loop callers\n"
+            "that wait the gateway's `retry-after-ms` (jittered) after RESOURCE_EXHAUSTED; "
+            f"{args.seconds:g} s per level.\n"
+            "\n"
+            f"{HEADER}\n"
+            f"{chr(10).join(row(s) for s in results)}\n"
+            "\n"
+            f"{text}\n"
+        )
         write_section("Overload ramp", body)
 
 

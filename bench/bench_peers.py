@@ -414,47 +414,63 @@ def main() -> None:
             full.stop()
         g, d = median(gw_rounds) * 1000, median(direct_rounds) * 1000
         each = ", ".join(f"{n} {median(v) * 1000:.0f}" for n, v in per_service.items())
-        gateway_rows = f"""
-| what (astronaut 512x512 JPEG, every feature, cache off) | median of round medians | rounds (ms) |
-|---|---:|---|
-| gateway `Analyze`, all features (fanned out concurrently) | {g:.0f} ms | {", ".join(f"{x * 1000:.0f}" for x in gw_rounds)} |
-| sum of calling each service directly, one after the other ({each} ms) | {d:.0f} ms | {", ".join(f"{x * 1000:.0f}" for x in direct_rounds)} |
-| **gateway / sum of direct calls** | **{g / d:.2f}** | {", ".join(f"{a / b:.2f}" for a, b in zip(gw_rounds, direct_rounds, strict=True))} |
-"""  # noqa: E501
+        gateway_rows = (
+            "\n"
+            "| what (astronaut 512x512 JPEG, every feature, cache off) | median of round "
+            "medians | rounds (ms) |\n"
+            "|---|---:|---|\n"
+            f"| gateway `Analyze`, all features (fanned out concurrently) | {g:.0f} ms | "
+            f"{', '.join(f'{x * 1000:.0f}' for x in gw_rounds)} |\n"
+            f"| sum of calling each service directly, one after the other ({each} ms) | "
+            f"{d:.0f} ms | {', '.join(f'{x * 1000:.0f}' for x in direct_rounds)} |\n"
+            f"| **gateway / sum of direct calls** | **{g / d:.2f}** | "
+            f"{', '.join(f'{a / b:.2f}' for a, b in zip(gw_rounds, direct_rounds, strict=True))} "
+            "|\n"
+        )
         print(gateway_rows, flush=True)
 
-    body = f"""
-Command: `make setup-triton && .venv/bin/python -m bench.bench_peers --rounds {args.rounds} --seconds {args.seconds:g}`
-Machine: {machine()}; load average {load_before} before, {load_average()} after (a shared machine: other work ran alongside).
-Triton: tritonserver 2.51 from `nvidia-pytriton==0.7.0` (Python backend), in `.venv-triton`; see docs/triton.md.
-
-### classify: Triton vs our classify service, same pipeline
-
-{args.rounds} rounds of {args.seconds:g} s per side and concurrency, sides alternating (A B, B A, ...); medians of the rounds.
-Both sides: our preprocessing functions, EfficientNet-Lite0 + open_nsfw + quality on the repository's ONNX files,
-1 ONNX Runtime intra-op thread per model, dynamic batching max 32 / 2 ms; chelsea (451x300) as raw RGB.
-
-{classify_rows}
-
-### face: Triton vs our face service, same pipeline
-
-Both sides: the face service's `FacePipeline` (detection, alignment, age, gender, emotion, pose, quality) and its tags
-on the repository's ONNX files, 1 ORT thread per model; Triton batches requests (max 8, 2 ms) and runs the pipeline on
-each image of the batch, our service's batchers merge model rows across calls. astronaut (512x512, one face) as raw RGB.
-
-{face_rows}
-
-### The gateway against calling the services directly
-{gateway_rows if gateway_rows else "(not run: --skip-gateway)"}
-What differs between the sides is the serving layer only. Triton hands each
-batch to one Python callable (PyTriton's proxy: shared memory and ZeroMQ
-between tritonserver's Python backend and the callable's process), which runs
-the preprocessing of the batch's images one after another and then the models;
-our service preprocesses each image in worker threads while the models of
-earlier images compute, and batches per model (for face: detector rows and
-each attribute head's rows across calls). The timed region is one client
-call, request building to parsed reply; see docs/triton.md.
-"""  # noqa: E501
+    body = (
+        "\n"
+        "Command: `make setup-triton && .venv/bin/python -m bench.bench_peers --rounds "
+        f"{args.rounds} --seconds {args.seconds:g}`\n"
+        f"Machine: {machine()}; load average {load_before} before, {load_average()} after "
+        "(a shared machine: other work ran alongside).\n"
+        "Triton: tritonserver 2.51 from `nvidia-pytriton==0.7.0` (Python backend), in "
+        "`.venv-triton`; see docs/triton.md.\n"
+        "\n"
+        "### classify: Triton vs our classify service, same pipeline\n"
+        "\n"
+        f"{args.rounds} rounds of {args.seconds:g} s per side and concurrency, sides "
+        "alternating (A B, B A, ...); medians of the rounds.\n"
+        "Both sides: our preprocessing functions, EfficientNet-Lite0 + open_nsfw + quality "
+        "on the repository's ONNX files,\n"
+        "1 ONNX Runtime intra-op thread per model, dynamic batching max 32 / 2 ms; chelsea "
+        "(451x300) as raw RGB.\n"
+        "\n"
+        f"{classify_rows}\n"
+        "\n"
+        "### face: Triton vs our face service, same pipeline\n"
+        "\n"
+        "Both sides: the face service's `FacePipeline` (detection, alignment, age, gender, "
+        "emotion, pose, quality) and its tags\n"
+        "on the repository's ONNX files, 1 ORT thread per model; Triton batches requests "
+        "(max 8, 2 ms) and runs the pipeline on\n"
+        "each image of the batch, our service's batchers merge model rows across calls. "
+        "astronaut (512x512, one face) as raw RGB.\n"
+        "\n"
+        f"{face_rows}\n"
+        "\n"
+        "### The gateway against calling the services directly\n"
+        f"{gateway_rows if gateway_rows else '(not run: --skip-gateway)'}\n"
+        "What differs between the sides is the serving layer only. Triton hands each\n"
+        "batch to one Python callable (PyTriton's proxy: shared memory and ZeroMQ\n"
+        "between tritonserver's Python backend and the callable's process), which runs\n"
+        "the preprocessing of the batch's images one after another and then the models;\n"
+        "our service preprocesses each image in worker threads while the models of\n"
+        "earlier images compute, and batches per model (for face: detector rows and\n"
+        "each attribute head's rows across calls). The timed region is one client\n"
+        "call, request building to parsed reply; see docs/triton.md.\n"
+    )
     print(body)
     if not args.dry_run:
         write_section("Side by side with Triton", body, key="peers")

@@ -188,14 +188,17 @@ def main() -> None:
     print(verdict)
     print(f"soak goodput {goodput:.2f} full answers/s; {loads}")
     if args.write:
-        body = f"""
-Command: `.venv/bin/python -m bench.bench_soak --levels {args.levels} --ramp-seconds {args.ramp_seconds:g} --soak-seconds {args.soak_seconds:g} --interval {args.interval:g}{" --baseline" if args.baseline else ""}`
-Machine: {machine()}; {loads}. Mesh {mode}; RSS in MiB per process.
-
-{text}
-
-{verdict} Goodput during the soak: {goodput:.2f} full answers/s.
-"""  # noqa: E501
+        body = (
+            "\n"
+            f"Command: `.venv/bin/python -m bench.bench_soak --levels {args.levels} "
+            f"--ramp-seconds {args.ramp_seconds:g} --soak-seconds {args.soak_seconds:g} "
+            f"--interval {args.interval:g}{' --baseline' if args.baseline else ''}`\n"
+            f"Machine: {machine()}; {loads}. Mesh {mode}; RSS in MiB per process.\n"
+            "\n"
+            f"{text}\n"
+            "\n"
+            f"{verdict} Goodput during the soak: {goodput:.2f} full answers/s.\n"
+        )
         write_section("Memory soak" + (" (baseline)" if args.baseline else ""), body)
 
 
