@@ -77,10 +77,10 @@ def main() -> None:
                      image_ms, "ms"),
                 Side("video", f"`AnalyzeVideo`, the 10 s 1280x720 H.264 clip "
                      f"({clip.stat().st_size // 1024} KiB, client-streamed), {FRAMES} "
-                         "keyframes, all features",
+                     "keyframes, all features",
                      "each service's defaults", "1 call at a time (its frames concurrently inside)",
                      "upload, keyframe decode, all four features on each frame, "
-                         "aggregation", video_ms, "ms"),
+                     "aggregation", video_ms, "ms"),
             ]  # fmt: skip
             values = alternate(sides, args.rounds)
     finally:
