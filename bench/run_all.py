@@ -56,7 +56,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench("face", "bench_face"),
     Bench("detect", "bench_detect"),
     Bench("video", "bench_video", ("--runs", "7"), ("--runs", "2", "--seconds", "4")),
-    Bench("gateway", "bench_gateway", ("--runs", "5"), ("--runs", "2")),
+    Bench("gateway", "bench_gateway", ("--rounds", "5"), ("--rounds", "2")),
     Bench("ocr", "bench_ocr", ("--rounds", "5"), ("--rounds", "2", "--images", "4")),
     Bench("ocr-accuracy", "bench_ocr", ("--accuracy",), ("--accuracy", "--lines", "32")),
     Bench("hash-copydetect", "bench_hash_copydetect"),
