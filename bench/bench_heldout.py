@@ -35,8 +35,16 @@ from services.face.main import DEFINITION as FACE
 from services.hash.corpus import COPY_TRANSFORMS
 from services.hash.main import DEFINITION as HASH
 from services.ocr.main import DEFINITION as OCR
-from tests.support import running_service
-from visionmesh.v1 import face_pb2, face_pb2_grpc, hash_pb2, hash_pb2_grpc, ocr_pb2, ocr_pb2_grpc
+from tests.support import encode, running_service
+from visionmesh.v1 import (
+    common_pb2,
+    face_pb2,
+    face_pb2_grpc,
+    hash_pb2,
+    hash_pb2_grpc,
+    ocr_pb2,
+    ocr_pb2_grpc,
+)
 
 
 def gamma(g: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -141,7 +149,11 @@ async def ocr_section(report: Report, quick: bool) -> None:
             for variant, fn in VARIANTS.items():
                 image = np.ascontiguousarray(fn(rgb))
                 reply = await stub.Recognize(
-                    ocr_pb2.RecognizeRequest(image=rgb_to_image(image)), timeout=300
+                    ocr_pb2.RecognizeRequest(
+                        # PNG: the same pixels in a message under the services' 16 MiB limit.
+                        image=common_pb2.Image(encoded=encode(image, "PNG"))
+                    ),
+                    timeout=300,
                 )
                 images += 1
                 if reply.lines:
