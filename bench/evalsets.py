@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from services.hash.corpus import ALL_PHOTOS
 from tools.testdata import INSIGHTFACE_DIR, missing_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,32 +81,7 @@ TUNING: dict[str, frozenset[str]] = {
         )
     ),  # fmt: skip
     # The served projection is trained on every scikit-image photo (services/hash/corpus.py).
-    "hash": frozenset(
-        f"skimage:{n}"
-        for n in (
-            "astronaut",
-            "chelsea",
-            "coffee",
-            "rocket",
-            "camera",
-            "stereo_motorcycle",
-            "brick",
-            "grass",
-            "gravel",
-            "moon",
-            "coins",
-            "page",
-            "text",
-            "cell",
-            "clock",
-            "colorwheel",
-            "logo",
-            "immunohistochemistry",
-            "hubble_deep_field",
-            "retina",
-            "checkerboard",
-        )
-    ),  # fmt: skip
+    "hash": frozenset(f"skimage:{n}" for n in ALL_PHOTOS),
 }
 
 MASKS = tuple(f"insightface:mask_{c}.jpg" for c in ("black", "blue", "green", "white"))
