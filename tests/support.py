@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-from collections.abc import AsyncIterator, Mapping
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from services.common import config as cfgmod
@@ -23,6 +26,7 @@ from services.common.net import free_port
 from services.common.repository import default_root
 from services.common.runner import ServiceDefinition, build_server
 from services.common.server import MeshServer
+from visionmesh.mesh import LocalMesh
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,3 +128,26 @@ def draw_lines(
         draw.text(xy, text, font=face, fill=(20, 20, 20))
         boxes.append(tuple(int(v) for v in draw.textbbox(xy, text, font=face)))
     return np.asarray(canvas), boxes  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def classify_hash_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    """A local mesh of classify + hash (hash data in a temporary folder) for failure tests.
+
+    Stopped processes (SIGSTOP tests) are resumed first, so stopping never waits on one.
+    """
+    data_dir = tmp_path_factory.mktemp("hash-data")
+    mesh = LocalMesh(
+        services=["classify", "hash"],
+        log_dir=tmp_path_factory.mktemp("logs"),
+        extra_args={"hash": ["--set", f"storage.data_dir={data_dir}"]},
+    )
+    try:
+        mesh.start()
+        assert not mesh.failed, mesh.failed
+        yield mesh
+    finally:
+        for proc in mesh.processes.values():
+            if proc.alive():
+                os.killpg(proc.process.pid, signal.SIGCONT)
+        mesh.stop()

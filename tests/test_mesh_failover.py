@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.support import encode
+from tests.support import classify_hash_mesh, encode
 from visionmesh.mesh import LocalMesh, wait_healthy
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -23,18 +23,8 @@ FEATURES = [common_pb2.FEATURE_CLASSIFY, common_pb2.FEATURE_HASH]
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    data_dir = tmp_path_factory.mktemp("hash-data")
-    mesh = LocalMesh(
-        services=["classify", "hash"],
-        log_dir=tmp_path_factory.mktemp("logs"),
-        extra_args={"hash": ["--set", f"storage.data_dir={data_dir}"]},
-    )
-    try:
-        mesh.start()
-        assert not mesh.failed, mesh.failed
-        yield mesh
-    finally:
-        mesh.stop()
+    with classify_hash_mesh(tmp_path_factory) as running:
+        yield running
 
 
 async def _load(

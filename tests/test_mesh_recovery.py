@@ -21,7 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import encode
+from tests.support import classify_hash_mesh, encode
 from visionmesh.mesh import LocalMesh, wait_healthy
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -34,21 +34,8 @@ Log = list[tuple[float, float, gateway_pb2.AnalyzeResponse | grpc.aio.AioRpcErro
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    data_dir = tmp_path_factory.mktemp("hash-data")
-    mesh = LocalMesh(
-        services=["classify", "hash"],
-        log_dir=tmp_path_factory.mktemp("logs"),
-        extra_args={"hash": ["--set", f"storage.data_dir={data_dir}"]},
-    )
-    try:
-        mesh.start()
-        assert not mesh.failed, mesh.failed
-        yield mesh
-    finally:
-        for proc in mesh.processes.values():  # never leave a stopped process behind
-            if proc.alive():
-                os.killpg(proc.process.pid, signal.SIGCONT)
-        mesh.stop()
+    with classify_hash_mesh(tmp_path_factory) as running:
+        yield running
 
 
 def full(reply: object) -> bool:
