@@ -10,7 +10,8 @@ which rounds disagreed, and carries no figures. The spread is the range of the
 rounds over their median; with ``TRIM_FROM`` rounds or more, the highest and the
 lowest tenth of the rounds (at least one each) are left out of the range, as the
 median leaves them out of the figure, so one busy moment does not void a run
-whose other rounds agree, while rounds that disagree among themselves still do. Every round is printed either way.
+whose other rounds agree, while rounds that disagree among themselves still do.
+Every round is printed either way.
 
 ``Report`` writes one section of docs/benchmarks.md: the command, the machine
 (CPU model, cores), the load average before and after, each side's threads,
