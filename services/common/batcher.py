@@ -302,7 +302,7 @@ class DynamicBatcher:
 
 
 def _stack_and_infer(
-    engine: Engine, inputs: list[Mapping[str, np.ndarray]]
+    engine: Engine, inputs: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """One engine run on the requests' inputs concatenated along the batch axis."""
     if len(inputs) == 1:
