@@ -121,8 +121,7 @@ class DetectPipeline(Pipeline):
             score = float(out["pose_score"][row, 0])
             points: list[pose.Keypoint] = []
             if score >= cfg.min_pose_score:
-                cut = pose.cut_below(found.boxes[i], shape[0])
-                points = pose.decode(out["keypoints"][row], r, shape, cfg.min_keypoint_score, cut)
+                points = pose.decode(out["keypoints"][row], r, shape, cfg.min_keypoint_score)
             poses[int(i)] = Pose(score, points)
         return poses
 
