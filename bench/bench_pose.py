@@ -3,10 +3,11 @@ service's latency with pose on vs off. Prints a table (docs/detect.md, "Pose key
 
     flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_pose [--rounds 5] [--calls 10]
 
-Bare: ONNX Runtime on ``pose_landmark_full`` (1 intra-op thread), one
-256 x 256 crop per run and four per run. Service: the detection service in its own process, one
-client, the campus frame (6 people, the 4 largest get keypoints) and the astronaut (1 person);
-per round the sides run in turn (bare, pose on, pose off), ``--calls`` runs / calls per photo each.
+Bare: ONNX Runtime on ``pose_landmark_full`` (1 intra-op thread), one 256 x 256 crop per run
+and four per run. Service: the detection service in its own process, one client, one intra-op
+thread per engine, the campus frame (6 people, the 4 largest get keypoints) and the astronaut
+(1 person). Per round the sides run in turn (bare, pose on, pose off), ``--calls`` runs / calls
+per photo each.
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     args = parser.parse_args()
     mesh = LocalMesh(services=["detect"], engine_threads=None)
-    proc = mesh._spawn("detect", free_port("127.0.0.1"), [])
+    # One intra-op thread per engine, as `visionmesh up` sets on machines of up to 4 cores.
+    sets = ["--set", "person.engine.threads=1", "--set", "pose_landmark.engine.threads=1"]
+    proc = mesh._spawn("detect", free_port("127.0.0.1"), sets)
     try:
         if not wait_healthy(proc, time.monotonic() + 120):
             raise RuntimeError(f"detect did not become healthy; see {proc.log_path}")

@@ -201,3 +201,13 @@ def test_onnx_export_matches_the_rebuild_and_tensorflow_lite() -> None:
         ref_flag = interpreter.get_tensor(outputs[pose_export.POSE_FLAG])
         assert np.allclose(raw[row].numpy(), ref[0], atol=1e-2, rtol=1e-4)
         assert abs(float(flag[row, 0]) - float(ref_flag[0, 0])) < 1e-4
+
+
+def test_pose_settings_out_of_range_refuse_to_start() -> None:
+    from services.common.config import ConfigError
+    from services.detect.config import DetectConfig, PoseConfig
+    from services.detect.servicer import DetectServicer
+
+    for bad in (PoseConfig(max_people=17), PoseConfig(min_keypoint_score=1.5)):
+        with pytest.raises(ConfigError, match="pose"):
+            DetectServicer(DetectConfig(pose=bad))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
+from services.common.config import ConfigError
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
 from services.common.options import MAX_POSES
@@ -23,6 +24,12 @@ MAX_DETECTIONS_CAP = 300
 
 class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
     def __init__(self, config: DetectConfig) -> None:
+        pose = config.pose
+        if not 1 <= pose.max_people <= MAX_POSES:
+            raise ConfigError(f"pose.max_people must be 1..{MAX_POSES}, got {pose.max_people}")
+        for key in ("min_pose_score", "min_keypoint_score"):
+            if not 0 <= getattr(pose, key) <= 1:
+                raise ConfigError(f"pose.{key} must be in [0, 1], got {getattr(pose, key)}")
         self.config = config
         self.pipeline = DetectPipeline.served(config)
         self.image_limits = ImageLimits.from_config(config.images)
