@@ -184,6 +184,16 @@ def test_onnx_export_matches_the_rebuild_and_tensorflow_lite() -> None:
     assert np.allclose(keypoints[..., 3:], want_points.numpy()[..., 3:], atol=1e-4)
     assert np.allclose(flag, want_flag.numpy(), atol=1e-4)
     assert flag.min() > 0.9
+    # The project's torch backend runs the same ONNX.
+    from services.common.config import EngineConfig
+    from services.common.engines import create_engine
+
+    engine = create_engine(entry, EngineConfig(backend="torch"))
+    engine.load()
+    on_torch = engine.infer({"images": x})
+    engine.close()
+    assert np.allclose(on_torch["keypoints"][..., :3], keypoints[..., :3], atol=1e-2)
+    assert np.allclose(on_torch["pose_score"], flag, atol=1e-4)
 
     litert = pytest.importorskip("ai_edge_litert.interpreter")
     interpreter = litert.Interpreter(
