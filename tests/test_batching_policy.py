@@ -38,6 +38,7 @@ EXPECTED = {
     "ppocr_rec": BatchingPolicy(32, 2000, 512, 1),
     "face_retinaface": BatchingPolicy(16, 2000, 512, 1),
     "person_ssdlite": BatchingPolicy(16, 2000, 512, 1),
+    "pose_landmark_full": BatchingPolicy(16, 2000, 512, 1),
 }
 
 

@@ -99,7 +99,7 @@ def test_pipelines_own_their_served_models() -> None:
         "ocr": ["ppocr_det", "ppocr_cls", "ppocr_rec"],
         "face": ["face_age", "face_gender", "face_emotion", "face_retinaface"],
         "hash": ["efficientnet_lite0"],
-        "detect": ["person_ssdlite"],
+        "detect": ["person_ssdlite", "pose_landmark_full"],
     }
 
 

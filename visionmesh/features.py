@@ -301,6 +301,9 @@ HASH = register(
 def _rescale_detect(result: detect_pb2.DetectObjectsResponse, factor: float) -> None:
     for detection in result.detections:
         scale_box(detection.box, factor)
+        for point in detection.keypoints:
+            point.x *= factor
+            point.y *= factor
     for tag in result.tags:
         if tag.HasField("box"):
             scale_box(tag.box, factor)
@@ -315,12 +318,16 @@ DETECT = register(
         method="DetectObjects",
         default_port=50055,
         request=lambda images, o: detect_pb2.DetectObjectsRequest(
-            image=images[0], min_score=o.detect.min_score, max_detections=o.detect.max_detections
+            image=images[0],
+            min_score=o.detect.min_score,
+            max_detections=o.detect.max_detections,
+            no_pose=o.detect.no_pose,
+            max_poses=o.detect.max_poses,
         ),
         result_field="detect",
         merge=_copy_with_tags,
         rescale=_rescale_detect,
-        models=("person_ssdlite",),
+        models=("person_ssdlite", "pose_landmark_full"),
         export_module="services.detect.export",
         service_module="services.detect.main",
     )

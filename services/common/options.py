@@ -92,6 +92,9 @@ _SCORE_FLOOR = Range(0.0, 1.0, zero_is_default=True, high_inclusive=False)
 # Person detection's non-maximum suppression loop is bounded by this.
 MAX_DETECTIONS = 300
 _DETECTIONS = Range(1, MAX_DETECTIONS, zero_is_default=True)
+# People given pose keypoints per image: one 256 x 256 landmark model input each.
+MAX_POSES = 16
+_POSES = Range(1, MAX_POSES, zero_is_default=True)
 
 # "<message>.<field>" (package omitted) -> the documented range.
 RANGES: dict[str, Rule] = {
@@ -116,6 +119,8 @@ RANGES: dict[str, Rule] = {
     "DetectOptions.min_score": _SCORE_FLOOR,
     "DetectObjectsRequest.max_detections": _DETECTIONS,
     "DetectOptions.max_detections": _DETECTIONS,
+    "DetectObjectsRequest.max_poses": _POSES,
+    "DetectOptions.max_poses": _POSES,
     "VideoUploadHeader.num_frames": Range(1, MAX_VIDEO_FRAMES, zero_is_default=True),
     "VideoUploadHeader.total_size": Range(0, MAX_UPLOAD_BYTES),
 }

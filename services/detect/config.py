@@ -34,6 +34,21 @@ class TagConfig:
 
 
 @dataclass
+class PoseConfig:
+    # Pose keypoints for detected people (a request may turn them off with no_pose).
+    enabled: bool = True
+    # The largest people (by box area) that get keypoints, unless a request asks fewer or more
+    # (up to services/common/options.MAX_POSES). Each is one 256 x 256 landmark model input.
+    max_people: int = 4
+    # A person's keypoints are returned when the model's pose presence is at least this.
+    min_pose_score: float = 0.5
+    # ...and each keypoint when its visibility and presence probabilities are at least this.
+    # 0.7: on the group photo (people seated behind a table) the knees and ankles the model
+    # invents score 0.13-0.69; the walkers' of the campus frame mostly 0.7-0.99.
+    min_keypoint_score: float = 0.7
+
+
+@dataclass
 class DetectConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     # What one request may make this service decode (see services/common/images.py).
@@ -43,3 +58,8 @@ class DetectConfig:
     # Every image becomes one 300 x 300 input, so all concurrent calls batch together.
     # Batching policy: the model's own (services/detect/export.py).
     person: ModelConfig = field(default_factory=lambda: ModelConfig(name="person_ssdlite"))
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    # One 256 x 256 crop per person: the crops of concurrent calls batch together.
+    pose_landmark: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="pose_landmark_full")
+    )

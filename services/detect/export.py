@@ -20,6 +20,7 @@ from typing import Any
 
 from services.common.exports import ModelExport, package_provenance
 from services.common.repository import BatchingPolicy
+from services.detect.pose_export import build_pose_landmark
 
 OPSET = 17
 INPUT_SIZE = 300
@@ -129,5 +130,13 @@ MODELS = [
         1,
         build_person_ssdlite,
         BatchingPolicy(max_batch_size=16, max_queue_delay_us=2000),
-    )
+    ),
+    # One 256 x 256 crop per person, up to options.MAX_POSES per image.
+    ModelExport(
+        "pose_landmark_full",
+        1,
+        1,
+        build_pose_landmark,
+        BatchingPolicy(max_batch_size=16, max_queue_delay_us=2000),
+    ),
 ]

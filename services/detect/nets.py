@@ -11,7 +11,6 @@ out: the service does them (``ssd.py``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.detect.tf_graph import FrozenGraph
+from services.detect.torch_ops import needed, same_pad
 
 SUPPORTED = {
     "Identity",
@@ -31,14 +31,6 @@ SUPPORTED = {
     "Reshape",
     "ConcatV2",
 }
-
-
-def _same_pad(x: torch.Tensor, kernel: tuple[int, int], stride: int) -> torch.Tensor:
-    pads = []
-    for size, k in zip((x.shape[3], x.shape[2]), (kernel[1], kernel[0]), strict=True):
-        total = max((math.ceil(size / stride) - 1) * stride + k - size, 0)
-        pads += [total // 2, total - total // 2]
-    return F.pad(x, pads) if any(pads) else x
 
 
 class GraphNet(nn.Module):
@@ -61,24 +53,15 @@ class GraphNet(nn.Module):
         return key
 
     def _visit_all(self, graph: FrozenGraph) -> None:
-        state: dict[str, int] = {}
-        stack = [(o, False) for o in reversed(self.outputs)]
-        while stack:  # iterative post-order DFS: the graph is deep
-            name, done = stack.pop()
-            if done:
-                self.order.append(name)
-                state[name] = 2
-                continue
-            if state.get(name) or name == self.image_node:
-                continue
-            state[name] = 1
+        def lower(name: str) -> list[str]:
             node = graph.node(name)
             if node.op not in SUPPORTED:
                 raise ValueError(f"node {name}: op {node.op} is not supported")
             inputs, attrs = self._lower(graph, node)
             self.ops[name] = (node.op, inputs, attrs)
-            stack.append((name, True))
-            stack += [(i, False) for i in reversed(inputs)]
+            return inputs
+
+        self.order = needed(self.outputs, lower, {self.image_node})
 
     def _lower(self, graph: FrozenGraph, node: Any) -> tuple[list[str], dict[str, Any]]:
         """Data inputs to evaluate and static attributes (weights become parameters)."""
@@ -134,7 +117,7 @@ class GraphNet(nn.Module):
             if op in ("Conv2D", "DepthwiseConv2dNative"):
                 w = self.consts[a["weight"]]
                 if a["same"]:
-                    x = _same_pad(x, (w.shape[2], w.shape[3]), a["stride"])
+                    x = same_pad(x, (w.shape[2], w.shape[3]), (a["stride"], a["stride"]))
                 y = F.conv2d(x, w, stride=a["stride"], groups=a["groups"])
             elif op == "FusedBatchNorm":
                 gamma, beta, mean, var = (self.consts[p] for p in a["params"])

@@ -1,12 +1,15 @@
-"""DetectionService: people boxes, count and tags from one batched SSDLite pass per image."""
+"""DetectionService: people boxes, count and tags from one batched SSDLite pass per image,
+and pose keypoints of the largest people (one batched landmark pass per person)."""
 
 from __future__ import annotations
 
 import grpc
 import numpy as np
 
+from services.common.config import ConfigError
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
+from services.common.options import MAX_POSES
 from services.common.protos import box, decode_image
 from services.common.rpc import grpc_method, request_deadline
 from services.detect.config import DetectConfig
@@ -21,6 +24,12 @@ MAX_DETECTIONS_CAP = 300
 
 class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
     def __init__(self, config: DetectConfig) -> None:
+        pose = config.pose
+        if not 1 <= pose.max_people <= MAX_POSES:
+            raise ConfigError(f"pose.max_people must be 1..{MAX_POSES}, got {pose.max_people}")
+        for key in ("min_pose_score", "min_keypoint_score"):
+            if not 0 <= getattr(pose, key) <= 1:
+                raise ConfigError(f"pose.{key} must be in [0, 1], got {getattr(pose, key)}")
         self.config = config
         self.pipeline = DetectPipeline.served(config)
         self.image_limits = ImageLimits.from_config(config.images)
@@ -30,6 +39,17 @@ class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
 
     async def close(self) -> None:
         await self.pipeline.close()
+
+    def _max_poses(self, request: detect_pb2.DetectObjectsRequest) -> int:
+        """People to give keypoints: 0 when pose is off (service setting or ``no_pose``)."""
+        if not 0 <= request.max_poses <= MAX_POSES:
+            raise InvalidInput(
+                f"max_poses must be 0 (default {self.config.pose.max_people}) to {MAX_POSES},"
+                f" got {request.max_poses}"
+            )
+        if request.no_pose or not self.config.pose.enabled:
+            return 0
+        return request.max_poses or self.config.pose.max_people
 
     def _limits(self, request: detect_pb2.DetectObjectsRequest) -> tuple[float, int]:
         score = request.min_score
@@ -50,18 +70,27 @@ class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
         self, request: detect_pb2.DetectObjectsRequest, context: grpc.aio.ServicerContext
     ) -> detect_pb2.DetectObjectsResponse:
         min_score, max_detections = self._limits(request)
+        max_poses = self._max_poses(request)
         rgb = (await decode_image(request.image, self.image_limits)).rgb
         found = await self.pipeline.detect(
-            rgb, min_score, max_detections, request_deadline(context)
+            rgb, min_score, max_detections, request_deadline(context), max_poses
         )
         detections = []
-        for b, s, label in zip(found.boxes, found.scores, found.labels, strict=True):
+        for i, (b, s, label) in enumerate(
+            zip(found.boxes, found.scores, found.labels, strict=True)
+        ):
             en, zh = display_names(label)
-            detections.append(
-                detect_pb2.Detection(
-                    box=box(*b), score=float(s), label=label, display_name_en=en, display_name_zh=zh
-                )
+            detection = detect_pb2.Detection(
+                box=box(*b), score=float(s), label=label, display_name_en=en, display_name_zh=zh
             )
+            if i in found.poses:
+                person = found.poses[i]
+                detection.pose_score = person.score
+                detection.keypoints.extend(
+                    detect_pb2.Keypoint(name=k.name, x=k.x, y=k.y, score=k.score)
+                    for k in person.keypoints
+                )
+            detections.append(detection)
         people = np.array([lab == PERSON for lab in found.labels], bool)
         tags = people_tags(
             found.boxes[people],
