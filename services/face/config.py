@@ -20,6 +20,11 @@ class RetinaFaceConfig:
     # Square input sides: each image is letterboxed into the smallest one that holds its long
     # side (else the largest), so concurrent calls share an input shape and batch together.
     buckets: list[int] = field(default_factory=lambda: [320, 640])
+    # Pad every image to its bucket's square (one input shape per bucket: calls with images of
+    # any size share a batch; what fixed-shape GPU engines want), or, false, only to a multiple
+    # of 32: a 3:2 photo is then two thirds of the square's work. On CPU a batch costs the
+    # same per image as single runs, so merging shapes saves nothing there.
+    pad_to_square: bool = False
     # Face probability floor: 0.8 keeps all six faces of the group photo at 320 px (lowest 0.89)
     # and drops the cat's head in chelsea (0.66 at 640 px).
     score_threshold: float = 0.8
