@@ -56,6 +56,16 @@ def _signature(inputs: Mapping[str, np.ndarray]) -> Signature:
     return tuple(sorted((name, arr.shape[1:], arr.dtype.str) for name, arr in inputs.items()))
 
 
+def _run_batch(engine: Engine, batch: list[_Request]) -> dict[str, np.ndarray]:
+    """Stack the requests' rows and run them, in the engine's thread: a batch of large inputs
+    (detector images) is megabytes to copy, which must not hold up the event loop."""
+    stacked = {
+        k: np.concatenate([r.inputs[k] for r in batch]) if len(batch) > 1 else batch[0].inputs[k]
+        for k in batch[0].inputs
+    }
+    return engine.infer(stacked)
+
+
 class DynamicBatcher:
     """Queue + batch former + N engine workers for one model."""
 
@@ -270,17 +280,10 @@ class DynamicBatcher:
                 return
             for req in batch:
                 metrics.QUEUE_SECONDS.labels(self.name).observe(req.dequeued - req.enqueued)
-            names = batch[0].inputs.keys()
-            stacked = {
-                k: np.concatenate([r.inputs[k] for r in batch])
-                if len(batch) > 1
-                else batch[0].inputs[k]
-                for k in names
-            }
             total = sum(r.rows for r in batch)
             start = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self._executor, engine.infer, stacked)
+                outputs = await loop.run_in_executor(self._executor, _run_batch, engine, batch)
             except (
                 Exception
             ) as exc:  # the engine failed this batch: every request in it gets the error

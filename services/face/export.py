@@ -216,18 +216,14 @@ def build_retinaface(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, provenance
 
 
-def _batching(max_batch_size: int) -> BatchingPolicy:
-    # No queue delay: a request goes to an idle engine at once, and the requests that arrive
-    # while it computes form the next batch. Waiting for company buys nothing on CPU (a
-    # RetinaFace batch costs the same per image as single runs) and adds latency on each of a
-    # call's sequential model steps (detector, then heads; MTCNN's three stages).
-    return BatchingPolicy(max_batch_size=max_batch_size, max_queue_delay_us=0)
+def _batching(max_batch_size: int, delay_us: int = 2000) -> BatchingPolicy:
+    return BatchingPolicy(max_batch_size=max_batch_size, max_queue_delay_us=delay_us)
 
 
 MODELS = [
-    # One letterboxed input per image: up to 16 images of one input shape per batch.
+    # One letterboxed 320 / 640 px input per image: up to 16 images of a bucket per batch.
     ModelExport("face_retinaface", 1, 1, build_retinaface, _batching(16)),
-    ModelExport("mtcnn_pnet", 1, 1, _mtcnn_builder("pnet"), _batching(8)),
+    ModelExport("mtcnn_pnet", 1, 1, _mtcnn_builder("pnet"), _batching(8, 500)),
     ModelExport("mtcnn_rnet", 1, 1, _mtcnn_builder("rnet"), _batching(256)),
     ModelExport("mtcnn_onet", 1, 1, _mtcnn_builder("onet"), _batching(128)),
     ModelExport("face_age", 1, 1, _age_gender_builder("age"), _batching(64)),
