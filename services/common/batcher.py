@@ -56,16 +56,6 @@ def _signature(inputs: Mapping[str, np.ndarray]) -> Signature:
     return tuple(sorted((name, arr.shape[1:], arr.dtype.str) for name, arr in inputs.items()))
 
 
-def _run_batch(engine: Engine, batch: list[_Request]) -> dict[str, np.ndarray]:
-    """Stack the requests' rows and run them, in the engine's thread: a batch of large inputs
-    (detector images) is megabytes to copy, which must not hold up the event loop."""
-    stacked = {
-        k: np.concatenate([r.inputs[k] for r in batch]) if len(batch) > 1 else batch[0].inputs[k]
-        for k in batch[0].inputs
-    }
-    return engine.infer(stacked)
-
-
 class DynamicBatcher:
     """Queue + batch former + N engine workers for one model."""
 
@@ -280,10 +270,15 @@ class DynamicBatcher:
                 return
             for req in batch:
                 metrics.QUEUE_SECONDS.labels(self.name).observe(req.dequeued - req.enqueued)
+            inputs = [r.inputs for r in batch]
             total = sum(r.rows for r in batch)
             start = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self._executor, _run_batch, engine, batch)
+                # Stacking copies the whole batch: it runs in the engine's thread, not on the
+                # event loop, which meanwhile keeps receiving and answering calls.
+                outputs = await loop.run_in_executor(
+                    self._executor, _stack_and_infer, engine, inputs
+                )
             except (
                 Exception
             ) as exc:  # the engine failed this batch: every request in it gets the error
@@ -304,3 +299,12 @@ class DynamicBatcher:
                 offset += req.rows
                 if not req.future.done():
                     req.future.set_result(part)
+
+
+def _stack_and_infer(
+    engine: Engine, inputs: list[Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """One engine run on the requests' inputs concatenated along the batch axis."""
+    if len(inputs) == 1:
+        return engine.infer(inputs[0])
+    return engine.infer({k: np.concatenate([i[k] for i in inputs]) for k in inputs[0]})
