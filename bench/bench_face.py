@@ -76,6 +76,9 @@ def session(entry: ModelEntry, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.inter_op_num_threads = 1
+    # As the engines' default (engine.spin_wait false): idle threads sleep instead of spinning.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads > 0:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(entry.onnx_path), opts, providers=["CPUExecutionProvider"])
