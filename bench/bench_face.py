@@ -1,7 +1,7 @@
 """Face service benchmark: the RetinaFace service vs the MTCNN service vs its own bare models.
 
-    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_face [--seconds 3]
-    [--rounds 5] [--concurrency 4]
+    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_face [--seconds 5]
+    [--rounds 7] [--concurrency 4]
     .venv/bin/python -m bench.bench_face --stages   # CPU time per stage (docs/face.md)
 
 On the same photos (astronaut: 1 face, the insightface group photo t1.jpg:
@@ -298,13 +298,18 @@ def bare_stages(imgs: dict[str, np.ndarray], repeats: int) -> str:
     return "\n".join(rows)
 
 
-async def service_threads(imgs: list[np.ndarray], concurrency: int, calls: int) -> str:
+async def service_threads(
+    imgs: list[np.ndarray], concurrency: int, calls: int, detector: dict[str, Any] | None = None
+) -> tuple[str, float]:
     """The service in this process: CPU ms per image by thread (the event loop also runs the
-    client)."""
+    client), and for the whole process."""
     from services.face.main import DEFINITION
     from tests.support import running_service
 
-    overrides: dict[str, Any] = {m: {"engine": {"threads": 1}} for m in (*HEADS, "retinaface")}
+    models = (*HEADS, "retinaface")
+    overrides: dict[str, Any] = {m: {"engine": {"threads": 1}} for m in models}
+    overrides["mtcnn"] = {m: {"engine": {"threads": 1}} for m in ("pnet", "rnet", "onet")}
+    overrides["detector"] = detector or {}
     async with (
         running_service(DEFINITION, overrides) as server,
         grpc.aio.insecure_channel(server.address) as channel,
@@ -334,8 +339,9 @@ async def service_threads(imgs: list[np.ndarray], concurrency: int, calls: int) 
         for name, s in sorted(by_name.items(), key=lambda kv: -kv[1])
         if s > 0
     ]
-    rows.append(f"| **whole process** | {1000 * (cpu1 - cpu0) / calls:.1f} |")
-    return "\n".join(rows)
+    total = 1000 * (cpu1 - cpu0) / calls
+    rows.append(f"| **whole process** | {total:.1f} |")
+    return "\n".join(rows), total
 
 
 def stages(repeats: int) -> None:
@@ -343,7 +349,32 @@ def stages(repeats: int) -> None:
     print(f"load average {os.getloadavg()}")
     print(bare_stages(imgs, repeats))
     print()
-    print(asyncio.run(service_threads(list(imgs.values()), 4, 10 * len(imgs))))
+    work = list(imgs.values())
+    table, _ = asyncio.run(service_threads(work, 4, 10 * len(imgs)))
+    print(table)
+    print()
+    # CPU per image is what throughput on a saturated machine is inversely proportional to,
+    # and, unlike images/s, it does not move with the machine's other load.
+    configs: dict[str, dict[str, Any]] = {
+        "RetinaFace (default)": {},
+        "RetinaFace, pad_to_square": {"retinaface": {"pad_to_square": True}},
+        "RetinaFace, one 320 px bucket": {"retinaface": {"buckets": [320]}},
+        f"MTCNN, faces from {MTCNN_MIN_FACE:g} px": {
+            "kind": "mtcnn",
+            "min_face_size": MTCNN_MIN_FACE,
+        },
+    }
+    totals = {
+        name: asyncio.run(service_threads(work, 4, 5 * len(imgs), det))[1]
+        for name, det in configs.items()
+    }
+    mtcnn = totals[f"MTCNN, faces from {MTCNN_MIN_FACE:g} px"]
+    print(
+        "| service, 4 concurrent calls (client in the process) | ms CPU per image | MTCNN / this |"
+    )
+    print("|---|---:|---:|")
+    for name, ms in totals.items():
+        print(f"| {name} | {ms:.1f} | {mtcnn / ms:.1f} |")
 
 
 # --- the comparison ---------------------------------------------------------------------------
@@ -351,8 +382,8 @@ def stages(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per side per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per side per round")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--engine-threads", type=int, default=1)
     parser.add_argument("--stages", action="store_true", help="CPU time per stage, then exit")
