@@ -3,6 +3,7 @@ explicitly."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ EXPECTED = {
     "person_ssdlite": BatchingPolicy(16, 2000, 512, 1),
     "pose_landmark_full": BatchingPolicy(16, 2000, 512, 1),
 }
+# Deliberate service-side changes made since (the service's config.py says why).
+SERVICE_OVERRIDES: dict[str, dict[str, int]] = {
+    name: {"max_queue_delay_us": 0}
+    for name in ("face_retinaface", "face_age", "face_gender", "face_emotion")
+}
 
 
 @pytest.mark.parametrize(
@@ -48,7 +54,10 @@ EXPECTED = {
 def test_default_service_configs_run_the_repository_policies(config_cls: type) -> None:
     for model in model_configs(config_cls()):
         policy = load_entry(model.name, model.version).batching_policy(model.batcher)
-        assert policy == EXPECTED[model.name], model.name
+        expected = dataclasses.replace(
+            EXPECTED[model.name], **SERVICE_OVERRIDES.get(model.name, {})
+        )
+        assert policy == expected, model.name
 
 
 def test_served_model_takes_the_repository_policy_and_explicit_overrides() -> None:

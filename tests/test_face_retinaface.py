@@ -64,6 +64,16 @@ def test_letterbox_buckets() -> None:
     # The image fills the top 160 rows; below is zero (the mean colour).
     assert x[0, 0, 159, 0] == 255 - 104 and x[0, 2, 159, 0] == 255 - 123
     assert not x[0, :, 160:].any()
+    # Without the square, each side is only rounded up to a multiple of 32; same pixels, same
+    # scale.
+    y, fit = retinaface.letterbox(np.full((100, 200, 3), 255, np.uint8), 320, square=False)
+    assert y.shape == (1, 3, 160, 320) and fit.scale == 1.6
+    assert np.array_equal(y, x[:, :, :160])
+    assert retinaface.letterbox(np.zeros((300, 451, 3), np.uint8), 640, False)[0].shape[2:] == (
+        448,
+        640,
+    )
+    assert len(retinaface.priors(160, 320)) == 2 * (20 * 40 + 10 * 20 + 5 * 10)
 
 
 async def test_images_of_different_sizes_share_a_detector_batch(
@@ -78,7 +88,8 @@ async def test_images_of_different_sizes_share_a_detector_batch(
             REGISTRY.get_sample_value("visionmesh_batcher_batch_size_sum", labels) or 0.0,
         )
 
-    # Four sizes between 321 and 640 px on the long side: one 640 px bucket.
+    # Four sizes between 321 and 640 px on the long side: one 640 px bucket, padded to its
+    # square.
     images = [
         skimage.data.astronaut(),
         cv2.resize(group_photo, (640, 443), interpolation=cv2.INTER_AREA),
@@ -86,8 +97,9 @@ async def test_images_of_different_sizes_share_a_detector_batch(
         skimage.data.coffee()[:, :600],
     ]
     window = {"batcher": {"max_queue_delay_us": 1_000_000, "max_batch_size": 8}}
+    square = {"retinaface": {"pad_to_square": True}}
     async with (
-        running_service(DEFINITION, {"retinaface": window}) as server,
+        running_service(DEFINITION, {"retinaface": window, "detector": square}) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         stub = face_pb2_grpc.FaceServiceStub(channel)

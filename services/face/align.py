@@ -31,17 +31,35 @@ CANONICAL_FACE = np.array(
 MAX_OVERSAMPLE = 4
 
 
-def chip_matrix(landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
-    """2 x 3 image -> chip matrix (least-squares similarity over the 5 points)."""
-    target = (padding + CANONICAL_FACE) / (1 + 2 * padding) * size
-    tform = SimilarityTransform.from_estimate(landmarks.astype(np.float64), target)
-    return np.asarray(tform.params[:2], np.float64)
+def face_frame(landmarks: np.ndarray) -> np.ndarray:
+    """3 x 3 image -> canonical-face matrix (least-squares similarity over the 5 points).
+
+    Every chip of a face derives from it (``chip_matrix``): fitting the points to a scaled and
+    shifted canonical face gives this fit, scaled and shifted the same way.
+    """
+    tform = SimilarityTransform.from_estimate(landmarks.astype(np.float64), CANONICAL_FACE)
+    return np.asarray(tform.params, np.float64)
 
 
-def extract_chip(rgb: np.ndarray, landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
+def chip_matrix(
+    landmarks: np.ndarray, size: int, padding: float, frame: np.ndarray | None = None
+) -> np.ndarray:
+    """2 x 3 image -> chip matrix; ``frame``: the face's ``face_frame``, if already fitted."""
+    frame = face_frame(landmarks) if frame is None else frame
+    scale = size / (1 + 2 * padding)
+    return np.asarray(frame[:2] * scale + np.array([[0, 0, padding * scale]] * 2), np.float64)
+
+
+def extract_chip(
+    rgb: np.ndarray,
+    landmarks: np.ndarray,
+    size: int,
+    padding: float,
+    frame: np.ndarray | None = None,
+) -> np.ndarray:
     """An aligned ``size x size`` chip; supersampled then area-averaged when shrinking a large
-    face."""
-    matrix = chip_matrix(landmarks, size, padding)
+    face. ``frame``: the face's ``face_frame``, when several chips are cut from one face."""
+    matrix = chip_matrix(landmarks, size, padding, frame)
     scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
     factor = min(MAX_OVERSAMPLE, max(1, math.ceil(1.0 / scale))) if scale > 0 else 1
     big = cv2.warpAffine(

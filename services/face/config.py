@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ImageLimitsConfig, ModelConfig, ServerConfig
+from services.common.config import BatcherConfig, ImageLimitsConfig, ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("face").default_port
 
 
 def _model(name: str) -> ModelConfig:
-    # Batching policies are the models' own (their repository config.yaml, services/face/export.py).
-    return ModelConfig(name=name)
+    # Batching policies are the models' own (their repository config.yaml, services/face/export.py)
+    # but for the queue delay: this service sends a request to an idle engine at once, and the
+    # requests that arrive while it computes form the next batch. Waiting for company buys
+    # nothing on CPU (a RetinaFace batch costs the same per image as single runs) and adds a
+    # delay to each of a call's sequential model steps (detector, then heads; MTCNN's stages).
+    return ModelConfig(name=name, batcher=BatcherConfig(max_queue_delay_us=0))
 
 
 @dataclass
@@ -20,6 +24,11 @@ class RetinaFaceConfig:
     # Square input sides: each image is letterboxed into the smallest one that holds its long
     # side (else the largest), so concurrent calls share an input shape and batch together.
     buckets: list[int] = field(default_factory=lambda: [320, 640])
+    # Pad every image to its bucket's square (one input shape per bucket: calls with images of
+    # any size share a batch; what fixed-shape GPU engines want), or, false, only to a multiple
+    # of 32: a 3:2 photo is then two thirds of the square's work. On CPU a batch costs the
+    # same per image as single runs, so merging shapes saves nothing there.
+    pad_to_square: bool = False
     # Face probability floor: 0.8 keeps all six faces of the group photo at 320 px (lowest 0.89)
     # and drops the cat's head in chelsea (0.66 at 640 px).
     score_threshold: float = 0.8

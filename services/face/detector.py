@@ -1,8 +1,9 @@
 """Face detection through served models: RetinaFace (default) or MTCNN.
 
-RetinaFace runs once per image: the image is letterboxed into a fixed square
-bucket (``retinaface.py``), so images of different sizes are one input shape
-and the batcher merges concurrent calls into one batch.
+RetinaFace runs once per image: the image is scaled into a bucket and padded
+(``retinaface.py``): to the bucket's square with ``pad_to_square``, so images
+of different sizes are one input shape and the batcher merges concurrent
+calls into one batch, else only to a multiple of 32 (less work per image).
 
 MTCNN (``detector.kind: mtcnn``): stage 1 runs P-Net on every pyramid level concurrently (each level
 is its own
@@ -78,7 +79,7 @@ class RetinaFaceDetector:
     ) -> Detections:
         h, w = rgb.shape[:2]
         side = retinaface.pick_bucket(h, w, self.config.buckets)
-        x, box = await asyncio.to_thread(retinaface.letterbox, rgb, side)
+        x, box = await asyncio.to_thread(retinaface.letterbox, rgb, side, self.config.pad_to_square)
         out = await self.model.infer({self.input_name: x}, deadline)
         return await asyncio.to_thread(self._select, out, box, (h, w), min_face, max_faces)
 
@@ -95,7 +96,9 @@ class RetinaFaceDetector:
         if len(keep) == 0:
             return Detections.empty()
         boxes, points = retinaface.decode(
-            out["loc"][0, keep], out["landmarks"][0, keep], retinaface.priors(box.side)[keep]
+            out["loc"][0, keep],
+            out["landmarks"][0, keep],
+            retinaface.priors(box.height, box.width)[keep],
         )
         scores = scores[keep]
         boxes /= box.scale

@@ -19,7 +19,7 @@ from services.common.models import ServedModel
 from services.common.pipeline import Pipeline
 from services.common.protos import box
 from services.face import attributes
-from services.face.align import extract_chip
+from services.face.align import extract_chip, face_frame
 from services.face.config import FaceConfig
 from services.face.detector import (
     Detections,
@@ -63,9 +63,12 @@ def make_detector(models: FaceModels, config: FaceConfig) -> Detector:
 
 @dataclass
 class Chips:
+    """Each face's chips (uint8) and the heads' input tensors made from them."""
+
     age: np.ndarray
     gender: np.ndarray
     emotion: np.ndarray
+    inputs: dict[str, np.ndarray]
 
 
 async def _run(model: Model, x: np.ndarray, deadline: Deadline) -> np.ndarray:
@@ -103,30 +106,35 @@ class FacePipeline(Pipeline):
         return cls(FaceModels(**served), config, owned=served.values())
 
     def _chips(self, rgb: np.ndarray, det: Detections) -> Chips:
-        age_pre, gender_pre = (
-            self.models.age.entry.preprocessing,
-            self.models.gender.entry.preprocessing,
+        """All chips and head inputs in one go (one worker-thread hop per call)."""
+        m = self.models
+        age_pre, gender_pre, emo_pre = (
+            m.age.entry.preprocessing,
+            m.gender.entry.preprocessing,
+            m.emotion.entry.preprocessing,
         )
-        emo_size = int(self.models.emotion.entry.preprocessing["size"])
-        return Chips(
-            age=np.stack(
+        # One landmark fit per face; its three chips are scaled and shifted copies of it.
+        frames = [face_frame(lm) for lm in det.landmarks]
+
+        def cut(size: int, padding: float) -> np.ndarray:
+            return np.stack(
                 [
-                    extract_chip(rgb, lm, int(age_pre["size"]), float(age_pre["chip_padding"]))
-                    for lm in det.landmarks
+                    extract_chip(rgb, lm, size, padding, frame)
+                    for lm, frame in zip(det.landmarks, frames, strict=True)
                 ]
+            )
+
+        age = cut(int(age_pre["size"]), float(age_pre["chip_padding"]))
+        gender = cut(int(gender_pre["size"]), float(gender_pre["chip_padding"]))
+        emotion = cut(int(emo_pre["size"]), EMOTION_CHIP_PADDING)
+        inputs = {
+            "age": attributes.rgb_chips_to_tensor(age, age_pre["mean"], age_pre["scale"]),
+            "gender": attributes.rgb_chips_to_tensor(
+                gender, gender_pre["mean"], gender_pre["scale"]
             ),
-            gender=np.stack(
-                [
-                    extract_chip(
-                        rgb, lm, int(gender_pre["size"]), float(gender_pre["chip_padding"])
-                    )
-                    for lm in det.landmarks
-                ]
-            ),
-            emotion=np.stack(
-                [extract_chip(rgb, lm, emo_size, EMOTION_CHIP_PADDING) for lm in det.landmarks]
-            ),
-        )
+            "emotion": attributes.grey_chips_to_tensor(emotion, emo_pre["mean"], emo_pre["scale"]),
+        }
+        return Chips(age, gender, emotion, inputs)
 
     async def analyse(
         self,
@@ -140,31 +148,12 @@ class FacePipeline(Pipeline):
         if len(det) == 0:
             return []
         chips = await asyncio.to_thread(self._chips, rgb, det)
-        m = self.models
-        age_pre, gender_pre, emo_pre = (
-            m.age.entry.preprocessing,
-            m.gender.entry.preprocessing,
-            m.emotion.entry.preprocessing,
-        )
+        m, x = self.models, chips.inputs
         # The three heads run concurrently; each batcher merges these faces with other calls' faces.
         age_p, gender_p, emo_p = await asyncio.gather(
-            _run(
-                m.age,
-                attributes.rgb_chips_to_tensor(chips.age, age_pre["mean"], age_pre["scale"]),
-                deadline,
-            ),
-            _run(
-                m.gender,
-                attributes.rgb_chips_to_tensor(
-                    chips.gender, gender_pre["mean"], gender_pre["scale"]
-                ),
-                deadline,
-            ),
-            _run(
-                m.emotion,
-                attributes.grey_chips_to_tensor(chips.emotion, emo_pre["mean"], emo_pre["scale"]),
-                deadline,
-            ),
+            _run(m.age, x["age"], deadline),
+            _run(m.gender, x["gender"], deadline),
+            _run(m.emotion, x["emotion"], deadline),
         )
         return [self._face(det, i, chips, age_p[i], gender_p[i], emo_p[i]) for i in range(len(det))]
 
