@@ -122,6 +122,13 @@ def _render_standalone_config(data_dir: Path, ports: dict[str, int]) -> str:
         return values.get(key, default.strip())
 
     text = re.sub(r"\{\{(.*?)\}\}", fill, template)
+    # The embedded etcd listens where its own file says (127.0.0.1:2379/2380 when none is
+    # given, which two servers on one host cannot share).
+    text = text.replace(
+        "  use:\n    embed: true",
+        f"  config:\n    path: {data_dir / 'configs' / 'embedEtcd.yaml'}\n  use:\n    embed: true",
+        1,
+    )
     # Each component advertises (and binds) the address it is given: loopback only.
     text = re.sub(r"(?m)^(\s+)ip:.*$", r"\1ip: 127.0.0.1", text)
     return text.replace("localhost", "127.0.0.1")
@@ -190,6 +197,13 @@ class LocalMilvus:
         configs = self.data_dir / "configs"
         configs.mkdir(parents=True, exist_ok=True)
         (configs / "milvus.yaml").write_text(_render_standalone_config(self.data_dir, ports))
+        client, peer = f"http://127.0.0.1:{ports['etcd_port']}", f"http://127.0.0.1:{free_port()}"
+        (configs / "embedEtcd.yaml").write_text(
+            f"name: standalone\ndata-dir: {self.data_dir / 'data' / 'etcd.data'}\n"
+            f"listen-client-urls: {client}\nadvertise-client-urls: {client}\n"
+            f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+            f"initial-cluster: standalone={peer}\n"
+        )
         glog = package_dir("milvus") / "data" / "glog.conf"
         (configs / "glog.conf").write_bytes(glog.read_bytes())
         metrics = free_port()
@@ -221,8 +235,8 @@ class LocalMilvus:
             self.proc.wait(10)
         self.proc = None
 
-    def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (the data is already durable)."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
