@@ -154,9 +154,10 @@ class MilvusCollections:
     def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One Milvus call, timed; its errors become Unavailable (the request may be retried)."""
         assert self.client is not None, "the Milvus backend is not started"
+        kwargs.setdefault("timeout", self.config.timeout_s)
         started = time.perf_counter()
         try:
-            return fn(*args, timeout=self.config.timeout_s, **kwargs)
+            return fn(*args, **kwargs)
         except MilvusException as exc:
             HEALTHY.set(0)
             raise Unavailable(f"Milvus {operation} failed: {exc.message or exc}") from exc
@@ -228,7 +229,9 @@ class MilvusCollections:
         if not isinstance(meta, dict) or meta.get("kind") != DESCRIPTION_KIND:
             return None
         coll = MilvusCollection(str(meta["name"]), int(meta["bits"]), str(meta["method"]), mname)
-        self._call("load_collection", self.client.load_collection, mname)
+        # Loading a large collection after a server restart takes longer than one request may.
+        timeout = max(self.config.timeout_s, self.config.connect_timeout_s)
+        self._call("load_collection", self.client.load_collection, mname, timeout=timeout)
         self.catalog[coll.name] = coll
         self.counts[coll.name] = self._count(coll)
         return coll

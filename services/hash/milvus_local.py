@@ -235,7 +235,7 @@ class LocalMilvus:
             self.proc.wait(10)
         self.proc = None
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds (the data is already durable)."""
         if self.proc is None:
             return
