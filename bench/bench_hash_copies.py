@@ -40,6 +40,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from bench.harness import Report  # noqa: E402
 from services.hash.corpus import (  # noqa: E402
     ALL_PHOTOS,
     brightness,
@@ -561,6 +562,15 @@ def semantic_map(
     return float(np.mean(aps))
 
 
+# Every line of the run's output, for its section of docs/benchmarks.md.
+_lines: list[str] = []
+
+
+def emit(text: object = "", flush: bool = True) -> None:
+    print(text, flush=flush)
+    _lines.append(str(text))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=1_000_000, help="sampled distractor codes")
@@ -574,10 +584,11 @@ def main() -> None:
     import faiss
 
     faiss.omp_set_num_threads(2)
+    report = Report("hash-copies", "Hash copy detection at scale: real edits, sampled distractors")
     start = time.perf_counter()
     lab = labels()
     extract(("plain", "trim_grey"))
-    print(f"load average {os.getloadavg()[0]:.1f} at start")
+    emit(f"load average {os.getloadavg()[0]:.1f} at start")
     rows: dict[tuple[str, str, int], dict[str, object]] = {}
     folds = {v: [Fold(v, f, lab) for f in range(FOLDS)] for v in {c[0] for c in CONFIGS}}
     kept: dict[tuple[str, str, int], Scores] = {}
@@ -586,7 +597,7 @@ def main() -> None:
         rows[(variant, method, bits)] = s.summary(True)
         kept[(variant, method, bits)] = s
         r = rows[(variant, method, bits)]
-        print(
+        emit(
             f"{variant} {method} {bits}: r@1 {r['recall@1']:.3f} r@10 "
             f"{r['recall@10']:.3f} found@1e-6 {r['found@1e-6']:.3f} found@1e-7 "
             f"{r['found@1e-7']:.3f} hard r@1 {r['hard recall@1']:.3f} hard found "
@@ -603,11 +614,11 @@ def main() -> None:
         (k for k in kept if k[2] == 128), key=lambda k: (rows[k]["found@1e-7"], rows[k]["recall@1"])
     )  # type: ignore[operator]
     fused = two_tier(pixel["pdq_trimmed"], kept[best], 1e-7)
-    print(
+    emit(
         f"\ntwo-tier (PDQ of the bar-trimmed image at a tight radius, then {best[0]} "
         f"{best[1]} 128 bits), false-match budget 1e-7 split in halves:"
     )
-    print(fused)
+    emit(fused)
     feats = {
         v: [
             (
@@ -629,7 +640,7 @@ def main() -> None:
         ]
         for v in folds
     }
-    print("\nsemantic neighbours, mAP by content class (same class, other photo):")
+    emit("\nsemantic neighbours, mAP by content class (same class, other photo):")
     from services.hash.projection import l2_normalise
 
     for v in sorted(folds):
@@ -650,13 +661,13 @@ def main() -> None:
                     return hamming_matrix(p.encode(a, m, n), p.encode(b, m, n))
 
                 line.append(f"{method}-{bits} {semantic_map(dist, lab, feats[v]):.3f}")
-        print(", ".join(line), flush=True)
+        emit(", ".join(line), flush=True)
     if args.big:
         variant, method, bits = best
         t = time.perf_counter()
         s = deep_scores(variant, method, bits, args.big, lab, folds[variant])
         r = s.summary(True)
-        print(
+        emit(
             f"\n{args.big} distractors, {variant} {method} {bits}: r@1 "
             f"{r['recall@1']:.3f} r@10 {r['recall@10']:.3f} found@1e-6 "
             f"{r['found@1e-6']:.3f} found@1e-7 {r['found@1e-7']:.3f} hard r@1 "
@@ -664,31 +675,40 @@ def main() -> None:
             f"{r['search ms/query']:.2f} ms/query (exact, batched, 2 threads) "
             f"[{time.perf_counter() - t:.0f}s]"
         )
-    print(f"\ndone in {time.perf_counter() - start:.0f}s, load average {os.getloadavg()[0]:.1f}")
+    emit(f"\ndone in {time.perf_counter() - start:.0f}s, load average {os.getloadavg()[0]:.1f}")
+    report.add(
+        f"{len(PHOTOS) * 2} originals (halves of {len(PHOTOS)} photos), their edited copies as "
+        f"queries, {args.items:,} sampled distractor codes"
+        + (f" ({args.big:,} in the rerun)" if args.big else "")
+        + f"; projections trained per fold ({FOLDS} folds, the query's fold never seen). "
+        "The run's output:"
+    )
+    report.add("\n".join(_lines))
+    report.write()
 
 
 def print_tables(rows: dict[tuple[str, str, int], dict[str, object]]) -> None:
-    print(
+    emit(
         "\n| features | codes | bits | recall@1 | recall@10 | found @1e-6 | found "
         "@1e-7 | radius @1e-7 | copy dist. median / p95 | hard: recall@1 / found "
         "@1e-7 | search ms/query |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    emit("|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for (variant, method, bits), r in rows.items():
         med, p95 = r["copy distance median/p95"]  # type: ignore[misc]
-        print(
+        emit(
             f"| {variant} | {method} | {bits} | {r['recall@1']:.3f} | "
             f"{r['recall@10']:.3f} | {r['found@1e-6']:.3f} | {r['found@1e-7']:.3f} | "
             f"{r['radius@1e-7']} | {med:.2f} / {p95:.2f} | {r['hard recall@1']:.3f} / "
             f"{r['hard found@1e-7']:.3f} | {r['search ms/query']:.2f} |"
         )
-    print("\nper edit, recall@1 / found @1e-7:")
-    print("| features | codes | bits | " + " | ".join(EDIT_NAMES) + " |")
-    print("|---|---|---:|" + "---:|" * len(EDIT_NAMES))
+    emit("\nper edit, recall@1 / found @1e-7:")
+    emit("| features | codes | bits | " + " | ".join(EDIT_NAMES) + " |")
+    emit("|---|---|---:|" + "---:|" * len(EDIT_NAMES))
     for (variant, method, bits), r in rows.items():
         if bits == 128 or variant in ("pdq", "phash"):
             pe, pf = r["per edit recall@1"], r["per edit found@1e-7"]
-            print(
+            emit(
                 f"| {variant} | {method} | {bits} | "
                 + " | ".join(f"{pe[e]:.2f} / {pf[e]:.2f}" for e in EDIT_NAMES)
                 + " |"

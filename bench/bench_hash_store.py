@@ -18,7 +18,8 @@ interface, so the previous store can be measured beside the current one:
     10000000
     PYTHONPATH=/path/to/older/checkout .venv/bin/python bench/bench_hash_store.py --label previous
 
-Prints one markdown table row (and the load average before and after).
+Writes its section of docs/benchmarks.md (with ``--label`` other than ``current``,
+only prints the row, for a table compared by hand).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.harness import Report
 from services.hash.config import IndexConfig, StorageConfig
 from services.hash.store import HashStore
 
@@ -151,7 +153,7 @@ def main() -> None:
     if args.index_items:
         subprocess.run([sys.executable, "-c", INDEX_ONLY, str(args.index_items)], check=True)
         return
-    load_before = os.getloadavg()
+    report = Report("hash-store", "Hash store: durable writes, restart, memory per item")
     rates = []
     for concurrency in (1, 16):
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -171,21 +173,26 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert result["items"] == args.items, result
-    load_after = os.getloadavg()
-    print(
+    table = (
         "| store | durable adds/s, 1 caller | 16 callers | fill, 4096 in flight | "
-        f"restart at {args.items:,} items | memory per item | disk per item |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    print(
+        f"restart at {args.items:,} items | memory per item | disk per item |\n"
+        "|---|---:|---:|---:|---:|---:|---:|\n"
         f"| {args.label} | {rates[0]:,.0f} | {rates[1]:,.0f} | {fill_rate:,.0f} | "
         f"{result['seconds']:.1f} s | {result['rss'] / args.items:.0f} B | "
         f"{on_disk / args.items:.0f} B |"
     )
-    print(
-        f"\nload average before {load_before[0]:.2f} / {load_before[1]:.2f}, "
-        f"after {load_after[0]:.2f} / {load_after[1]:.2f} (1 / 5 min)"
+    if args.label != "current":  # another checkout's store: a row to compare by hand
+        print(table)
+        return
+    report.add(
+        f"In-process `HashStore` (SQLite, WAL, `synchronous=FULL`), {BITS}-bit codes, string "
+        f"ids; durable adds: {args.adds:,} Adds, each caller awaiting its Add before the next "
+        "(group commit batches concurrent callers); restart: a fresh process opens the filled "
+        "store (WAL frame check, `quick_check`, row CRCs, faiss rebuilt); memory: the anonymous "
+        "resident memory the open store added; disk: the store's files."
     )
+    report.add(table)
+    report.write()
 
 
 if __name__ == "__main__":

@@ -271,7 +271,7 @@ def main() -> None:
             "\n"
             f"{text}\n"
         )
-        write_section("Overload ramp", body)
+        write_section("Overload ramp", body, key="overload")
 
 
 if __name__ == "__main__":

@@ -199,7 +199,11 @@ def main() -> None:
             "\n"
             f"{verdict} Goodput during the soak: {goodput:.2f} full answers/s.\n"
         )
-        write_section("Memory soak" + (" (baseline)" if args.baseline else ""), body)
+        write_section(
+            "Memory soak" + (" (baseline)" if args.baseline else ""),
+            body,
+            key="soak-baseline" if args.baseline else "soak",
+        )
 
 
 if __name__ == "__main__":

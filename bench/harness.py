@@ -5,8 +5,12 @@ one round and returns a figure (images/s, ms, ...). ``alternate`` runs them
 round by round in turn (A B A B ...), so a busy moment on the machine lands on
 both sides of a ratio instead of on one. ``Ratio`` turns two sides into the
 per-round ratios and their median; a ratio whose rounds disagree by more than
-``Report.max_spread`` (max - min over the median) makes the report *refuse*: the
-section then says why and which rounds disagreed, and carries no figures.
+``Report.max_spread`` makes the report *refuse*: the section then says why and
+which rounds disagreed, and carries no figures. The spread is the range of the
+rounds over their median; with ``TRIM_FROM`` rounds or more, the single highest
+and lowest round are left out of the range (as the median leaves them out of the
+figure), so one busy moment does not void a run whose other rounds agree, while
+two disagreeing rounds still do. Every round is printed either way.
 
 ``Report`` writes one section of docs/benchmarks.md: the command, the machine
 (CPU model, cores), the load average before and after, each side's threads,
@@ -27,8 +31,19 @@ from dataclasses import dataclass, field
 
 from bench.common import machine, write_section
 
-# Per-round ratios may spread this much (max - min, over their median) before figures are refused.
+# Per-round ratios may spread this much (see ``spread``) before figures are refused.
 DEFAULT_MAX_SPREAD = 0.25
+# From this many rounds on, the spread leaves out the highest and the lowest round.
+TRIM_FROM = 5
+
+
+def spread(values: Sequence[float]) -> float:
+    """(max - min) / median of the rounds, without the two extreme rounds from ``TRIM_FROM`` on."""
+    ordered = sorted(values)
+    mid = statistics.median(ordered)
+    if len(ordered) >= TRIM_FROM:
+        ordered = ordered[1:-1]
+    return (ordered[-1] - ordered[0]) / mid if mid else 0.0
 
 
 @dataclass(frozen=True)
@@ -83,8 +98,11 @@ class RatioResult:
 
     @property
     def spread(self) -> float:
-        """(max - min) / median of the per-round ratios (0 with one round)."""
-        return (max(self.per_round) - min(self.per_round)) / self.median if self.median else 0.0
+        return spread(self.per_round)
+
+
+def _trimmed(values: Sequence[float]) -> str:
+    return " (highest and lowest round left out)" if len(values) >= TRIM_FROM else ""
 
 
 def load_average() -> tuple[float, float, float]:
@@ -188,7 +206,8 @@ class Report:
                 self.refusals.append(
                     f"{ratio.label}: per-round ratios "
                     f"{', '.join(f'{v:.2f}' for v in result.per_round)} "
-                    f"spread {result.spread:.0%} of their median, more than the "
+                    f"spread {result.spread:.0%} of their median{_trimmed(result.per_round)}, "
+                    "more than the "
                     f"{self.max_spread:.0%} allowed"
                 )
         self.add("\n".join(rows))
@@ -199,12 +218,11 @@ class Report:
 
     def check_spread(self, label: str, values: Sequence[float]) -> None:
         """Refuse when repeated measurements of one figure disagree by more than the spread."""
-        mid = statistics.median(values)
-        spread = (max(values) - min(values)) / mid if mid else 0.0
-        if spread > self.max_spread:
+        value = spread(values)
+        if value > self.max_spread:
             self.refusals.append(
-                f"{label}: rounds {', '.join(fmt(v) for v in values)} spread {spread:.0%} of their "
-                f"median, more than the {self.max_spread:.0%} allowed"
+                f"{label}: rounds {', '.join(fmt(v) for v in values)} spread {value:.0%} of their "
+                f"median{_trimmed(values)}, more than the {self.max_spread:.0%} allowed"
             )
 
     def header(self) -> str:

@@ -68,8 +68,8 @@ BENCHES: tuple[Bench, ...] = (
           ("--items", "10000", "--rounds", "2", "--queries", "50", "--write")),
     Bench("heldout", "bench_heldout", (), ("--quick",)),
     Bench("loadtest", "bench_loadtest", ("--duration", "5s"), ("--duration", "2s")),
-    Bench("overload", "bench_overload"),
-    Bench("soak", "bench_soak"),
+    Bench("overload", "bench_overload", ("--seconds", "30", "--write")),
+    Bench("soak", "bench_soak", ("--soak-seconds", "600", "--write")),
     Bench("gpu", "bench_gpu", ("--mode", "cpu", "--threads", "1", "--rounds", "5", "--write")),
 )  # fmt: skip
 

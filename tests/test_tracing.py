@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from opentelemetry import trace
 
 from gateway.main import DEFINITION as GATEWAY
@@ -37,3 +38,23 @@ async def test_one_trace_spans_client_gateway_and_service(chelsea_jpeg: bytes) -
     assert ("/visionmesh.v1.GatewayService/Analyze", trace.SpanKind.SERVER) in names, names
     assert ("/visionmesh.v1.ClassifyService/Classify", trace.SpanKind.CLIENT) in names, names
     assert ("/visionmesh.v1.ClassifyService/Classify", trace.SpanKind.SERVER) in names, names
+
+
+def test_a_process_that_records_nothing_passes_the_callers_trace_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``trace_exporter: none``: no spans are built, but the caller's W3C context goes on."""
+    from opentelemetry.propagate import extract, inject
+
+    monkeypatch.setattr(tracing, "_recording", False)
+    provider = tracing._interceptor_provider()
+    assert isinstance(provider, trace.NoOpTracerProvider)
+    incoming = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("hop", context=extract(incoming)) as span:
+        assert not span.is_recording()
+        outgoing: dict[str, str] = {}
+        inject(outgoing)
+    assert outgoing["traceparent"] == incoming["traceparent"]
+    monkeypatch.setattr(tracing, "_recording", True)
+    assert tracing._interceptor_provider() is tracing.provider()

@@ -270,17 +270,15 @@ class DynamicBatcher:
                 return
             for req in batch:
                 metrics.QUEUE_SECONDS.labels(self.name).observe(req.dequeued - req.enqueued)
-            names = batch[0].inputs.keys()
-            stacked = {
-                k: np.concatenate([r.inputs[k] for r in batch])
-                if len(batch) > 1
-                else batch[0].inputs[k]
-                for k in names
-            }
+            inputs = [r.inputs for r in batch]
             total = sum(r.rows for r in batch)
             start = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self._executor, engine.infer, stacked)
+                # Stacking copies the whole batch: it runs in the engine's thread, not on the
+                # event loop, which meanwhile keeps receiving and answering calls.
+                outputs = await loop.run_in_executor(
+                    self._executor, _stack_and_infer, engine, inputs
+                )
             except (
                 Exception
             ) as exc:  # the engine failed this batch: every request in it gets the error
@@ -301,3 +299,12 @@ class DynamicBatcher:
                 offset += req.rows
                 if not req.future.done():
                     req.future.set_result(part)
+
+
+def _stack_and_infer(
+    engine: Engine, inputs: list[Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """One engine run on the requests' inputs concatenated along the batch axis."""
+    if len(inputs) == 1:
+        return engine.infer(inputs[0])
+    return engine.infer({k: np.concatenate([i[k] for i in inputs]) for k in inputs[0]})

@@ -50,6 +50,11 @@ class EngineConfig:
     device: str = "cpu"
     # ONNX Runtime intra-op threads per instance (0 = library default).
     threads: int = 0
+    # Whether ONNX Runtime's idle intra-op threads spin-wait for work. Spinning
+    # saves microseconds per run on a core of its own, but a mesh runs several
+    # models and processes on few cores, where spinning threads burn the CPU the
+    # busy ones need (docs/reliability.md, "Overload"). Off unless asked for.
+    spin_wait: bool = False
     # ONNX Runtime's CPU memory arena (faster than malloc per run), and how often
     # (seconds; 0 = never) a run also shrinks it: the arena grows to the largest
     # batch and shape seen and otherwise never gives memory back (with variable

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -131,9 +132,31 @@ def check_request(message: Message) -> None:
     _check(message, "")
 
 
+# Field types whose values are never range-checked: reading them from a parsed message
+# copies them (raw pixels are megabytes), so the check does not touch them at all.
+_UNCHECKED_TYPES = (FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_STRING)
+
+
+def _set_fields(message: Message) -> list[tuple[FieldDescriptor, Any]]:
+    """What ``ListFields`` gives, less the bytes and string fields (never read, never copied)."""
+    found = []
+    for field in message.DESCRIPTOR.fields:
+        if field.type in _UNCHECKED_TYPES:
+            continue
+        if field.has_presence:
+            if message.HasField(field.name):
+                found.append((field, getattr(message, field.name)))
+            continue
+        value = getattr(message, field.name)
+        # Like ListFields: empty repeated fields and proto3 scalars left at 0 are not set.
+        if (len(value) if _repeated(field) else value) != 0:
+            found.append((field, value))
+    return found
+
+
 def _check(message: Message, prefix: str) -> None:
     descriptor = message.DESCRIPTOR
-    for field, value in message.ListFields():
+    for field, value in _set_fields(message):
         where = f"{prefix}{field.name}"
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if field.message_type.GetOptions().map_entry:
@@ -158,7 +181,7 @@ def _check(message: Message, prefix: str) -> None:
         for item in value if _repeated(field) else [value]:
             if not rule.accepts(item):
                 raise InvalidInput(f"{where} must be {rule.describe()}, got {_num(item)}")
-    # ListFields omits proto3 scalars left at 0: every rule but HashCode.bits takes
+    # Proto3 scalars left at 0 are skipped: every rule but HashCode.bits takes
     # 0 as the default, and the hash service rejects a code whose bits are 0.
 
 

@@ -30,6 +30,8 @@ from services.common.config import ConfigError, OtlpConfig
 
 _provider: TracerProvider | None = None
 memory_exporter: InMemorySpanExporter | None = None
+# Whether any span processor records this process's spans (an exporter, or capture_spans).
+_recording = False
 
 
 def otlp_exporter(config: OtlpConfig) -> SpanExporter:
@@ -58,7 +60,7 @@ def otlp_exporter(config: OtlpConfig) -> SpanExporter:
 
 def setup(service: str, exporter: str = "none", otlp: OtlpConfig | None = None) -> TracerProvider:
     """Install the process's tracer provider (idempotent: the first call wins)."""
-    global _provider, memory_exporter
+    global _provider, memory_exporter, _recording
     if _provider is not None:
         return _provider
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
@@ -78,6 +80,7 @@ def setup(service: str, exporter: str = "none", otlp: OtlpConfig | None = None) 
         provider.add_span_processor(SimpleSpanProcessor(memory_exporter))
     elif exporter != "none":
         raise ConfigError(f"unknown trace exporter {exporter!r} (none, console, otlp, memory)")
+    _recording = exporter != "none"
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
@@ -85,8 +88,10 @@ def setup(service: str, exporter: str = "none", otlp: OtlpConfig | None = None) 
 
 def capture_spans(service: str = "visionmesh") -> InMemorySpanExporter:
     """Keep every finished span of this process in memory too (tests, debugging)."""
+    global _recording
     exporter = InMemorySpanExporter()
     setup(service).add_span_processor(SimpleSpanProcessor(exporter))
+    _recording = True
     return exporter
 
 
@@ -94,12 +99,23 @@ def provider() -> TracerProvider | trace.TracerProvider:
     return _provider or trace.get_tracer_provider()
 
 
+def _interceptor_provider() -> trace.TracerProvider:
+    """The provider the gRPC interceptors start spans with.
+
+    When nothing records spans (``trace_exporter: none``, the default), the API's no-op
+    provider: its spans are the caller's span context passed through, so the W3C context
+    still reaches the next hop (a traced caller's trace continues in traced services
+    behind this one) without building, timing and dropping two span objects per call.
+    """
+    return provider() if _recording else trace.NoOpTracerProvider()
+
+
 def server_interceptor() -> Any:
-    return aio_server_interceptor(tracer_provider=provider())
+    return aio_server_interceptor(tracer_provider=_interceptor_provider())
 
 
 def client_interceptors() -> list[Any]:
-    return list(aio_client_interceptors(tracer_provider=provider()))
+    return list(aio_client_interceptors(tracer_provider=_interceptor_provider()))
 
 
 def tracer(name: str) -> trace.Tracer:

@@ -34,6 +34,9 @@ class OnnxRuntimeEngine(Engine):
         if self.config.threads > 0:
             opts.intra_op_num_threads = self.config.threads
         opts.inter_op_num_threads = 1
+        spin = "1" if self.config.spin_wait else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         opts.enable_cpu_mem_arena = self.config.cpu_mem_arena
         providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if self.config.device.startswith("cuda"):
