@@ -139,6 +139,8 @@ class MilvusCollections:
         self.counts: dict[str, int] = {}
         self._stale_counts: set[str] = set()
         self._deleted_at: dict[str, float] = {}
+        # Per call; at start (loading and counting collections after a server restart) longer.
+        self._timeout = config.timeout_s
         self._pending: list[_Op] = []
         self._wake = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
@@ -154,7 +156,7 @@ class MilvusCollections:
     def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One Milvus call, timed; its errors become Unavailable (the request may be retried)."""
         assert self.client is not None, "the Milvus backend is not started"
-        kwargs.setdefault("timeout", self.config.timeout_s)
+        kwargs.setdefault("timeout", self._timeout)
         started = time.perf_counter()
         try:
             return fn(*args, **kwargs)
@@ -201,9 +203,13 @@ class MilvusCollections:
                 f"Milvus at {self.config.uri} did not answer within "
                 f"{self.config.connect_timeout_s:.0f} s (index.milvus.connect_timeout_s): {last}"
             )
-        for mname in self._call("list_collections", self.client.list_collections):
-            if mname.startswith(self.config.collection_prefix):
-                self._adopt(mname)
+        self._timeout = max(self.config.timeout_s, self.config.connect_timeout_s)
+        try:
+            for mname in self._call("list_collections", self.client.list_collections):
+                if mname.startswith(self.config.collection_prefix):
+                    self._adopt(mname)
+        finally:
+            self._timeout = self.config.timeout_s
         HEALTHY.set(1)
         self._publish()
         log.info(
@@ -229,9 +235,7 @@ class MilvusCollections:
         if not isinstance(meta, dict) or meta.get("kind") != DESCRIPTION_KIND:
             return None
         coll = MilvusCollection(str(meta["name"]), int(meta["bits"]), str(meta["method"]), mname)
-        # Loading a large collection after a server restart takes longer than one request may.
-        timeout = max(self.config.timeout_s, self.config.connect_timeout_s)
-        self._call("load_collection", self.client.load_collection, mname, timeout=timeout)
+        self._call("load_collection", self.client.load_collection, mname)
         self.catalog[coll.name] = coll
         self.counts[coll.name] = self._count(coll)
         return coll
