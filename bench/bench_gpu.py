@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
+import shlex
 import statistics
 import sys
 import threading
@@ -31,7 +31,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.common import machine, write_section
+from bench.common import machine
+from bench.harness import Report
 from services.common.config import EngineConfig
 from services.common.engines import create_engine
 from services.common.engines.base import Engine
@@ -52,23 +53,46 @@ class Variant:
     config: EngineConfig
 
 
-def interleaved_medians(
+# Each side of a round repeats its call for at least this long (one call is too short to time).
+MIN_ROUND_S = 0.05
+
+
+def interleaved_rounds(
     calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 2
-) -> dict[str, float]:
-    """Median seconds per call; the variants take turns each round so drift hits all alike."""
+) -> dict[str, list[float]]:
+    """Seconds per call, round by round; the variants take turns each round so drift hits all
+    alike."""
     for call in calls.values():
         for _ in range(warmup):
             call()
     samples: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
         for label, call in calls.items():
-            start = time.perf_counter()
-            call()
-            samples[label].append(time.perf_counter() - start)
+            n, start = 0, time.perf_counter()
+            while True:
+                call()
+                n += 1
+                took = time.perf_counter() - start
+                if took >= MIN_ROUND_S:
+                    break
+            samples[label].append(took / n)
+    return samples
+
+
+def medians_checked(
+    report: Report, what: str, samples: dict[str, list[float]], base: str
+) -> dict[str, float]:
+    """Medians of the rounds; every variant's per-round speed against ``base`` must agree."""
+    for label, values in samples.items():
+        if label != base:
+            ratios = [b / v for b, v in zip(samples[base], values, strict=True)]
+            report.check_spread(f"{what}: {label} vs {base}", ratios)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def batch_table(models: list[str], batches: list[int], variants: list[Variant], rounds: int) -> str:
+def batch_table(
+    report: Report, models: list[str], batches: list[int], variants: list[Variant], rounds: int
+) -> str:
     base = variants[0].label
     header = (
         "| model | batch | "
@@ -86,9 +110,10 @@ def batch_table(models: list[str], batches: list[int], variants: list[Variant], 
             if entry.max_batch_size and batch > entry.max_batch_size:
                 continue
             feeds = random_inputs(first, batch)
-            medians = interleaved_medians(
+            samples = interleaved_rounds(
                 {label: functools.partial(e.infer, feeds) for label, e in engines.items()}, rounds
             )
+            medians = medians_checked(report, f"{name} batch {batch}", samples, base)
             cells = [
                 f"{medians[v.label] * 1e3:.2f} ({batch / medians[v.label]:.0f})" for v in variants
             ]
@@ -103,7 +128,7 @@ def batch_table(models: list[str], batches: list[int], variants: list[Variant], 
 
 
 def streams_table(
-    model: str, config: EngineConfig, batch: int, batches_each: int, rounds: int
+    report: Report, model: str, config: EngineConfig, batch: int, batches_each: int, rounds: int
 ) -> str:
     entry = load_entry(model)
     engines = [create_engine(entry, config), create_engine(entry, config)]
@@ -124,9 +149,10 @@ def streams_table(
         for t in threads:
             t.join()
 
-    medians = interleaved_medians(
+    samples = interleaved_rounds(
         {"back to back": back_to_back, "concurrent": concurrent}, rounds, warmup=1
     )
+    medians = medians_checked(report, "two instances", samples, "back to back")
     images = 2 * batches_each * batch
     lines = [
         "| two instances, own streams | wall ms | img/s |",
@@ -143,7 +169,7 @@ def streams_table(
     )
 
 
-def gpu_section(args: argparse.Namespace) -> str:
+def gpu_section(report: Report, args: argparse.Namespace) -> str:
     import torch
 
     if not torch.cuda.is_available():
@@ -160,8 +186,9 @@ def gpu_section(args: argparse.Namespace) -> str:
             EngineConfig(backend="torch", device=device, precision="fp16", cuda_graphs=True),
         ),
     ]
-    table = batch_table(args.models, args.batches, variants, args.rounds)
+    table = batch_table(report, args.models, args.batches, variants, args.rounds)
     streams = streams_table(
+        report,
         args.stream_model,
         EngineConfig(backend="torch", device=device, precision="fp16"),
         32,
@@ -171,7 +198,8 @@ def gpu_section(args: argparse.Namespace) -> str:
     gpu = torch.cuda.get_device_name(torch.device(device))
     return (
         f"GPU: {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}. Host: {machine()}.\n"
-        f"Per figure: median of {args.rounds} interleaved rounds through "
+        f"Per figure: median of {args.rounds} interleaved rounds (each side of a round repeats "
+        f"its call for at least {MIN_ROUND_S * 1e3:.0f} ms) through "
         "`Engine.infer` (host arrays in and out, "
         "pinned staging, own stream); fp16 only where the probe kept it (see "
         "docs/gpu.md); random inputs.\n\n"
@@ -179,25 +207,21 @@ def gpu_section(args: argparse.Namespace) -> str:
     )
 
 
-def cpu_section(args: argparse.Namespace) -> str:
+def cpu_section(report: Report, args: argparse.Namespace) -> str:
     import torch
 
     variants = [
         Variant("onnxruntime", EngineConfig(threads=args.threads)),
         Variant("torch", EngineConfig(backend="torch", threads=args.threads)),
     ]
-    load_before = os.getloadavg()[0]
-    table = batch_table(args.cpu_models, args.cpu_batches, variants, args.rounds)
-    load_after = os.getloadavg()[0]
+    table = batch_table(report, args.cpu_models, args.cpu_batches, variants, args.rounds)
     return (
-        "Torch backend vs ONNX Runtime on CPU, measured on a 2-core machine "
-        f"({machine()}, torch {torch.__version__}; "
-        f"1-minute load average {load_before:.1f} before and {load_after:.1f} after the run), "
+        f"Torch backend vs ONNX Runtime on CPU (torch {torch.__version__}), "
         f"{args.threads} intra-op threads each, median of {args.rounds} interleaved "
-        "rounds through `Engine.infer`, random inputs; `speed vs` is throughput "
+        f"rounds (each side of a round repeats its call for at least {MIN_ROUND_S * 1e3:.0f} "
+        "ms) through `Engine.infer`, random inputs; `speed vs` is throughput "
         "relative to ONNX Runtime. "
-        "Both run the same repository ONNX; the torch backend exists for CUDA, so "
-        "ONNX Runtime staying the CPU default is the expected outcome.\n\n"
+        "Both run the same repository ONNX; the torch backend exists for CUDA.\n\n"
         f"{table}"
     )
 
@@ -229,26 +253,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     args.models = args.models or repository_models()
-    command = (
-        "`.venv/bin/python -m bench.bench_gpu "
-        + " ".join(sys.argv[1:] if argv is None else argv)
-        + "`"
-    )
-    parts = [
-        f"Command: {command}",
+    report = Report("gpu-engines", SECTION)
+    if argv is not None:
+        report.command = shlex.join([".venv/bin/python", "-m", "bench.bench_gpu", *argv])
+    report.add(
         "Engines: `services/common/engines/torch_backend.py`, `tensorrt_backend.py`; "
-        "how to run them: docs/gpu.md.",
-    ]
+        "how to run them: docs/gpu.md."
+    )
     if args.mode in ("gpu", "both"):
-        parts.append("### torch on CUDA\n\n" + gpu_section(args))
+        report.add("### torch on CUDA\n\n" + gpu_section(report, args))
     else:
-        parts.append(NOT_MEASURED)
+        report.add(NOT_MEASURED)
     if args.mode in ("cpu", "both"):
-        parts.append("### torch backend vs onnxruntime on CPU\n\n" + cpu_section(args))
-    body = "\n\n".join(parts)
-    print(body)
+        report.add("### torch backend vs onnxruntime on CPU\n\n" + cpu_section(report, args))
     if args.write:
-        write_section(SECTION, body)
+        sys.exit(0 if report.write() else 3)
+    print(report.header() + "\n\n" + "\n\n".join(report.parts))
 
 
 if __name__ == "__main__":

@@ -566,6 +566,20 @@ def semantic_map(
 _lines: list[str] = []
 
 
+def as_markdown(lines: list[str]) -> str:
+    """The run's output for the docs: tables as tables, every other line in a text block."""
+    blocks: list[str] = []
+    for line in "\n".join(lines).splitlines():
+        if line.startswith("|") or not line.strip():
+            blocks.append(line)
+            continue
+        if blocks and blocks[-1] == "```":
+            blocks.insert(len(blocks) - 1, line)
+        else:
+            blocks += ["```text", line, "```"]
+    return "\n".join(blocks)
+
+
 def emit(text: object = "", flush: bool = True) -> None:
     print(text, flush=flush)
     _lines.append(str(text))
@@ -683,7 +697,7 @@ def main() -> None:
         + f"; projections trained per fold ({FOLDS} folds, the query's fold never seen). "
         "The run's output:"
     )
-    report.add("\n".join(_lines))
+    report.add(as_markdown(_lines))
     report.write()
 
 

@@ -4,8 +4,8 @@
 
 Starts every service and the gateway as separate processes on loopback, runs
 the overload ramp (bench/bench_overload.py callers, a few seconds per level)
-reading every process's RSS after each level, picks the level where the mesh's
-total RSS grew most, and soaks at it for ``--soak-seconds``, reading RSS every
+reading every process's RSS after each level, picks the level after which the
+mesh held the most memory (total RSS), and soaks at it for ``--soak-seconds``, reading RSS every
 ``--interval`` seconds. The goal: the soak ends within 20 % of the memory it
 reached after its first minute (per process). ``--baseline`` runs the mesh
 without the memory settings (glibc malloc untuned, ONNX Runtime's arena never
@@ -76,11 +76,8 @@ async def soak(
             ramp_rss.append((lvl, rss_all(mesh)))
             print(f"ramp {lvl}: {ramp_rss[-1][1]}", flush=True)
         if level is None:
-            growth = [
-                (sum(after.values()) - sum(before.values()), lvl)
-                for (_, before), (lvl, after) in zip(ramp_rss, ramp_rss[1:], strict=False)
-            ]
-            level = max(growth)[1]
+            # The worst level: where the mesh held the most memory after running it.
+            level = max((sum(rss.values()), lvl) for lvl, rss in ramp_rss[1:])[1]
         samples: list[tuple[float, dict[str, float]]] = []
         start = time.monotonic()
 

@@ -7,10 +7,10 @@ both sides of a ratio instead of on one. ``Ratio`` turns two sides into the
 per-round ratios and their median; a ratio whose rounds disagree by more than
 ``Report.max_spread`` makes the report *refuse*: the section then says why and
 which rounds disagreed, and carries no figures. The spread is the range of the
-rounds over their median; with ``TRIM_FROM`` rounds or more, the single highest
-and lowest round are left out of the range (as the median leaves them out of the
-figure), so one busy moment does not void a run whose other rounds agree, while
-two disagreeing rounds still do. Every round is printed either way.
+rounds over their median; with ``TRIM_FROM`` rounds or more, the highest and the
+lowest tenth of the rounds (at least one each) are left out of the range, as the
+median leaves them out of the figure, so one busy moment does not void a run
+whose other rounds agree, while rounds that disagree among themselves still do. Every round is printed either way.
 
 ``Report`` writes one section of docs/benchmarks.md: the command, the machine
 (CPU model, cores), the load average before and after, each side's threads,
@@ -33,16 +33,22 @@ from bench.common import machine, write_section
 
 # Per-round ratios may spread this much (see ``spread``) before figures are refused.
 DEFAULT_MAX_SPREAD = 0.25
-# From this many rounds on, the spread leaves out the highest and the lowest round.
+# From this many rounds on, the spread leaves out the highest and the lowest tenth of them.
 TRIM_FROM = 5
 
 
+def _trim_count(n: int) -> int:
+    return max(1, n // 10) if n >= TRIM_FROM else 0
+
+
 def spread(values: Sequence[float]) -> float:
-    """(max - min) / median of the rounds, without the two extreme rounds from ``TRIM_FROM`` on."""
+    """(max - min) / median of the rounds, the extreme tenth at each end left out from
+    ``TRIM_FROM`` rounds on."""
     ordered = sorted(values)
     mid = statistics.median(ordered)
-    if len(ordered) >= TRIM_FROM:
-        ordered = ordered[1:-1]
+    cut = _trim_count(len(ordered))
+    if cut:
+        ordered = ordered[cut:-cut]
     return (ordered[-1] - ordered[0]) / mid if mid else 0.0
 
 
@@ -102,7 +108,14 @@ class RatioResult:
 
 
 def _trimmed(values: Sequence[float]) -> str:
-    return " (highest and lowest round left out)" if len(values) >= TRIM_FROM else ""
+    cut = _trim_count(len(values))
+    if not cut:
+        return ""
+    return (
+        " (highest and lowest round left out)"
+        if cut == 1
+        else f" ({cut} highest and {cut} lowest rounds left out)"
+    )
 
 
 def load_average() -> tuple[float, float, float]:
