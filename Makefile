@@ -75,7 +75,7 @@ test-infra: setup
 	$(PY) -m pytest --run-infra -m "infra or container" $(PYTEST_ARGS)
 
 # The hash collection suite against a real Milvus standalone server and milvus-lite, and a
-# SIGKILL of the service with Adds in flight (tests/test_hash_milvus.py; about a minute).
+# SIGKILL of the service with Adds in flight (tests/test_hash_milvus.py; about two minutes).
 test-milvus: setup setup-milvus
 	$(PY) -m pytest --run-milvus tests/test_hash_milvus.py $(PYTEST_ARGS)
 
