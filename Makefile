@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 comma := ,
 
-.PHONY: setup setup-gpu setup-triton gen models samples testdata run test test-all test-infra lint bench loadtest gpu-kit image e2e clean
+.PHONY: setup setup-gpu setup-triton setup-milvus test-milvus gen models samples testdata run test test-all test-infra lint bench loadtest gpu-kit image e2e clean
 
 setup: $(STAMP) gen models samples testdata
 
@@ -30,6 +30,15 @@ setup-triton: .venv-triton/.installed
 	[[ -x .venv-triton/bin/python ]] || /usr/bin/python3.11 -m venv .venv-triton
 	# --no-deps: the list is complete and exact; pytriton's tritonclient[all] would ask protobuf<7.
 	.venv-triton/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-triton.txt
+	touch $@
+
+# A local Milvus (standalone server 2.3.5 and milvus-lite 2.5.1) for the hash service's Milvus
+# backend, its tests and bench/bench_hash_milvus.py, in its own venv: server binaries only, started
+# by services/hash/milvus_local.py; the service talks to it with pymilvus (requirements.txt).
+setup-milvus: .venv-milvus/.installed
+.venv-milvus/.installed: requirements-milvus.txt
+	[[ -x .venv-milvus/bin/python ]] || /usr/bin/python3.11 -m venv .venv-milvus
+	.venv-milvus/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-milvus.txt
 	touch $@
 
 gen: $(GEN_STAMP)
@@ -64,6 +73,11 @@ test-all: setup
 # of two replicas per service, and the container image (built by `make image` first).
 test-infra: setup
 	$(PY) -m pytest --run-infra -m "infra or container" $(PYTEST_ARGS)
+
+# The hash collection suite against a real Milvus standalone server and milvus-lite, and a
+# SIGKILL of the service with Adds in flight (tests/test_hash_milvus.py; about two minutes).
+test-milvus: setup setup-milvus
+	$(PY) -m pytest --run-milvus tests/test_hash_milvus.py $(PYTEST_ARGS)
 
 lint: setup
 	@[[ -x node_modules/.bin/buf ]] || npm install --no-save --no-audit --no-fund @bufbuild/buf@1.75.0 >/dev/null

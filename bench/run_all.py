@@ -64,6 +64,8 @@ BENCHES: tuple[Bench, ...] = (
     Bench("hash-store", "bench_hash_store"),
     Bench("hash-copies", "bench_hash_copies", ("--items", "1000000", "--big", "0"),
           ("--items", "100000", "--big", "0")),
+    Bench("hash-milvus", "bench_hash_milvus", ("--items", "100000", "--write"),
+          ("--items", "10000", "--rounds", "2", "--queries", "50", "--write")),
     Bench("heldout", "bench_heldout", (), ("--quick",)),
     Bench("loadtest", "bench_loadtest", ("--duration", "5s"), ("--duration", "2s")),
     Bench("overload", "bench_overload", ("--seconds", "30", "--write")),

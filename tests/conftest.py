@@ -19,6 +19,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="also run tests marked infra/container (real Prometheus, OTLP, k6, podman)",
     )
+    parser.addoption(
+        "--run-milvus",
+        action="store_true",
+        help="also run tests marked milvus (a real Milvus from make setup-milvus)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,6 +33,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not config.getoption("--run-infra"):
         reason = "infrastructure test: run with --run-infra (make test-infra, .ci/run)"
         skips += [("infra", reason), ("container", reason)]
+    if not config.getoption("--run-milvus"):
+        skips.append(("milvus", "Milvus test: run with --run-milvus (make test-milvus, .ci/run)"))
     for item in items:
         for marker, reason in skips:
             if item.get_closest_marker(marker) is not None:

@@ -22,8 +22,42 @@ class ProjectionConfig:
     default_bits: int = 128
 
 
+# Milvus consistency levels a read may ask for (docs/hash.md, "Milvus").
+CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+# Milvus binary index types the backend builds (milvus-lite 2.5 has BIN_FLAT only).
+MILVUS_INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+
+
+@dataclass
+class MilvusConfig:
+    # http://host:19530 (a Milvus standalone server or cluster proxy; https:// with TLS), or a
+    # file path ending in .db (milvus-lite in this process: needs the milvus-lite package here).
+    uri: str = ""
+    # "user:password" or an API key; give it through the environment
+    # (VISIONMESH_INDEX__MILVUS__TOKEN, from a Secret), not a file.
+    token: str = ""
+    # Milvus database ("" = the server's default database).
+    db_name: str = ""
+    # Every VisionMesh collection is one Milvus collection named <prefix><name>_<hash>.
+    collection_prefix: str = "visionmesh_"
+    # What reads wait for. Session: this service's acknowledged writes are visible to its own
+    # reads (as with faiss) and other writers' after Milvus's time tick; Bounded: up to a few
+    # seconds stale, never waits; Strong: every write anywhere, ~200 ms per read.
+    consistency_level: str = "Session"
+    # BIN_FLAT (exact) or BIN_IVF_FLAT (cells: index.nlist, 0 = 1024; visited: index.nprobe).
+    index_type: str = "BIN_FLAT"
+    # Most seconds one Milvus call may take before the request answers UNAVAILABLE.
+    timeout_s: float = 10.0
+    # How long the start waits for Milvus to answer (a server still recovering after a crash).
+    connect_timeout_s: float = 120.0
+
+
 @dataclass
 class IndexConfig:
+    # Where collections live: "faiss" (in memory, SQLite on local disk: storage.*) or "milvus"
+    # (a Milvus server, cluster or milvus-lite file: index.milvus.*).
+    backend: str = "faiss"
+    milvus: MilvusConfig = field(default_factory=MilvusConfig)
     # Collections switch from exact IndexBinaryFlat to IndexBinaryIVF past this many items.
     ivf_threshold: int = 200_000
     # IVF cells (0 = about 1 per 1000 items at the switch, a power of two, at least 256).

@@ -20,10 +20,10 @@ from services.common.images import ImageLimits
 from services.common.protos import decode_frames
 from services.common.rpc import grpc_method, request_deadline
 from services.hash import validation
-from services.hash.collection import Collection
+from services.hash.backend import CollectionInfo, open_backend
 from services.hash.config import HashConfig
 from services.hash.encoder import Encoder
-from services.hash.store import REJECTED, HashStore
+from services.hash.store import REJECTED
 from visionmesh.v1 import common_pb2, hash_pb2, hash_pb2_grpc
 
 
@@ -39,7 +39,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 raise ConfigError(
                     f"projection {config.projection.model} has no {self.method} matrix for {b} bits"
                 )
-        self.store = HashStore(config.storage, config.index, config.limits)
+        # faiss + SQLite here, or Milvus: index.backend (services/hash/backend.py).
+        self.store = open_backend(config)
 
     def watch_health(self, not_serving: Callable[[str], None]) -> None:
         """The server's hook: a store that stops taking writes makes the service NOT_SERVING."""
@@ -83,7 +84,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         try:
             name = validation.collection_name(request.collection)
             item = self._item_id(request.id)
-            existing = self.store.collections.get(name)
+            existing = await self.store.info(name)
             if request.HasField("code") and request.frames:
                 raise InvalidInput("give either code or frames, not both")
             if request.HasField("code"):
@@ -91,10 +92,11 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         except InvalidInput:
             REJECTED.labels("invalid").inc()
             raise
-        if existing is None and len(self.store.collections) >= self.config.limits.max_collections:
+        held = self.store.collection_count()
+        if existing is None and held >= self.config.limits.max_collections:
             REJECTED.labels("limit").inc()
             raise Overloaded(
-                f"collection limit reached: this service holds {len(self.store.collections)} "
+                f"collection limit reached: this service holds {held} "
                 "collections (limits.max_collections); add to an existing collection"
             )
         if request.HasField("code"):
@@ -123,8 +125,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
             id=item, code=self._message(code, bits, method), replaced=replaced
         )
 
-    def _collection(self, name: str) -> Collection:
-        coll = self.store.collections.get(validation.collection_name(name))
+    async def _collection(self, name: str) -> CollectionInfo:
+        coll = await self.store.info(validation.collection_name(name))
         if coll is None:
             raise NotFound(
                 f"collection {name!r} does not exist (a collection is created by its first Add)"
@@ -135,7 +137,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
     async def Search(
         self, request: hash_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.SearchResponse:
-        coll = self._collection(request.collection)
+        coll = await self._collection(request.collection)
         if request.HasField("code") and request.frames:
             raise InvalidInput("give either code or frames, not both")
         if request.HasField("code"):
@@ -152,8 +154,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 raise InvalidInput(
                     f"max_distance must be within 0..{coll.bits}, got {request.max_distance}"
                 )
-            distances, labels = coll.within(
-                query, request.max_distance, self.config.index.max_radius_results
+            found = await self.store.within(
+                coll.name, query, request.max_distance, self.config.index.max_radius_results
             )
         else:
             if request.k < 0 or request.k > self.config.index.max_k:
@@ -162,13 +164,9 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                     f"{self.config.index.default_k}), got {request.k}"
                 )
             k = request.k or self.config.index.default_k
-            distances, labels = coll.search(query.reshape(1, -1), k)[0]
-        # The hot index holds labels only; the few of an answer are named from the store.
-        names = self.store.ids(labels)
+            found = await self.store.nearest(coll.name, query, k)
         matches = [
-            hash_pb2.Match(id=names[int(lab)], distance=int(d), similarity=1.0 - int(d) / coll.bits)
-            for d, lab in zip(distances, labels, strict=True)
-            if int(lab) in names
+            hash_pb2.Match(id=item, distance=d, similarity=1.0 - d / coll.bits) for item, d in found
         ]
         return hash_pb2.SearchResponse(
             matches=matches, query_code=self._message(query, coll.bits, coll.method)
@@ -187,8 +185,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self, request: hash_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.GetResponse:
         name = validation.collection_name(request.collection)
-        code = self.store.get(name, self._item_id(request.id))
-        coll = self.store.collections.get(name)
+        code = await self.store.read(name, self._item_id(request.id))
+        coll = await self.store.info(name)
         if coll is None or code is None:
             return hash_pb2.GetResponse(found=False)
         return hash_pb2.GetResponse(

@@ -340,6 +340,42 @@ class HashStore:
             )
         return found
 
+    # -- the backend interface (services/hash/backend.py) --
+
+    async def info(self, collection: str) -> Collection | None:
+        return self.collections.get(collection)
+
+    def collection_count(self) -> int:
+        return len(self.collections)
+
+    async def read(self, collection: str, item_id: str) -> bytes | None:
+        return self.get(collection, item_id)
+
+    def _named(self, distances: np.ndarray, labels: np.ndarray) -> list[tuple[str, int]]:
+        # The hot index holds labels only; the few of an answer are named from the store
+        # (a label deleted meanwhile is simply left out).
+        names = self.ids(labels)
+        return [
+            (names[int(lab)], int(d))
+            for d, lab in zip(distances, labels, strict=True)
+            if int(lab) in names
+        ]
+
+    async def nearest(self, collection: str, query: np.ndarray, k: int) -> list[tuple[str, int]]:
+        coll = self.collections.get(collection)
+        if coll is None:
+            return []
+        distances, labels = coll.search(query.reshape(1, -1), k)[0]
+        return self._named(distances, labels)
+
+    async def within(
+        self, collection: str, query: np.ndarray, max_distance: int, limit: int
+    ) -> list[tuple[str, int]]:
+        coll = self.collections.get(collection)
+        if coll is None:
+            return []
+        return self._named(*coll.within(query, max_distance, limit))
+
     # -- writes --
 
     async def add(
