@@ -1,39 +1,45 @@
-"""Detection service benchmark: the service vs its bare model, one run.
+"""Detection service benchmark: the service vs its own bare models, in alternating rounds.
 
-    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_detect [--rounds 5] [--passes
-    4] [--concurrency 8]
+    flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_detect [--seconds 3]
+    [--rounds 5] [--concurrency 8]
 
-On the same photos (campus walkway frame: 6 people, astronaut: 1, coffee: 0),
-round by round, each round running its sides in turn (A B C, A B C, ...):
+On the same photos (campus walkway frame: 6 people, astronaut: 1, coffee: 0;
+round robin), sides in turn within each round (bench/harness.py: per-round
+ratios, no figures when the rounds disagree by more than the allowed spread):
 
-A. the detection service in its own process at saturation (``--concurrency``
-   gRPC clients, raw pixels, the batcher merging their 300 x 300 inputs);
-B. the same service with one client (latency, p50);
-C. the service's pipeline code on a bare ONNX Runtime session, one image at a time.
+* ``service``: the detection service in its own process (person detector and
+  pose landmarks behind their dynamic batchers), ``--concurrency`` gRPC client
+  tasks with raw pixels;
+* ``bare``: the service's ``DetectPipeline`` code on bare ONNX Runtime sessions
+  in this process (no batcher, no gRPC), the same number of concurrent calls,
+  each session run in a worker thread as the service's engines are;
+* ``service_1`` and ``bare_1``: the same two at one call in flight (latency).
 
-Figures: medians over rounds, per-round ratios, the load average of each round.
+Every side: 1 ONNX Runtime intra-op thread per model, pose keypoints for up to
+the service's default number of people.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
+import sys
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import grpc
 import numpy as np
 import skimage.data
 
-from bench.bench_face import BareModel, Run, measure
-from bench.common import machine, write_section
-from services.common.net import free_port
+from bench.bench_face import BareModel, Call, Opener, Rate, in_process
+from bench.harness import Goal, Ratio, Report, Side, alternate
 from services.common.protos import rgb_to_image
 from services.detect.config import DetectConfig
 from services.detect.pipeline import DetectPipeline
 from tests.test_detect_service import campus
-from visionmesh.mesh import LocalMesh, stop_process, wait_healthy
+from visionmesh.mesh import LocalMesh, ServiceProcess, free_port, stop_process, wait_healthy
 from visionmesh.v1 import detect_pb2, detect_pb2_grpc
 
 
@@ -45,115 +51,127 @@ def photos() -> dict[str, np.ndarray]:
     }
 
 
-async def rounds(
-    address: str, imgs: list[np.ndarray], n_rounds: int, passes: int, concurrency: int, threads: int
-) -> list[dict[str, Run | float]]:
-    cfg = DetectConfig()
-    bare = DetectPipeline(BareModel(cfg.person.name, threads), cfg.detector.nms_iou)  # type: ignore[arg-type]
-    work = [img for _ in range(passes) for img in imgs]
-    requests = {id(img): detect_pb2.DetectObjectsRequest(image=rgb_to_image(img)) for img in imgs}
-    out: list[dict[str, Run | float]] = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = detect_pb2_grpc.DetectionServiceStub(channel)
+def bare_pipeline(threads: int, cfg: DetectConfig) -> DetectPipeline:
+    return DetectPipeline(
+        BareModel(cfg.person.name, threads),  # type: ignore[arg-type]
+        cfg.detector.nms_iou,
+        pose_model=BareModel(cfg.pose_landmark.name, threads),  # type: ignore[arg-type]
+        pose_config=cfg.pose,
+    )
 
-        async def service(img: np.ndarray) -> int:
-            return int((await stub.DetectObjects(requests[id(img)], timeout=60)).people_count)
 
-        async def bare_call(img: np.ndarray) -> int:
-            found = await bare.detect(img, cfg.detector.min_score, cfg.detector.max_detections)
-            return len(found.scores)
+def service(address: str, requests: dict[int, detect_pb2.DetectObjectsRequest]) -> Opener:
+    """DetectObjects calls on one channel; ``requests`` holds each photo's request, built once."""
 
-        sides = {
-            "saturated": (concurrency, service),
-            "single": (1, service),
-            "bare": (1, bare_call),
-        }
-        for conc, call in sides.values():
-            await measure(imgs, conc, call)
-        for _ in range(n_rounds):
-            row: dict[str, Run | float] = {"load": os.getloadavg()[0]}
-            for side, (conc, call) in sides.items():
-                row[side] = await measure(work, conc, call)
-            out.append(row)
-    return out
+    @asynccontextmanager
+    async def opener() -> AsyncIterator[Call]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = detect_pb2_grpc.DetectionServiceStub(channel)
+
+            async def call(img: np.ndarray) -> int:
+                reply = await stub.DetectObjects(requests[id(img)], timeout=300)
+                return int(reply.people_count)
+
+            yield call
+
+    return opener
+
+
+def start(mesh: LocalMesh, threads: int) -> ServiceProcess:
+    sets = [f"{m}.engine.threads={threads}" for m in ("person", "pose_landmark")]
+    proc = mesh._spawn("detect", free_port(mesh.host), [a for s in sets for a in ("--set", s)])
+    if not wait_healthy(proc, time.monotonic() + 120):
+        raise RuntimeError(f"detect did not become healthy; see {proc.log_path}")
+    return proc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per side per round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--passes", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--engine-threads", type=int, default=1)
     args = parser.parse_args()
+
+    report = Report("detection-service", "Detection service")
     named = photos()
+    imgs = list(named.values())
+    cfg = DetectConfig()
+    rates = {n: Rate(imgs, args.seconds, c) for n, c in (("many", args.concurrency), ("one", 1))}
     mesh = LocalMesh(services=["detect"], engine_threads=None)
-    sets = ["--set", f"person.engine.threads={args.engine_threads}"]
-    proc = mesh._spawn("detect", free_port("127.0.0.1"), sets)
+    proc = start(mesh, args.engine_threads)
     try:
-        if not wait_healthy(proc, time.monotonic() + 120):
-            raise RuntimeError(f"detect did not become healthy; see {proc.log_path}")
-        table = asyncio.run(
-            rounds(
-                proc.address,
-                list(named.values()),
-                args.rounds,
-                args.passes,
-                args.concurrency,
-                args.engine_threads,
+        bare = bare_pipeline(args.engine_threads, cfg)
+        requests = {id(i): detect_pb2.DetectObjectsRequest(image=rgb_to_image(i)) for i in imgs}
+        det = cfg.detector
+
+        async def bare_call(img: np.ndarray) -> int:
+            found = await bare.detect(
+                img, det.min_score, det.max_detections, max_poses=cfg.pose.max_people
             )
-        )
+            return int(sum(1 for label in found.labels if label == "person"))
+
+        openers: dict[str, Opener] = {
+            "service": service(proc.address, requests),
+            "bare": in_process(bare_call),
+        }
+
+        async def people(opener: Opener) -> int:
+            async with opener() as call:
+                return sum([await call(img) for img in imgs])
+
+        found = {k: asyncio.run(people(o)) for k, o in openers.items()}
+
+        def measure(rate: str, key: str) -> Callable[[], float]:
+            return lambda: asyncio.run(rates[rate].run(key, openers[key]))
+
+        t = f"{args.engine_threads} ORT intra-op thread per model"
+        c = f"{args.concurrency} concurrent calls (this process)"
+        work = f"person detection, NMS, pose keypoints for up to {cfg.pose.max_people} people"
+        rpc = "gRPC round trip with raw RGB, validation, "
+        bare_label = "the same `DetectPipeline` on bare ORT sessions (no batcher, no gRPC)"
+        sides = [
+            Side("service", "detection service", t, c, rpc + work, measure("many", "service")),
+            Side("bare", bare_label, t, c + ", each session run in a worker thread", work,
+                 measure("many", "bare")),
+            Side("service_1", "detection service, one call in flight", t, "1", rpc + work,
+                 measure("one", "service")),
+            Side("bare_1", bare_label + ", one call in flight", t, "1", work,
+                 measure("one", "bare")),
+        ]  # fmt: skip
+        values = alternate(sides, args.rounds)
     finally:
         stop_process(proc)
 
-    def runs(side: str) -> list[Run]:
-        return [r[side] for r in table]  # type: ignore[misc]
-
-    sat, single, bare = runs("saturated"), runs("single"), runs("bare")
-    med = lambda xs: float(statistics.median(xs))  # noqa: E731
-    lines = [
-        f"| round | load avg (1 min) | service, {args.concurrency} clients img/s | "
-        "service, 1 client img/s | bare model img/s | saturated / bare |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for i, row in enumerate(table):
-        lines.append(
-            f"| {i + 1} | {row['load']:.1f} | {sat[i].images_s:.1f} | "
-            f"{single[i].images_s:.1f} | {bare[i].images_s:.1f} | "
-            f"{sat[i].images_s / bare[i].images_s:.2f} |"
-        )
-    ratio = med([a.images_s / b.images_s for a, b in zip(sat, bare, strict=True)])
     sizes = ", ".join(f"{k} {v.shape[1]}x{v.shape[0]}" for k, v in named.items())
-    body = (
-        "\n"
-        "Command: `flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_detect "
-        f"--rounds {args.rounds} --passes {args.passes} --concurrency {args.concurrency} "
-        f"--engine-threads {args.engine_threads}`\n"
-        f"Machine: {machine()}; load average per round below.\n"
-        f"Work per side and round: photos {sizes}, {args.passes} passes = "
-        f"{args.passes * len(named)} images\n"
-        f"(people found per pass set: service {sat[0].faces}, bare {bare[0].faces}); sides "
-        "run in turn inside\n"
-        f"each round; {args.engine_threads} ONNX Runtime intra-op thread(s) on both sides.\n"
-        "\n"
-        f"{chr(10).join(lines)}\n"
-        "\n"
-        f"| median | service, {args.concurrency} clients (saturation) | service, 1 client | "
-        "bare model, one image at a time |\n"
-        "|---|---:|---:|---:|\n"
-        f"| images/s | **{med([r.images_s for r in sat]):.1f}** | "
-        f"{med([r.images_s for r in single]):.1f} | {med([r.images_s for r in bare]):.1f} "
-        "|\n"
-        f"| latency per image (p50) | {med([r.latency_ms for r in sat]):.0f} ms | "
-        f"**{med([r.latency_ms for r in single]):.0f} ms** | "
-        f"{med([r.latency_ms for r in bare]):.0f} ms |\n"
-        "\n"
-        f"Median of per-round ratios: **service at saturation / bare model = {ratio:.2f}**. "
-        "The service\n"
-        "figure includes gRPC, raw-pixel transfer and validation, the load generator on "
-        "the same cores.\n"
+    report.add(
+        f"{args.rounds} rounds of {args.seconds:g} s per side after a warm-up round, sides in "
+        f"turn within each round; medians and per-round ratios. Photos {sizes}, round robin. "
+        "People counted on the three photos: " + ", ".join(f"{k} {v}" for k, v in found.items())
+        + "."
+    )  # fmt: skip
+    report.sides(sides)
+    report.figures(
+        sides,
+        values,
+        [
+            Ratio(f"service / bare models at {args.concurrency} in flight", "service", "bare",
+                  Goal(">=", 0.9)),
+            Ratio("service / bare models, one call in flight", "service_1", "bare_1"),
+        ],
+    )  # fmt: skip
+    p50 = {
+        f"{rate} {key}": 1000 * statistics.median(lat)
+        for rate, r in rates.items()
+        for key, lat in r.latencies.items()
+    }
+    report.add(
+        "Latency per call, median over all rounds: "
+        f"service {p50['one service']:.0f} ms and bare {p50['one bare']:.0f} ms at one call in "
+        f"flight; service {p50['many service']:.0f} ms and bare {p50['many bare']:.0f} ms at "
+        f"{args.concurrency}."
     )
-    print(body)
-    write_section("Detection service", body)
+    sys.exit(0 if report.write() else 3)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import ImageLimitsConfig, ModelConfig, ServerConfig
+from services.common.config import BatcherConfig, ImageLimitsConfig, ModelConfig, ServerConfig
 from visionmesh import features
 
 DEFAULT_PORT = features.by_name("detect").default_port
+
+
+CPU_MAX_BATCH = 2
+
+
+def _cpu_batched(name: str) -> ModelConfig:
+    return ModelConfig(name=name, batcher=BatcherConfig(max_batch_size=CPU_MAX_BATCH))
 
 
 @dataclass
@@ -55,11 +62,12 @@ class DetectConfig:
     images: ImageLimitsConfig = field(default_factory=ImageLimitsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tags: TagConfig = field(default_factory=TagConfig)
-    # Every image becomes one 300 x 300 input, so all concurrent calls batch together.
-    # Batching policy: the model's own (services/detect/export.py).
-    person: ModelConfig = field(default_factory=lambda: ModelConfig(name="person_ssdlite"))
+    # Every image becomes one 300 x 300 input, so concurrent calls can batch together; one
+    # 256 x 256 crop per person for the pose model. Batches of 2 at most on CPU (an explicit
+    # override of the models' policy, max 16: services/detect/export.py): on ONNX Runtime CPU
+    # both mobile networks cost more per image in larger batches (measured here, 1 thread:
+    # SSDLite 20.5 ms per image alone, 22.2 in pairs, 26.5 in batches of 16; the landmark
+    # model 12.3 / 11.6 / 15.6). GPU deployments set ``batcher.max_batch_size: 16`` on both.
+    person: ModelConfig = field(default_factory=lambda: _cpu_batched("person_ssdlite"))
     pose: PoseConfig = field(default_factory=PoseConfig)
-    # One 256 x 256 crop per person: the crops of concurrent calls batch together.
-    pose_landmark: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="pose_landmark_full")
-    )
+    pose_landmark: ModelConfig = field(default_factory=lambda: _cpu_batched("pose_landmark_full"))
