@@ -345,16 +345,18 @@ async def service_threads(
 
 
 def stages(repeats: int) -> None:
+    """CPU per stage and per thread: its own section of docs/benchmarks.md ("face-stages")."""
+    report = Report("face-stages", "Face service: CPU time per stage")
     imgs = photos()
-    print(f"load average {os.getloadavg()}")
-    print(bare_stages(imgs, repeats))
-    print()
+    report.add(
+        "CPU time (`time.thread_time` per stage, `/proc` per thread), 1 ONNX Runtime intra-op "
+        "thread per model. CPU per image is what throughput on a saturated machine is inversely "
+        "proportional to, and, unlike images/s, it barely moves with the machine's other load."
+    )
+    report.add(bare_stages(imgs, repeats))
     work = list(imgs.values())
     table, _ = asyncio.run(service_threads(work, 4, 10 * len(imgs)))
-    print(table)
-    print()
-    # CPU per image is what throughput on a saturated machine is inversely proportional to,
-    # and, unlike images/s, it does not move with the machine's other load.
+    report.add(table)
     configs: dict[str, dict[str, Any]] = {
         "RetinaFace (default)": {},
         "RetinaFace, pad_to_square": {"retinaface": {"pad_to_square": True}},
@@ -369,12 +371,13 @@ def stages(repeats: int) -> None:
         for name, det in configs.items()
     }
     mtcnn = totals[f"MTCNN, faces from {MTCNN_MIN_FACE:g} px"]
-    print(
-        "| service, 4 concurrent calls (client in the process) | ms CPU per image | MTCNN / this |"
-    )
-    print("|---|---:|---:|")
-    for name, ms in totals.items():
-        print(f"| {name} | {ms:.1f} | {mtcnn / ms:.1f} |")
+    rows = [
+        "| service, 4 concurrent calls (client in the process) | ms CPU per image | MTCNN / this |",
+        "|---|---:|---:|",
+        *(f"| {name} | {ms:.1f} | {mtcnn / ms:.1f} |" for name, ms in totals.items()),
+    ]
+    report.add("\n".join(rows))
+    report.write()
 
 
 # --- the comparison ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What pose keypoints add to a detection call: the bare landmark model per person crop, and the
-service's latency with pose on vs off. Prints a table (docs/detect.md, "Pose keypoints").
+service's latency with pose on vs off. Writes its section of docs/benchmarks.md ("pose").
 
     flock /tmp/visionmesh-bench.lock .venv/bin/python -m bench.bench_pose [--rounds 5] [--calls 10]
 
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import time
 
 import grpc
@@ -23,7 +24,7 @@ import numpy as np
 import skimage.data
 
 from bench.bench_face import BareModel
-from bench.common import machine
+from bench.harness import Report
 from services.common.net import free_port
 from services.common.protos import rgb_to_image
 from services.detect import pose
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=10)
     args = parser.parse_args()
+    report = Report("pose", "Detection service: what pose keypoints cost")
     mesh = LocalMesh(services=["detect"], engine_threads=None)
     # One intra-op thread per engine, as `visionmesh up` sets on machines of up to 4 cores.
     sets = ["--set", "person.engine.threads=1", "--set", "pose_landmark.engine.threads=1"]
@@ -100,18 +102,36 @@ def main() -> None:
         table = asyncio.run(service_rounds(proc.address, args.rounds, args.calls))
     finally:
         stop_process(proc)
-    print(f"Machine: {machine()}")
-    print(
-        "\n| round | load avg | bare ms/crop, 1 | bare ms/crop, 4 | campus p50 pose on | off |"
-        " astronaut p50 pose on | off |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [
+        "| round | load avg | bare ms/crop, 1 | bare ms/crop, 4 | campus p50 pose on | off |"
+        " astronaut p50 pose on | off |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     keys = ["bare 1", "bare 4", "campus on", "campus off", "astronaut on", "astronaut off"]
     for i, r in enumerate(table):
         cells = " | ".join(f"{r[k]:.0f}" for k in keys)
-        print(f"| {i + 1} | {r['load']:.1f} | {cells} |")
+        rows.append(f"| {i + 1} | {r['load']:.1f} | {cells} |")
     med = {k: statistics.median(r[k] for r in table) for k in table[0]}
-    print(f"| median | {med['load']:.1f} | " + " | ".join(f"{med[k]:.0f}" for k in keys) + " |")
+    rows.append(
+        f"| median | {med['load']:.1f} | " + " | ".join(f"{med[k]:.0f}" for k in keys) + " |"
+    )
+    report.add(
+        f"{args.rounds} rounds; per round the sides run in turn (bare model, then per photo pose "
+        f"on and off), {args.calls} runs / calls each; figures in ms. Bare: ONNX Runtime on "
+        "`pose_landmark_full`, 1 intra-op thread, one 256 x 256 crop per run and four per run. "
+        "Service: the detection service in its own process, one client, one intra-op thread "
+        "per engine; the campus frame (the 4 largest of 6 people get keypoints) and the "
+        "astronaut (1 person)."
+    )
+    report.add("\n".join(rows))
+    for name in ("campus", "astronaut"):
+        ratios = [r[f"{name} on"] / r[f"{name} off"] for r in table]
+        report.check_spread(f"{name}: p50 pose on / off", ratios)
+        report.add(
+            f"{name}: p50 with pose / without, median of the per-round ratios "
+            f"{statistics.median(ratios):.2f} ({', '.join(f'{v:.2f}' for v in ratios)})."
+        )
+    sys.exit(0 if report.write() else 3)
 
 
 if __name__ == "__main__":
