@@ -51,6 +51,8 @@ from visionmesh.mesh import LocalMesh, free_port, wait_healthy
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+# Worker threads of the bare side; the service gets as many engine instances of each model.
+BARE_WORKERS = 2
 
 
 def photos() -> list[np.ndarray]:
@@ -207,7 +209,7 @@ async def service_throughput(address: str, seconds: float, concurrency: int) -> 
         return done / (time.perf_counter() - start)
 
 
-def start_service(mesh: LocalMesh, batch: int, engine_threads: int) -> str:
+def start_service(mesh: LocalMesh, batch: int, engine_threads: int, instances: int = 1) -> str:
     sets = [
         f"{model}.{key}={value}"
         for model in ("classifier", "safety_model")
@@ -215,6 +217,7 @@ def start_service(mesh: LocalMesh, batch: int, engine_threads: int) -> str:
             ("batcher.max_batch_size", batch),
             ("batcher.max_queue_delay_us", 5000),
             ("batcher.max_queue_size", 1024),
+            ("batcher.instances", instances),
             ("engine.threads", engine_threads),
         )
     ]
@@ -290,19 +293,22 @@ def main() -> None:
     torch_child = TorchChild()
     mesh = LocalMesh(services=[])
     try:
-        address = start_service(mesh, args.batch, engine_threads=1)
+        # As many runs of each model at once as the bare side's workers: with one instance,
+        # open_nsfw (twice Lite0's cost) would cap the service at one core's worth of it.
+        address = start_service(mesh, args.batch, engine_threads=1, instances=BARE_WORKERS)
         s = args.seconds
         prep = "both preprocessings (Lite0 tensor, open_nsfw JPEG round trip), both models, quality"
         sides = [
             Side("service", f"classify service, max_batch_size {args.batch}",
-                 "1 ORT intra-op thread per model (2 models)",
+                 f"1 ORT intra-op thread per model instance, {BARE_WORKERS} instances of each "
+                 "of the 2 models",
                  f"{args.concurrency} gRPC client tasks (this process), batcher merges them",
                  f"gRPC round trip, raw-pixel validation, {prep}",
                  lambda: asyncio.run(service_throughput(address, s, args.concurrency))),
             Side("bare", f"the same work on plain ORT sessions, batch {args.batch}",
-                 "1 ORT intra-op thread per model (2 models)",
-                 "2 worker threads, each its own batch",
-                 prep, lambda: bare.throughput(s, workers=2)),
+                 "1 ORT intra-op thread per session (2 models)",
+                 f"{BARE_WORKERS} worker threads, each its own batch",
+                 prep, lambda: bare.throughput(s, workers=BARE_WORKERS)),
             Side("ort_b1", "EfficientNet-Lite0 alone, ONNX Runtime, batch 1",
                  "1 ORT intra-op thread", "1 (sequential)",
                  "Lite0 preprocessing + forward", lambda: lite.throughput(s, 1)),

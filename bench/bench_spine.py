@@ -31,7 +31,7 @@ import numpy as np
 import skimage.data
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.bench_classify import BarePipeline, service_throughput
+from bench.bench_classify import BARE_WORKERS, BarePipeline, service_throughput
 from bench.common import percentiles_ms
 from bench.harness import Goal, Ratio, Report, Side, alternate, fmt
 from services.common.images import decode
@@ -138,6 +138,7 @@ def classify_args(batch: int, tracing: bool) -> list[str]:
             "batcher.max_queue_delay_us=5000",
             "batcher.max_queue_size=1024",
             "engine.threads=1",
+            f"batcher.instances={BARE_WORKERS}",
         )
     ]
     if not tracing:
@@ -177,13 +178,14 @@ def main() -> None:
         s = args.seconds
         sides = [
             Side("service", f"classify service at saturation, max_batch_size {args.batch}",
-                 "1 ORT intra-op thread per model", f"{args.concurrency} gRPC client tasks",
+                 f"1 ORT intra-op thread per model instance, {BARE_WORKERS} instances per model",
+                 f"{args.concurrency} gRPC client tasks",
                  "gRPC, raw-pixel validation, both preprocessings, both models, quality",
                  lambda: asyncio.run(service_throughput(classify_t, s, args.concurrency))),
             Side("engine", f"bare engine: the two ORT sessions, batch {args.batch}",
-                 "1 ORT intra-op thread per model", "2 worker threads",
+                 "1 ORT intra-op thread per session", f"{BARE_WORKERS} worker threads",
                  "the two models' forward passes on pre-made tensors only",
-                 lambda: bare_engine(pipeline, s, workers=2)),
+                 lambda: bare_engine(pipeline, s, workers=BARE_WORKERS)),
             Side("direct", "classify called directly, p50", "service: 1 per model",
                  "1 call at a time", "one Classify call (JPEG)", on.direct_p50, unit="ms"),
             Side("gateway", "gateway Analyze (classify only, cache off), p50", "as above",
