@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -77,8 +78,12 @@ def service(address: str, requests: dict[int, detect_pb2.DetectObjectsRequest]) 
     return opener
 
 
-def start(mesh: LocalMesh, threads: int) -> ServiceProcess:
-    sets = [f"{m}.engine.threads={threads}" for m in ("person", "pose_landmark")]
+def start(mesh: LocalMesh, threads: int, instances: int = 1) -> ServiceProcess:
+    sets = [
+        f"{m}.{setting}"
+        for m in ("person", "pose_landmark")
+        for setting in (f"engine.threads={threads}", f"batcher.instances={instances}")
+    ]
     proc = mesh._spawn("detect", free_port(mesh.host), [a for s in sets for a in ("--set", s)])
     if not wait_healthy(proc, time.monotonic() + 120):
         raise RuntimeError(f"detect did not become healthy; see {proc.log_path}")
@@ -91,6 +96,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--engine-threads", type=int, default=1)
+    parser.add_argument(
+        "--instances", type=int, default=os.cpu_count() or 1, help="engine instances per model"
+    )
     args = parser.parse_args()
 
     report = Report("detection-service", "Detection service")
@@ -99,7 +107,10 @@ def main() -> None:
     cfg = DetectConfig()
     rates = {n: Rate(imgs, args.seconds, c) for n, c in (("many", args.concurrency), ("one", 1))}
     mesh = LocalMesh(services=["detect"], engine_threads=None)
-    proc = start(mesh, args.engine_threads)
+    # One engine instance per core: with one intra-op thread, one instance per model would
+    # cap the service at one core per model, while the bare side's concurrent calls run each
+    # session from several threads at once.
+    proc = start(mesh, args.engine_threads, args.instances)
     try:
         bare = bare_pipeline(args.engine_threads, cfg)
         requests = {id(i): detect_pb2.DetectObjectsRequest(image=rgb_to_image(i)) for i in imgs}
@@ -125,7 +136,10 @@ def main() -> None:
         def measure(rate: str, key: str) -> Callable[[], float]:
             return lambda: asyncio.run(rates[rate].run(key, openers[key]))
 
-        t = f"{args.engine_threads} ORT intra-op thread per model"
+        t = (
+            f"{args.engine_threads} ORT intra-op thread per model; service: "
+            f"{args.instances} engine instances per model"
+        )
         c = f"{args.concurrency} concurrent calls (this process)"
         work = f"person detection, NMS, pose keypoints for up to {cfg.pose.max_people} people"
         rpc = "gRPC round trip with raw RGB, validation, "

@@ -389,6 +389,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--engine-threads", type=int, default=1)
+    parser.add_argument(
+        "--instances", type=int, default=os.cpu_count() or 1, help="engine instances per model"
+    )
     parser.add_argument("--stages", action="store_true", help="CPU time per stage, then exit")
     args = parser.parse_args()
     if args.stages:
@@ -399,8 +402,13 @@ def main() -> None:
     named = photos()
     imgs = list(named.values())
     threads = f"engine.threads={args.engine_threads}"
+    # One engine instance per core: with one intra-op thread, a single instance of the
+    # detector would cap the service at one core's worth of detections, while the bare side's
+    # concurrent calls run the same session from several threads at once.
     base = [
-        f"{m}.{threads}" for m in (*HEADS, "retinaface", "mtcnn.pnet", "mtcnn.rnet", "mtcnn.onet")
+        f"{m}.{setting}"
+        for m in (*HEADS, "retinaface", "mtcnn.pnet", "mtcnn.rnet", "mtcnn.onet")
+        for setting in (threads, f"batcher.instances={args.instances}")
     ]
     configs = {
         "retinaface": base,
@@ -438,7 +446,10 @@ def main() -> None:
             return lambda: asyncio.run(rate.run(key, openers[key]))
 
         c = f"{args.concurrency} gRPC client tasks (this process)"
-        t = f"{args.engine_threads} ORT intra-op thread per model"
+        t = (
+            f"{args.engine_threads} ORT intra-op thread per model; service: "
+            f"{args.instances} engine instances per model"
+        )
         rpc = "gRPC round trip with raw RGB, validation, "
         work = "detection, alignment, age / gender / emotion heads, pose, quality"
         sides = [

@@ -78,6 +78,8 @@ class Goal:
 
     def sentence(self, what: str, value: float, fmt: str = "{:.2f}") -> str:
         verdict = "met" if self.met(value) else "not met"
+        if fmt.format(value) == fmt.format(self.target) and not self.met(value):
+            fmt = "{:.3f}"  # 0.896 is not 0.90: show the digit that decides
         return (
             f"Goal {what} {self.op} {fmt.format(self.target)}: {verdict} "
             f"({fmt.format(value)} in this run)."
