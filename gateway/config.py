@@ -50,6 +50,11 @@ class GatewayConfig:
     # partial answers would spend capacity full answers need); true: each feature
     # on its own, a busy one answering RESOURCE_EXHAUSTED in its FeatureError.
     admission_partial: bool = False
+    # Calls this gateway has in flight to one service instance at most (0: no limit);
+    # the rest wait their turn within their deadline. Where every service shares the
+    # same few cores (one machine: `visionmesh up`, the local mesh), more concurrent
+    # calls than cores add contention, not throughput.
+    calls_per_instance: int = 0
     # Hard ceiling on requests being analysed at once (memory protection; the
     # capacity-derived admission above normally binds far below it).
     max_in_flight: int = 256

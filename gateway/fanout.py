@@ -8,8 +8,9 @@ never fails the whole call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
@@ -20,7 +21,7 @@ from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.resilience import call_with_retry
 from services.common.batch_rpc import MAX_BATCH_ITEMS
-from services.common.errors import ServiceError
+from services.common.errors import DeadlineExceeded, ServiceError
 from visionmesh import features
 from visionmesh.features import FeatureSpec
 from visionmesh.v1 import common_pb2, gateway_pb2
@@ -66,10 +67,44 @@ def feature_error(feature: int, exc: BaseException) -> common_pb2.FeatureError:
     return common_pb2.FeatureError(feature=feature, code=code, message=message)  # type: ignore[arg-type]
 
 
+class CallSlots:
+    """At most ``limit`` calls in flight per instance address (0: no limit); the peak is kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, address: str, timeout_s: float | None) -> AsyncIterator[float | None]:
+        """Wait for a slot within ``timeout_s``; yields the time left for the call itself."""
+        start = time.monotonic()
+        slot = None
+        if self.limit > 0:
+            slot = self._slots.setdefault(address, asyncio.Semaphore(self.limit))
+            try:
+                await asyncio.wait_for(slot.acquire(), timeout_s)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"no free call slot on {address} within the deadline "
+                    f"({self.limit} calls per instance)"
+                ) from None
+        self._in_flight[address] = self._in_flight.get(address, 0) + 1
+        self.peak[address] = max(self.peak.get(address, 0), self._in_flight[address])
+        try:
+            yield None if timeout_s is None else max(0.0, timeout_s - (time.monotonic() - start))
+        finally:
+            self._in_flight[address] -= 1
+            if slot is not None:
+                slot.release()
+
+
 class FanOut:
     def __init__(self, resolver: Resolver, config: GatewayConfig) -> None:
         self.resolver = resolver
         self.config = config
+        self.slots = CallSlots(config.calls_per_instance)
 
     async def call(self, service: str, method: str, request: Any, timeout_s: float | None) -> Any:
         """One RPC to some healthy instance of ``service``, retried on UNAVAILABLE only."""
@@ -77,11 +112,12 @@ class FanOut:
         async def attempt(remaining: float | None) -> Any:
             endpoint = self.resolver.pick(service)
             stub = features.by_name(service).stub(endpoint.channel)
-            try:
-                reply = await getattr(stub, method)(request, timeout=remaining)
-            except Exception as exc:
-                endpoint.breaker.record(exc)
-                raise
+            async with self.slots.hold(endpoint.address, remaining) as left:
+                try:
+                    reply = await getattr(stub, method)(request, timeout=left)
+                except Exception as exc:
+                    endpoint.breaker.record(exc)
+                    raise
             endpoint.breaker.record_success()
             return reply
 

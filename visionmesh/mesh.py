@@ -86,6 +86,9 @@ class LocalMesh:
     engine_threads: int | None = field(
         default_factory=lambda: 1 if (os.cpu_count() or 1) <= 4 else None
     )
+    # Calls the gateway has in flight to each service at most: every service shares this
+    # machine's cores, so more at once only adds contention (0 = no limit).
+    calls_per_instance: int = field(default_factory=lambda: os.cpu_count() or 1)
     # Server reflection (grpcurl, grpcui): on for a local mesh, off by default elsewhere.
     reflection: bool = True
     tls: MeshTls | None = None
@@ -162,7 +165,9 @@ class LocalMesh:
         # Features whose service is absent still resolve to an address: callers get UNAVAILABLE.
         for name in registry.feature_services().values():
             services.setdefault(name, [f"{self.host}:{free_port(self.host)}"])
-        config_path.write_text(yaml.safe_dump({"services": services}))
+        config_path.write_text(
+            yaml.safe_dump({"services": services, "calls_per_instance": self.calls_per_instance})
+        )
         gateway = self._spawn("gateway", self._port("gateway"), ["--config", str(config_path)])
         self.processes["gateway"] = gateway
         if not wait_healthy(gateway, time.monotonic() + 60):
