@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,3 +54,19 @@ def chelsea() -> np.ndarray:
 @pytest.fixture(scope="session")
 def chelsea_jpeg(chelsea: np.ndarray) -> bytes:
     return encode(chelsea)
+
+
+@pytest.fixture(scope="module")
+async def detect_stub() -> AsyncIterator[Any]:
+    """A DetectionService stub on a detection service with real models (one per test module)."""
+    import grpc
+
+    from services.detect.main import DEFINITION
+    from tests.support import running_service
+    from visionmesh.v1 import detect_pb2_grpc
+
+    async with (
+        running_service(DEFINITION) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        yield detect_pb2_grpc.DetectionServiceStub(channel)

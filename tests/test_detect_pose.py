@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -11,32 +10,12 @@ import numpy as np
 import pytest
 import skimage.data
 
-from services.common.protos import rgb_to_image
 from services.detect import pose
-from services.detect.main import DEFINITION
-from tests.support import running_service
-from tests.test_detect_service import campus
+from tests.test_detect_service import campus, detect
 from tests.test_face_service import group_photo  # noqa: F401 (fixture)
 from visionmesh.v1 import detect_pb2, detect_pb2_grpc
 
 FACE = ("nose", "left_eye", "right_eye")
-
-
-@pytest.fixture(scope="module")
-async def stub() -> AsyncIterator[detect_pb2_grpc.DetectionServiceStub]:
-    async with (
-        running_service(DEFINITION) as server,
-        grpc.aio.insecure_channel(server.address) as channel,
-    ):
-        yield detect_pb2_grpc.DetectionServiceStub(channel)
-
-
-async def detect(
-    stub: detect_pb2_grpc.DetectionServiceStub, rgb: np.ndarray, **kwargs: Any
-) -> detect_pb2.DetectObjectsResponse:
-    return await stub.DetectObjects(
-        detect_pb2.DetectObjectsRequest(image=rgb_to_image(rgb), **kwargs), timeout=60
-    )
 
 
 def points(d: detect_pb2.Detection) -> dict[str, tuple[float, float]]:
@@ -76,8 +55,10 @@ def test_largest_people_first() -> None:
     assert pose.largest(boxes, 0).tolist() == []
 
 
-async def test_astronaut_face_and_shoulders(stub: detect_pb2_grpc.DetectionServiceStub) -> None:
-    reply = await detect(stub, skimage.data.astronaut())
+async def test_astronaut_face_and_shoulders(
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
+) -> None:
+    reply = await detect(detect_stub, skimage.data.astronaut())
     (d,) = reply.detections
     assert d.pose_score > 0.9
     got = points(d)
@@ -96,9 +77,9 @@ async def test_astronaut_face_and_shoulders(stub: detect_pb2_grpc.DetectionServi
 
 
 async def test_campus_largest_people_stand_on_their_ankles(
-    stub: detect_pb2_grpc.DetectionServiceStub,
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
 ) -> None:
-    reply = await detect(stub, campus(), max_poses=3)
+    reply = await detect(detect_stub, campus(), max_poses=3)
     people = list(reply.detections)
     areas = [(d.box.x_max - d.box.x_min) * (d.box.y_max - d.box.y_min) for d in people]
     largest = sorted(range(len(people)), key=lambda i: -areas[i])[:3]
@@ -115,10 +96,10 @@ async def test_campus_largest_people_stand_on_their_ankles(
 
 
 async def test_group_photo_seated_behind_a_table_has_no_legs(
-    stub: detect_pb2_grpc.DetectionServiceStub,
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
     group_photo: np.ndarray,  # noqa: F811 (fixture)
 ) -> None:
-    reply = await detect(stub, group_photo)
+    reply = await detect(detect_stub, group_photo)
     posed = [d for d in reply.detections if d.keypoints]
     assert len(posed) >= 3
     for d in posed:
@@ -130,26 +111,26 @@ async def test_group_photo_seated_behind_a_table_has_no_legs(
 
 @pytest.mark.parametrize("name", ["chelsea", "coffee"])
 async def test_no_keypoints_without_people(
-    stub: detect_pb2_grpc.DetectionServiceStub, name: str
+    detect_stub: detect_pb2_grpc.DetectionServiceStub, name: str
 ) -> None:
-    reply = await detect(stub, getattr(skimage.data, name)())
+    reply = await detect(detect_stub, getattr(skimage.data, name)())
     assert all(len(d.keypoints) == 0 for d in reply.detections)
 
 
-async def test_pose_can_be_turned_off(stub: detect_pb2_grpc.DetectionServiceStub) -> None:
-    reply = await detect(stub, campus(), no_pose=True)
+async def test_pose_can_be_turned_off(detect_stub: detect_pb2_grpc.DetectionServiceStub) -> None:
+    reply = await detect(detect_stub, campus(), no_pose=True)
     assert reply.people_count == 6
     assert all(len(d.keypoints) == 0 and d.pose_score == 0 for d in reply.detections)
-    one = await detect(stub, campus(), max_poses=1)
+    one = await detect(detect_stub, campus(), max_poses=1)
     assert sum(d.pose_score > 0 for d in one.detections) == 1
 
 
 @pytest.mark.parametrize("value", [-1, 17])
 async def test_max_poses_out_of_range_is_invalid(
-    stub: detect_pb2_grpc.DetectionServiceStub, value: int
+    detect_stub: detect_pb2_grpc.DetectionServiceStub, value: int
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await detect(stub, skimage.data.astronaut(), max_poses=value)
+        await detect(detect_stub, skimage.data.astronaut(), max_poses=value)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "max_poses" in (err.value.details() or "")
 

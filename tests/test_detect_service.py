@@ -4,7 +4,6 @@ detector on real photos, plus its anchor maths and tag rules."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +29,10 @@ def campus() -> np.ndarray:
     return np.asarray(Image.open(CAMPUS).convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-async def stub() -> AsyncIterator[detect_pb2_grpc.DetectionServiceStub]:
-    async with (
-        running_service(DEFINITION) as server,
-        grpc.aio.insecure_channel(server.address) as channel,
-    ):
-        yield detect_pb2_grpc.DetectionServiceStub(channel)
-
-
 async def detect(
-    stub: detect_pb2_grpc.DetectionServiceStub, rgb: np.ndarray, **kwargs: Any
+    detect_stub: detect_pb2_grpc.DetectionServiceStub, rgb: np.ndarray, **kwargs: Any
 ) -> detect_pb2.DetectObjectsResponse:
-    return await stub.DetectObjects(
+    return await detect_stub.DetectObjects(
         detect_pb2.DetectObjectsRequest(image=rgb_to_image(rgb), **kwargs), timeout=60
     )
 
@@ -101,9 +91,9 @@ def test_coverage_of_overlapping_boxes() -> None:
 
 
 async def test_astronaut_is_one_person_in_close_up(
-    stub: detect_pb2_grpc.DetectionServiceStub,
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
 ) -> None:
-    reply = await detect(stub, skimage.data.astronaut())
+    reply = await detect(detect_stub, skimage.data.astronaut())
     assert reply.people_count == 1 and len(reply.detections) == 1
     d = reply.detections[0]
     assert d.label == "person" and d.display_name_en == "Person" and d.display_name_zh == "人"
@@ -115,18 +105,20 @@ async def test_astronaut_is_one_person_in_close_up(
 
 
 @pytest.mark.parametrize("name", ["chelsea", "coffee", "rocket"])
-async def test_photos_without_people(stub: detect_pb2_grpc.DetectionServiceStub, name: str) -> None:
-    reply = await detect(stub, getattr(skimage.data, name)())
+async def test_photos_without_people(
+    detect_stub: detect_pb2_grpc.DetectionServiceStub, name: str
+) -> None:
+    reply = await detect(detect_stub, getattr(skimage.data, name)())
     assert reply.people_count == 0 and list(reply.detections) == []
     assert tag_names(reply) == {"people/none"}
     assert reply.tags[0].score > 0.9
 
 
 async def test_campus_walkway_counts_small_walking_people(
-    stub: detect_pb2_grpc.DetectionServiceStub,
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
 ) -> None:
     """A real surveillance frame: six people 60-145 px tall in a 768 x 576 frame."""
-    reply = await detect(stub, campus())
+    reply = await detect(detect_stub, campus())
     assert abs(reply.people_count - CAMPUS_PEOPLE) <= 1, reply.people_count
     assert "people/group" in tag_names(reply)
     heights = [d.box.y_max - d.box.y_min for d in reply.detections]
@@ -134,19 +126,21 @@ async def test_campus_walkway_counts_small_walking_people(
 
 
 async def test_group_photo_is_a_group(
-    stub: detect_pb2_grpc.DetectionServiceStub,
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
     group_photo: np.ndarray,  # noqa: F811
 ) -> None:
-    reply = await detect(stub, group_photo)
+    reply = await detect(detect_stub, group_photo)
     assert 3 <= reply.people_count <= 7
     assert "people/group" in tag_names(reply)
 
 
-async def test_min_score_and_max_detections(stub: detect_pb2_grpc.DetectionServiceStub) -> None:
+async def test_min_score_and_max_detections(
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
+) -> None:
     img = campus()
-    loose = await detect(stub, img, min_score=0.2)
-    strict = await detect(stub, img, min_score=0.9)
-    one = await detect(stub, img, max_detections=1)
+    loose = await detect(detect_stub, img, min_score=0.2)
+    strict = await detect(detect_stub, img, min_score=0.9)
+    one = await detect(detect_stub, img, max_detections=1)
     assert len(loose.detections) >= len(strict.detections) >= 1
     assert all(d.score >= 0.9 for d in strict.detections)
     assert len(one.detections) == 1 and one.detections[0].score == max(
@@ -155,19 +149,19 @@ async def test_min_score_and_max_detections(stub: detect_pb2_grpc.DetectionServi
 
 
 async def test_encoded_input_gives_the_same_boxes(
-    stub: detect_pb2_grpc.DetectionServiceStub,
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
 ) -> None:
     rgb = skimage.data.astronaut()
-    png = await stub.DetectObjects(
+    png = await detect_stub.DetectObjects(
         detect_pb2.DetectObjectsRequest(image=common_pb2.Image(encoded=encode(rgb, "PNG"))),
         timeout=60,
     )
-    raw = await detect(stub, rgb)
+    raw = await detect(detect_stub, rgb)
     assert [d.box for d in png.detections] == [d.box for d in raw.detections]
 
 
-async def test_tiny_image(stub: detect_pb2_grpc.DetectionServiceStub) -> None:
-    reply = await detect(stub, np.full((8, 8, 3), 128, np.uint8))
+async def test_tiny_image(detect_stub: detect_pb2_grpc.DetectionServiceStub) -> None:
+    reply = await detect(detect_stub, np.full((8, 8, 3), 128, np.uint8))
     assert reply.people_count == 0
 
 
@@ -217,12 +211,12 @@ async def test_tiny_image(stub: detect_pb2_grpc.DetectionServiceStub) -> None:
     ],
 )
 async def test_bad_input_is_invalid_argument(
-    stub: detect_pb2_grpc.DetectionServiceStub,
+    detect_stub: detect_pb2_grpc.DetectionServiceStub,
     request_: detect_pb2.DetectObjectsRequest,
     needle: str,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.DetectObjects(request_, timeout=30)
+        await detect_stub.DetectObjects(request_, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in (err.value.details() or "")
 
@@ -243,9 +237,9 @@ async def test_images_of_any_size_share_a_batch() -> None:
         running_service(DEFINITION, {"person": window}) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
-        stub = detect_pb2_grpc.DetectionServiceStub(channel)
+        detect_stub = detect_pb2_grpc.DetectionServiceStub(channel)
         count0, rows0 = batches()
-        replies = await asyncio.gather(*(detect(stub, img) for img in images))
+        replies = await asyncio.gather(*(detect(detect_stub, img) for img in images))
         count1, rows1 = batches()
     assert [r.people_count for r in replies][:2] == [1, 0]
     assert rows1 - rows0 == 4 and count1 - count0 < 4
