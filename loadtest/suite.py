@@ -22,15 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import k6run, slo
+from visionmesh import features
 
 HERE = Path(__file__).resolve().parent
-# gRPC service (from a config's call) -> mesh process name.
+# gRPC service (from a config's call) -> mesh process name: the gateway and every feature.
 SERVICE_PROCESS = {
     "GatewayService": "gateway",
-    "ClassifyService": "classify",
-    "OcrService": "ocr",
-    "FaceService": "face",
-    "HashService": "hash",
+    **{spec.grpc_service: spec.service for spec in features.all_features()},
 }
 
 

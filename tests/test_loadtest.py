@@ -275,3 +275,12 @@ async def test_suite_points_configs_at_running_processes(tmp_path: Path) -> None
     assert (
         json.loads((tmp_path / "classify.report.json").read_text())["count"] == reports[0]["count"]
     )
+
+
+def test_every_config_names_a_process_of_the_mesh() -> None:
+    """Each load-test config's gRPC service maps to a mesh process (the feature table's)."""
+    from loadtest import suite
+
+    for path in suite.config_files([]):
+        service = json.loads(path.read_text())["call"].split(".")[-2]
+        assert service in suite.SERVICE_PROCESS, f"{path.name}: {service}"
