@@ -45,8 +45,9 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from services.common.config import ConfigError
 from services.common.errors import InvalidInput, Overloaded, ServiceError, Unavailable
 from services.hash import validation
+from services.hash.committer import HEALTHY, GroupCommitter
 from services.hash.config import IndexConfig, LimitsConfig, MilvusConfig
-from services.hash.store import COLLECTIONS, HEALTHY, ITEMS, REJECTED
+from services.hash.store import COLLECTIONS, ITEMS, REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,6 @@ class _Op:
     bits: int = 0
     method: str = ""
     code: bytes = b""
-    future: asyncio.Future[bool] | None = None
 
 
 def milvus_name(prefix: str, name: str) -> str:
@@ -141,17 +141,19 @@ class MilvusCollections:
         self._deleted_at: dict[str, float] = {}
         # Per call; at start (loading and counting collections after a server restart) longer.
         self._timeout = config.timeout_s
-        self._pending: list[_Op] = []
-        self._wake = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
-        self._closing = False
-        self._failed = ""
+        self._committer: GroupCommitter[_Op, bool] = GroupCommitter(
+            "Milvus backend", max_batch, self._commit_batch, self._failed_with
+        )
 
     # -- lifecycle --
 
     @property
     def failure(self) -> str:
-        return self._failed
+        return self._committer.failure
+
+    def _failed_with(self, reason: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One Milvus call, timed; its errors become Unavailable (the request may be retried)."""
@@ -259,35 +261,13 @@ class MilvusCollections:
     async def start(self) -> None:
         if self.client is None:
             await asyncio.to_thread(self.connect)
-        self._committer = asyncio.create_task(self._commit_loop(), name="hash-milvus-committer")
-        self._committer.add_done_callback(self._committer_ended)
+        self._committer.start()
 
     async def close(self) -> None:
-        if self._committer is not None and not self._committer.done():
-            self._closing = True
-            self._wake.set()
-            await asyncio.gather(self._committer, return_exceptions=True)
+        await self._committer.drain()
         if self.client is not None:
             await asyncio.to_thread(self.client.close)
             self.client = None
-
-    def _fail(self, reason: str) -> None:
-        if self._failed:
-            return
-        self._failed = reason
-        HEALTHY.set(0)
-        log.critical("hash collections stopped taking writes: %s", reason)
-        for op in self._pending:
-            if op.future is not None and not op.future.done():
-                op.future.set_exception(Unavailable(reason))
-        self._pending = []
-        if self.on_failure is not None:
-            self.on_failure(reason)
-
-    def _committer_ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or (self._closing and task.exception() is None):
-            return
-        self._fail(f"the Milvus committer stopped: {task.exception()!r}; restart the service")
 
     # -- reads --
 
@@ -390,42 +370,22 @@ class MilvusCollections:
         return await self._submit(_Op("delete", collection, item_id))
 
     async def _submit(self, op: _Op) -> bool:
-        if self._failed:
-            raise Unavailable(self._failed)
-        if self._committer is None or self._committer.done() or self._closing:
-            raise Unavailable("the Milvus backend is not running")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        op.future = future
-        self._pending.append(op)
-        self._wake.set()
-        return await future
+        return await self._committer.submit(op)
 
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._closing:
-                if not self._pending:
-                    return
-                self._wake.set()  # come back after this batch, until nothing is left
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-            if self._pending:
-                self._wake.set()
-            if not batch:
-                continue
-            outcomes = await asyncio.to_thread(self._commit, batch)
-            for op, outcome in zip(batch, outcomes, strict=True):
-                assert op.future is not None
-                if isinstance(outcome, ServiceError):
-                    if isinstance(outcome, Overloaded):
-                        REJECTED.labels("limit").inc()
-                    elif isinstance(outcome, InvalidInput):
-                        REJECTED.labels("invalid").inc()
-                    if not op.future.done():
-                        op.future.set_exception(outcome)
-                elif not op.future.done():
-                    op.future.set_result(outcome)
-            self._publish()
+    async def _commit_batch(self, batch: list[tuple[_Op, asyncio.Future[bool]]]) -> bool:
+        outcomes = await asyncio.to_thread(self._commit, [op for op, _ in batch])
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, ServiceError):
+                if isinstance(outcome, Overloaded):
+                    REJECTED.labels("limit").inc()
+                elif isinstance(outcome, InvalidInput):
+                    REJECTED.labels("invalid").inc()
+                if not future.done():
+                    future.set_exception(outcome)
+            elif not future.done():
+                future.set_result(outcome)
+        self._publish()
+        return True
 
     def _commit(self, batch: list[_Op]) -> list[bool | ServiceError]:
         """Every operation of ``batch``, one collection at a time (worker thread)."""

@@ -36,6 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.common.errors import InvalidInput, Overloaded, ServiceError, Unavailable
 from services.hash import db, legacy, validation
 from services.hash.collection import Collection
+from services.hash.committer import HEALTHY, GroupCommitter
 from services.hash.config import IndexConfig, LimitsConfig, StorageConfig
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ COMMIT_OPS = Histogram(
 REJECTED = Counter("visionmesh_hash_rejected_total", "Hash writes refused, by reason", ["reason"])
 COLLECTIONS = Gauge("visionmesh_hash_collections", "Collections held")
 ITEMS = Gauge("visionmesh_hash_items", "Items held, all collections together")
-HEALTHY = Gauge("visionmesh_hash_store_healthy", "1 while the store accepts writes")
 
 
 @dataclass(frozen=True)
@@ -220,11 +220,9 @@ class HashStore:
         self.on_failure: Callable[[str], None] | None = None
         self._writer: Writer | None = None
         self._reader: sqlite3.Connection | None = None
-        self._pending: list[tuple[Operation, asyncio.Future[Committed]]] = []
-        self._wake = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
-        self._closing = False
-        self._failed = ""
+        self._committer: GroupCommitter[Operation, Committed] = GroupCommitter(
+            "hash store", storage.max_batch, self._commit_batch, self._failed_with
+        )
 
     # -- lifecycle --
 
@@ -268,16 +266,12 @@ class HashStore:
     async def start(self) -> None:
         if self._writer is None:
             await asyncio.to_thread(self.recover)
-        self._committer = asyncio.create_task(self._commit_loop(), name="hash-store-committer")
-        self._committer.add_done_callback(self._committer_ended)
+        self._committer.start()
 
     async def close(self) -> None:
-        if self._committer is not None and not self._committer.done():
-            # Let the committer finish what it holds (a transaction in its thread cannot be
-            # interrupted, and the connection must be idle before the final checkpoint).
-            self._closing = True
-            self._wake.set()
-            await asyncio.gather(self._committer, return_exceptions=True)
+        # The committer finishes what it holds first: the connection must be idle before the
+        # final checkpoint.
+        await self._committer.drain()
         if self._writer is not None:
             try:
                 # Fold the WAL into the database so the next start reads one file.
@@ -290,28 +284,11 @@ class HashStore:
 
     @property
     def failure(self) -> str:
-        return self._failed
+        return self._committer.failure
 
-    def _fail(self, reason: str) -> None:
-        if self._failed:
-            return
-        self._failed = reason
-        HEALTHY.set(0)
-        log.critical("hash store stopped taking writes: %s", reason)
-        for _, future in self._pending:
-            if not future.done():
-                future.set_exception(Unavailable(reason))
-        self._pending = []
+    def _failed_with(self, reason: str) -> None:
         if self.on_failure is not None:
             self.on_failure(reason)
-
-    def _committer_ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or (self._closing and task.exception() is None):
-            return
-        exc = task.exception()
-        self._fail(
-            self._failed or f"the hash store committer stopped: {exc!r}; restart the service"
-        )
 
     # -- reads --
 
@@ -396,73 +373,56 @@ class HashStore:
         return done.label >= 0
 
     async def _submit(self, op: Operation) -> Committed:
-        if self._failed:
-            raise Unavailable(self._failed)
-        if self._committer is None or self._committer.done() or self._closing:
-            raise Unavailable("hash store is not running")
-        future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future))
-        self._wake.set()
-        return await future
+        return await self._committer.submit(op)
 
-    async def _commit_loop(self) -> None:
+    async def _commit_batch(self, batch: list[tuple[Operation, asyncio.Future[Committed]]]) -> bool:
+        """One SQLite transaction for ``batch``, then its effects in memory; False: failed stop."""
         assert self._writer is not None
-        writer = self._writer
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._closing:
-                if not self._pending:
-                    return
-                self._wake.set()  # come back after this batch, until nothing is left
-            limit = self.storage.max_batch
-            batch, self._pending = self._pending[:limit], self._pending[limit:]
-            if self._pending:
-                self._wake.set()
-            if not batch:
-                continue
-            started = time.perf_counter()
-            try:
-                outcomes = await asyncio.to_thread(writer.commit, [op for op, _ in batch])
-            except db.StoreFull as exc:
-                # Rolled back, nothing applied: these callers are told; later writes are tried
-                # again.
-                log.error("hash commit refused: %s", exc)
-                REJECTED.labels("disk_full").inc(len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(Unavailable(str(exc)))
-                continue
-            except Exception as exc:
-                # An I/O error: what reached the disk is unknown, so stop and let a restart recover.
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(Unavailable(f"hash store write failed: {exc}"))
-                self._fail(f"hash store write failed: {exc!r}; restart the service to recover")
-                return
-            COMMIT_SECONDS.observe(time.perf_counter() - started)
-            COMMIT_OPS.observe(len(batch))
-            for (op, future), outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, ServiceError):
-                    reason = "limit" if isinstance(outcome, Overloaded) else "invalid"
-                    REJECTED.labels(reason).inc()
-                    if not future.done():
-                        future.set_exception(outcome)
-                    continue
-                try:
-                    self._apply(op, outcome)
-                except Exception as exc:
-                    # Disk has it, memory does not: serve nothing stale -- fail stop, restart
-                    # rebuilds.
-                    log.exception("applying a committed hash operation failed")
-                    if not future.done():
-                        future.set_exception(Unavailable("hash store failed; restart the service"))
-                    self._fail(f"applying a committed operation failed: {exc!r}")
-                    return
+        started = time.perf_counter()
+        try:
+            outcomes = await asyncio.to_thread(self._writer.commit, [op for op, _ in batch])
+        except db.StoreFull as exc:
+            # Rolled back, nothing applied: these callers are told; later writes are tried
+            # again.
+            log.error("hash commit refused: %s", exc)
+            REJECTED.labels("disk_full").inc(len(batch))
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(outcome)
-            COLLECTIONS.set(len(self.collections))
-            ITEMS.set(sum(len(c) for c in self.collections.values()))
+                    future.set_exception(Unavailable(str(exc)))
+            return True
+        except Exception as exc:
+            # An I/O error: what reached the disk is unknown, so stop and let a restart recover.
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(Unavailable(f"hash store write failed: {exc}"))
+            self._committer.fail(
+                f"hash store write failed: {exc!r}; restart the service to recover"
+            )
+            return False
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        COMMIT_OPS.observe(len(batch))
+        for (op, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, ServiceError):
+                reason = "limit" if isinstance(outcome, Overloaded) else "invalid"
+                REJECTED.labels(reason).inc()
+                if not future.done():
+                    future.set_exception(outcome)
+                continue
+            try:
+                self._apply(op, outcome)
+            except Exception as exc:
+                # Disk has it, memory does not: serve nothing stale -- fail stop, restart
+                # rebuilds.
+                log.exception("applying a committed hash operation failed")
+                if not future.done():
+                    future.set_exception(Unavailable("hash store failed; restart the service"))
+                self._committer.fail(f"applying a committed operation failed: {exc!r}")
+                return False
+            if not future.done():
+                future.set_result(outcome)
+        COLLECTIONS.set(len(self.collections))
+        ITEMS.set(sum(len(c) for c in self.collections.values()))
+        return True
 
     def _apply(self, op: Operation, done: Committed) -> None:
         row = done.collection
