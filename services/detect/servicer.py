@@ -7,7 +7,6 @@ import grpc
 import numpy as np
 
 from services.common.config import ConfigError
-from services.common.errors import InvalidInput
 from services.common.images import ImageLimits
 from services.common.options import MAX_POSES
 from services.common.protos import box, decode_image
@@ -40,28 +39,18 @@ class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
     async def close(self) -> None:
         await self.pipeline.close()
 
+    # The ranges of min_score, max_detections and max_poses are checked by the request guard
+    # (services/common/options.py) before a call gets here; 0 means the service's setting.
+
     def _max_poses(self, request: detect_pb2.DetectObjectsRequest) -> int:
         """People to give keypoints: 0 when pose is off (service setting or ``no_pose``)."""
-        if not 0 <= request.max_poses <= MAX_POSES:
-            raise InvalidInput(
-                f"max_poses must be 0 (default {self.config.pose.max_people}) to {MAX_POSES},"
-                f" got {request.max_poses}"
-            )
         if request.no_pose or not self.config.pose.enabled:
             return 0
         return request.max_poses or self.config.pose.max_people
 
     def _limits(self, request: detect_pb2.DetectObjectsRequest) -> tuple[float, int]:
-        score = request.min_score
-        if not np.isfinite(score) or not 0 <= score < 1:
-            raise InvalidInput(f"min_score must be 0 (default) or in (0, 1), got {score}")
-        if not 0 <= request.max_detections <= MAX_DETECTIONS_CAP:
-            raise InvalidInput(
-                f"max_detections must be 0 (default {self.config.detector.max_detections})"
-                f" to {MAX_DETECTIONS_CAP}, got {request.max_detections}"
-            )
         return (
-            score or self.config.detector.min_score,
+            request.min_score or self.config.detector.min_score,
             request.max_detections or self.config.detector.max_detections,
         )
 
