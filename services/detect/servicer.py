@@ -17,9 +17,6 @@ from services.detect.pipeline import DetectPipeline
 from services.detect.tags import PERSON, people_tags
 from visionmesh.v1 import detect_pb2, detect_pb2_grpc
 
-# Largest max_detections a caller may ask for (the NMS loop is bounded by it).
-MAX_DETECTIONS_CAP = 300
-
 
 class DetectServicer(detect_pb2_grpc.DetectionServiceServicer):
     def __init__(self, config: DetectConfig) -> None:
