@@ -27,14 +27,12 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
-import grpc
 import numpy as np
 import skimage.data
 
-from bench.bench_face import BareModel, Call, Opener, Rate, in_process
+from bench.bench_face import BareModel, Opener, Rate, in_process, over_grpc
 from bench.harness import Goal, Ratio, Report, Side, alternate
 from services.common.protos import rgb_to_image
 from services.detect.config import DetectConfig
@@ -62,20 +60,12 @@ def bare_pipeline(threads: int, cfg: DetectConfig) -> DetectPipeline:
 
 
 def service(address: str, requests: dict[int, detect_pb2.DetectObjectsRequest]) -> Opener:
-    """DetectObjects calls on one channel; ``requests`` holds each photo's request, built once."""
+    """DetectObjects calls; ``requests`` holds each photo's request, built once."""
 
-    @asynccontextmanager
-    async def opener() -> AsyncIterator[Call]:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = detect_pb2_grpc.DetectionServiceStub(channel)
+    async def people(stub: detect_pb2_grpc.DetectionServiceStub, img: np.ndarray) -> int:
+        return int((await stub.DetectObjects(requests[id(img)], timeout=300)).people_count)
 
-            async def call(img: np.ndarray) -> int:
-                reply = await stub.DetectObjects(requests[id(img)], timeout=300)
-                return int(reply.people_count)
-
-            yield call
-
-    return opener
+    return over_grpc(address, detect_pb2_grpc.DetectionServiceStub, people)
 
 
 def start(mesh: LocalMesh, threads: int, instances: int = 1) -> ServiceProcess:

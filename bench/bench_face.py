@@ -144,20 +144,33 @@ class Rate:
             return done / (time.perf_counter() - start)
 
 
-def service(address: str, requests: dict[int, face_pb2.DetectRequest]) -> Opener:
-    """Detect calls on one channel; ``requests`` holds each photo's request, built once."""
+def over_grpc(
+    address: str,
+    stub_class: Callable[[grpc.aio.Channel], Any],
+    count: Callable[..., Awaitable[int]],
+) -> Opener:
+    """Calls on one channel: ``count(stub, img)`` makes one and returns what it found."""
 
     @asynccontextmanager
     async def opener() -> AsyncIterator[Call]:
         async with grpc.aio.insecure_channel(address) as channel:
-            stub = face_pb2_grpc.FaceServiceStub(channel)
+            stub = stub_class(channel)
 
             async def call(img: np.ndarray) -> int:
-                return len((await stub.Detect(requests[id(img)], timeout=300)).faces)
+                return await count(stub, img)
 
             yield call
 
     return opener
+
+
+def service(address: str, requests: dict[int, face_pb2.DetectRequest]) -> Opener:
+    """Detect calls; ``requests`` holds each photo's request, built once."""
+
+    async def faces(stub: face_pb2_grpc.FaceServiceStub, img: np.ndarray) -> int:
+        return len((await stub.Detect(requests[id(img)], timeout=300)).faces)
+
+    return over_grpc(address, face_pb2_grpc.FaceServiceStub, faces)
 
 
 def in_process(call: Call) -> Opener:
