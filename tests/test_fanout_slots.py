@@ -33,14 +33,19 @@ async def test_no_more_calls_than_slots_run_at_once() -> None:
     assert most == 2 and slots.peak["a:1"] == 2
 
 
-async def test_a_call_that_cannot_get_a_slot_in_time_is_a_deadline_error() -> None:
-    slots = CallSlots(1)
+def occupy(slots: CallSlots, seconds: float) -> asyncio.Task[None]:
+    """A call holding the one slot of "a:1" for ``seconds``."""
 
     async def holder() -> None:
         async with slots.hold("a:1", 5.0):
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(seconds)
 
-    task = asyncio.create_task(holder())
+    return asyncio.create_task(holder())
+
+
+async def test_a_call_that_cannot_get_a_slot_in_time_is_a_deadline_error() -> None:
+    slots = CallSlots(1)
+    task = occupy(slots, 0.5)
     await asyncio.sleep(0.05)
     with pytest.raises(DeadlineExceeded, match="no free call slot on a:1"):
         async with slots.hold("a:1", 0.1):
@@ -50,12 +55,7 @@ async def test_a_call_that_cannot_get_a_slot_in_time_is_a_deadline_error() -> No
 
 async def test_the_time_spent_waiting_comes_off_the_call_deadline() -> None:
     slots = CallSlots(1)
-
-    async def holder() -> None:
-        async with slots.hold("a:1", 5.0):
-            await asyncio.sleep(0.3)
-
-    task = asyncio.create_task(holder())
+    task = occupy(slots, 0.3)
     await asyncio.sleep(0.05)
     async with slots.hold("a:1", 2.0) as left:
         assert left is not None and 1.5 < left < 1.8
