@@ -82,6 +82,36 @@ async def test_clip_gets_consensus_tags_frames_and_one_video_hash(
     assert [(m.id, m.distance) for m in again.hash.near_duplicates[:1]] == [("cat", 0)]
 
 
+async def test_an_image_and_its_jpeg_copy_meet_in_the_exact_tier_and_a_clip_has_none(
+    stub: gateway_pb2_grpc.GatewayServiceStub, cat_clip: Path
+) -> None:
+    features = [common_pb2.FEATURE_HASH]
+    options = gateway_pb2.AnalyzeOptions()
+    options.hash.collection, options.hash.add_id = "photos", "coffee"
+    first = await stub.Analyze(
+        gateway_pb2.AnalyzeRequest(
+            image=common_pb2.Image(encoded=encode(skimage.data.coffee(), quality=95)),
+            features=features,
+            options=options,
+        ),
+        timeout=60,
+    )
+    assert first.hash.added and first.hash.exact_code.bits == 256
+    options.hash.add_id = ""
+    copy = await stub.Analyze(
+        gateway_pb2.AnalyzeRequest(
+            image=common_pb2.Image(encoded=encode(skimage.data.coffee(), quality=30)),
+            features=features,
+            options=options,
+        ),
+        timeout=60,
+    )
+    top = copy.hash.near_duplicates[0]
+    assert top.id == "coffee" and top.HasField("exact_distance") and top.exact_distance <= 31
+    clip = await stub.AnalyzeVideo(upload(cat_clip.read_bytes(), features), timeout=60)
+    assert clip.hash.code.bits > 0 and not clip.hash.HasField("exact_code")
+
+
 @pytest.mark.parametrize(
     ("name", "payload"),
     [

@@ -219,7 +219,7 @@ class MilvusCollections:
             extra={
                 "fields": {
                     "uri": self.config.uri,
-                    "collections": len(self.catalog),
+                    "collections": validation.user_collection_count(self.catalog),
                     "items": sum(self.counts.values()),
                     "seconds": round(time.monotonic() - started, 3),
                 }
@@ -255,7 +255,7 @@ class MilvusCollections:
         return int(rows[0]["count(*)"])
 
     def _publish(self) -> None:
-        COLLECTIONS.set(len(self.catalog))
+        COLLECTIONS.set(validation.user_collection_count(self.catalog))
         ITEMS.set(sum(self.counts.values()))
 
     async def start(self) -> None:
@@ -298,7 +298,7 @@ class MilvusCollections:
         return level
 
     def collection_count(self) -> int:
-        return len(self.catalog)
+        return validation.user_collection_count(self.catalog)
 
     async def read(self, collection: str, item_id: str) -> bytes | None:
         coll = self.catalog.get(collection)
@@ -409,7 +409,7 @@ class MilvusCollections:
         return [outcomes[n] for n in range(len(batch))]
 
     def _check(self, op: _Op) -> None:
-        validation.collection_name(op.collection)
+        validation.stored_collection_name(op.collection)
         validation.item_id(op.id, self.limits.max_id_bytes)
         if op.kind == "delete":
             return
@@ -420,11 +420,7 @@ class MilvusCollections:
 
     def _create(self, op: _Op) -> MilvusCollection:
         assert self.client is not None
-        if len(self.catalog) >= self.limits.max_collections:
-            raise Overloaded(
-                f"collection limit reached: this service holds {len(self.catalog)} collections "
-                "(limits.max_collections); delete one or raise the limit"
-            )
+        validation.collection_limit(self.catalog, op.collection, self.limits.max_collections)
         mname = milvus_name(self.config.collection_prefix, op.collection)
         if self._call("has_collection", self.client.has_collection, mname):
             adopted = self._adopt(mname)  # made by another replica meanwhile
