@@ -301,19 +301,23 @@ class MilvusCollections:
         return validation.user_collection_count(self.catalog)
 
     async def read(self, collection: str, item_id: str) -> bytes | None:
+        return (await self.read_many(collection, [item_id])).get(item_id)
+
+    async def read_many(self, collection: str, item_ids: list[str]) -> dict[str, bytes]:
         coll = self.catalog.get(collection)
-        if coll is None or self.client is None:
-            return None
+        if coll is None or self.client is None or not item_ids:
+            return {}
         rows = await asyncio.to_thread(
             self._call,
             "get",
             self.client.query,
             coll.milvus_name,
-            filter=keys_filter([key_of(item_id)]),
+            filter=keys_filter([key_of(item) for item in item_ids]),
             output_fields=[ID_FIELD, CODE_FIELD],
             consistency_level=self._level(collection),
         )
-        return next((_code_bytes(r[CODE_FIELD]) for r in rows if r[ID_FIELD] == item_id), None)
+        wanted = set(item_ids)  # keys are hashes of ids: keep the rows of the ids asked for
+        return {r[ID_FIELD]: _code_bytes(r[CODE_FIELD]) for r in rows if r[ID_FIELD] in wanted}
 
     def _search_params(self, coll: MilvusCollection, extra: dict[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = dict(extra)

@@ -48,8 +48,16 @@ def check_exact_tier(config: HashConfig) -> None:
         )
     if not 0 <= tier.min_quality <= 100:
         raise ConfigError(f"exact_tier.min_quality must be within 0..100, got {tier.min_quality}")
+    if not 0 <= tier.verify_distance <= validation.EXACT_BITS or tier.verify_top < 0:
+        raise ConfigError(
+            "exact_tier.verify_distance must be within 0..256 and verify_top at least 0"
+        )
     if tier.max_side < 64:
         raise ConfigError(f"exact_tier.max_side must be at least 64, got {tier.max_side}")
+
+
+def _distance(query: np.ndarray, code: bytes) -> int:
+    return int(hamming(query, np.frombuffer(code, np.uint8).reshape(1, -1))[0])
 
 
 class HashServicer(hash_pb2_grpc.HashServiceServicer):
@@ -247,24 +255,26 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
     async def _exact_matches(
         self, name: str, query: Codes, deep: list[tuple[str, int]], limit: int
     ) -> list[tuple[str, int, int]]:
-        """(id, deep distance, PDQ distance) of the items within the exact tier's radius."""
-        if query.exact is None or not self.exact.config.enabled:
-            return []
+        """(id, deep distance, PDQ distance) of the exact-tier matches, nearest PDQ first: the
+        tier's items within ``max_distance``, and those of the deep code's ``verify_top`` nearest
+        whose PDQ is within ``verify_distance``."""
         tier = self.exact.config
-        hits = await self.store.within(
-            validation.tier_collection(name), query.exact, tier.max_distance, limit
-        )
+        if query.exact is None or not tier.enabled:
+            return []
+        tier_name = validation.tier_collection(name)
+        pdq = dict(await self.store.within(tier_name, query.exact, tier.max_distance, limit))
+        unchecked = [item for item, _ in deep[: tier.verify_top] if item not in pdq]
+        for item, code in (await self.store.read_many(tier_name, unchecked)).items():
+            d = _distance(query.exact, code)
+            if d <= tier.verify_distance:
+                pdq[item] = d
         known = dict(deep)
-        out = []
-        for item, exact_d in hits:
-            d = known.get(item)
-            if d is None:
-                stored = await self.store.read(name, item)
-                if stored is None:
-                    continue  # deleted meanwhile
-                d = int(hamming(query.code, np.frombuffer(stored, np.uint8).reshape(1, -1))[0])
-            out.append((item, int(d), exact_d))
-        return out
+        missing = [item for item in pdq if item not in known]
+        for item, code in (await self.store.read_many(name, missing)).items():
+            known[item] = _distance(query.code, code)
+        # An item deleted meanwhile has no deep code left: it is left out.
+        found = [(item, known[item], d) for item, d in pdq.items() if item in known]
+        return sorted(found, key=lambda match: match[2])
 
     @grpc_method
     async def Delete(

@@ -328,6 +328,10 @@ class HashStore:
     async def read(self, collection: str, item_id: str) -> bytes | None:
         return self.get(collection, item_id)
 
+    async def read_many(self, collection: str, item_ids: list[str]) -> dict[str, bytes]:
+        found = {item: self.get(collection, item) for item in item_ids}
+        return {item: code for item, code in found.items() if code is not None}
+
     def _named(self, distances: np.ndarray, labels: np.ndarray) -> list[tuple[str, int]]:
         # The hot index holds labels only; the few of an answer are named from the store
         # (a label deleted meanwhile is simply left out).
