@@ -547,7 +547,6 @@ def two_tier(
     deep: Scores,
     fmr: float,
     radius: int,
-    verify_distance: int,
 ) -> dict[str, object]:
     """The served answer: PDQ within ``radius`` first, then the deep code within its radius at
     half the false-match budget (the exact tier's share must stay under the other half)."""
@@ -557,11 +556,8 @@ def two_tier(
     hit = (e["own"] <= radius) & coded
     found = hit | (d["own"] <= deep.radius(fmr / 2))
     # Fused rank, as the service ranks: an exact-tier hit first (no unrelated pair measured comes
-    # near the radius); an original among the deep code's verify_top nearest whose PDQ is within
-    # verify_distance next (taken as first: a distractor would need PDQ that close, 1.7e-5 of
-    # real pairs, and the sampled distractors have no pixels); otherwise the deep code's rank.
-    verified = coded & (d["rank"] <= EXACT_TIER.verify_top) & (e["own"] <= verify_distance)
-    rank = np.where(hit | verified, 1, d["rank"])
+    # near the radius); otherwise the deep code's rank.
+    rank = np.where(hit, 1, d["rank"])
     everyday = np.isin(d["edit"], list(EDITS))
     counted, share = tail_share(np.concatenate(exact.real), radius)
     return {
@@ -679,24 +675,22 @@ def main() -> None:
         (k for k in kept if k[2] == 128), key=lambda k: (rows[k]["found@1e-7"], rows[k]["recall@1"])
     )  # type: ignore[operator]
     quality = pixel_codes("pdq")
-    served, verify = EXACT_TIER.max_distance, EXACT_TIER.verify_distance
+    served = EXACT_TIER.max_distance
     emit(
-        f"\ntwo-tier, as served (PDQ within {served} of 256 bits first, or within {verify} among "
-        f"the deep code's {EXACT_TIER.verify_top} nearest; images of PDQ quality >= "
+        f"\ntwo-tier, as served (PDQ within {served} of 256 bits first, images of PDQ quality >= "
         f"{EXACT_TIER.min_quality}; then {best[0]} {best[1]} 128 bits within its radius at FMR "
         "5e-8), and other settings; per edit: recall@1:"
     )
-    emit("| exact-tier radius, PDQ check of the deep top 10 | recall@1 | recall@10 "
+    emit("| exact-tier radius | recall@1 | recall@10 "
          "| found @1e-7 | hard recall@1 | hard found "
          "| unrelated real pairs within | exact-tier FMR (tail extrapolated) | "
          + " | ".join(EDIT_NAMES) + " |")  # fmt: skip
     emit("|---:|---:|---:|---:|---:|---:|---|---:|" + "---:|" * len(EDIT_NAMES))
-    for radius, check in sorted({(served, verify), (served, -1), (48, verify), (64, verify)}):
-        t = two_tier(pixel["pdq"], quality, kept[best], 1e-7, radius, check)
+    for radius in sorted({served, 48, 64}):
+        t = two_tier(pixel["pdq"], quality, kept[best], 1e-7, radius)
         per_edit: dict[str, float] = t["per edit recall@1"]  # type: ignore[assignment]
         emit(
-            f"| {radius}, {'no check' if check < 0 else check}"
-            f"{' (served)' if (radius, check) == (served, verify) else ''} | {t['recall@1']:.3f} | "
+            f"| {radius}{' (served)' if radius == served else ''} | {t['recall@1']:.3f} | "
             f"{t['recall@10']:.3f} | {t['found@1e-07']:.3f} | {t['hard recall@1']:.3f} | "
             f"{t['hard found']:.3f} | {t['exact-tier false pairs']} | "
             f"{t['exact-tier FMR (tail extrapolated)']} | "

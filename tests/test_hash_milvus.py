@@ -268,8 +268,7 @@ async def test_the_exact_copy_tier(backend: dict[str, Any]) -> None:
     """PDQ codes beside the deep codes: pixel-level copies answer from the exact tier first,
     crops from the deep code; codes travel through Encode / Add / Search / Get; a replacement
     or a delete leaves no stale exact-tier code behind."""
-    names = ("chelsea", "astronaut", "coffee", "rocket", "brick")
-    photos = {name: load_photo(name) for name in names}
+    photos = {name: load_photo(name) for name in ("chelsea", "astronaut", "coffee", "rocket")}
     async with service(isolated(backend, "exact", max_collections=1)) as stub:
         for name, rgb in photos.items():
             added = await stub.Add(
@@ -288,11 +287,6 @@ async def test_the_exact_copy_tier(backend: dict[str, Any]) -> None:
             assert top.id == "coffee" and top.HasField("exact_distance"), (edit, reply)
             assert top.exact_distance <= 31 and reply.query_exact_code.bits == 256
             assert not reply.matches[1].HasField("exact_distance"), edit
-        # Half-size brick is 56 PDQ bits from its original, past the tier's radius (31): it is
-        # verified among the deep code's nearest and ranks as an exact-tier match.
-        verified = await search(COPY_TRANSFORMS["resize_x0.5"](photos["brick"]), k=3)
-        assert verified.matches[0].id == "brick", verified
-        assert 31 < verified.matches[0].exact_distance <= 64
         # A 90 % crop moves PDQ far; the deep code still puts the original first.
         cropped = await search(COPY_TRANSFORMS["crop_90"](photos["astronaut"]), k=1)
         assert cropped.matches[0].id == "astronaut", cropped

@@ -105,12 +105,6 @@ class ExactTierConfig:
     # against shared databases; here a smooth grey photo (scikit-image's clock, 17-34) matched
     # its copies exactly and nothing unrelated came near, while a flat colour scores 0.
     min_quality: int = 15
-    # The deep code's nearest few are checked by PDQ too: one within verify_distance ranks with
-    # the exact-tier matches (a copy a few bits past max_distance, e.g. a half-size or brighter
-    # one). 16 of ~915,000 unrelated real pairs came within 64; among the deep code's top 10 it
-    # only reorders what the answer already holds.
-    verify_top: int = 10
-    verify_distance: int = 64
     # Images are reduced to this long side before hashing (PDQ reduces to 64 x 64 anyway; the
     # full-size cost grows with the pixels: 6 ms at 512 px, 390 ms at 2048 px).
     max_side: int = 512

@@ -48,10 +48,6 @@ def check_exact_tier(config: HashConfig) -> None:
         )
     if not 0 <= tier.min_quality <= 100:
         raise ConfigError(f"exact_tier.min_quality must be within 0..100, got {tier.min_quality}")
-    if not 0 <= tier.verify_distance <= validation.EXACT_BITS or tier.verify_top < 0:
-        raise ConfigError(
-            "exact_tier.verify_distance must be within 0..256 and verify_top at least 0"
-        )
     if tier.max_side < 64:
         raise ConfigError(f"exact_tier.max_side must be at least 64, got {tier.max_side}")
 
@@ -255,19 +251,13 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
     async def _exact_matches(
         self, name: str, query: Codes, deep: list[tuple[str, int]], limit: int
     ) -> list[tuple[str, int, int]]:
-        """(id, deep distance, PDQ distance) of the exact-tier matches, nearest PDQ first: the
-        tier's items within ``max_distance``, and those of the deep code's ``verify_top`` nearest
-        whose PDQ is within ``verify_distance``."""
+        """(id, deep distance, PDQ distance) of the exact-tier items within ``max_distance``,
+        nearest PDQ first."""
         tier = self.exact.config
         if query.exact is None or not tier.enabled:
             return []
         tier_name = validation.tier_collection(name)
         pdq = dict(await self.store.within(tier_name, query.exact, tier.max_distance, limit))
-        unchecked = [item for item, _ in deep[: tier.verify_top] if item not in pdq]
-        for item, code in (await self.store.read_many(tier_name, unchecked)).items():
-            d = _distance(query.exact, code)
-            if d <= tier.verify_distance:
-                pdq[item] = d
         known = dict(deep)
         missing = [item for item in pdq if item not in known]
         for item, code in (await self.store.read_many(name, missing)).items():
