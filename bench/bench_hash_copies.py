@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from bench.harness import Report  # noqa: E402
+from services.hash.config import ExactTierConfig  # noqa: E402
 from services.hash.corpus import (  # noqa: E402
     ALL_PHOTOS,
     brightness,
@@ -54,6 +55,7 @@ from services.hash.corpus import (  # noqa: E402
     text_overlay,
 )
 
+EXACT_TIER = ExactTierConfig()  # the service's exact-copy tier, as configured by default
 PHOTOS = tuple(p for p in ALL_PHOTOS if p != "checkerboard")  # its halves are the same pixels
 FOLDS = 2
 # Smaller than the served corpus (train.py): the benchmark runs every fold on 2 shared cores.
@@ -318,23 +320,28 @@ def phash(rgb: np.ndarray, size: int = 16) -> np.ndarray:
 
 
 def pixel_codes(method: str) -> dict[str, np.ndarray]:
-    """PDQ (``pdqhash``, 256 bits) or pHash codes of every image set (cached)."""
+    """PDQ (the service's exact tier: ``services.hash.exact.pdq``, 256 bits), PDQ of the
+    bar-trimmed image, or pHash codes of every image set (cached); PDQ's quality score of each
+    image under ``<set>.quality``."""
     path = CACHE / f"{method}.npz"
     if path.exists():
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
-    import pdqhash
-
+    from services.hash.exact import pdq
     from services.hash.preprocess import trim_borders
 
-    def code(x: np.ndarray) -> np.ndarray:
+    def code(x: np.ndarray) -> tuple[np.ndarray, int]:
         if method == "pdq_trimmed":
             x = trim_borders(x)
         if method.startswith("pdq"):
-            return np.packbits(pdqhash.compute(np.ascontiguousarray(x))[0].astype(bool))
-        return phash(x)
+            return pdq(x, EXACT_TIER.max_side)
+        return phash(x), 100
 
-    out = {name: np.stack([code(x) for x in images]) for name, (images, _) in image_sets().items()}
+    out = {}
+    for name, (images, _) in image_sets().items():
+        pairs = [code(x) for x in images]
+        out[name] = np.stack([c for c, _ in pairs])
+        out[f"{name}.quality"] = np.asarray([q for _, q in pairs])
     np.savez(path, **out)  # type: ignore[arg-type]
     return out
 
@@ -359,6 +366,7 @@ class Scores:
         self.own: list[np.ndarray] = []
         self.rank: list[np.ndarray] = []
         self.edit: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []  # each query's row in the "queries" set
         self.pairs = 0
         self.tail = np.zeros(bits + 1, np.int64)  # distractor pairs at each distance
         self.real: list[np.ndarray] = []  # real-distractor distances (for the normal fit)
@@ -372,6 +380,7 @@ class Scores:
         sampled: np.ndarray | None,
         n_sampled: int,
         edit: np.ndarray,
+        rows: np.ndarray,
     ) -> None:
         rank = 1 + ((real <= own[:, None]) & real_ok).sum(axis=1)
         for row, ok in zip(real, real_ok, strict=True):
@@ -385,6 +394,7 @@ class Scores:
         self.own.append(own)
         self.rank.append(rank)
         self.edit.append(edit)
+        self.rows.append(rows)
 
     def radius(self, fmr: float) -> int:
         """Largest radius whose distractor share is <= fmr (-1: none)."""
@@ -399,7 +409,9 @@ class Scores:
         return int(np.floor(real.mean() + real.std() * norm.ppf(fmr)))
 
     def summary(self, sampled: bool) -> dict[str, object]:
-        own, rank, edit = (np.concatenate(x) for x in (self.own, self.rank, self.edit))
+        own, rank, edit, rows = (
+            np.concatenate(x) for x in (self.own, self.rank, self.edit, self.rows)
+        )
         everyday = np.isin(edit, list(EDITS))
         r6, r7 = (self.radius(f) if sampled else self.normal_radius(f) for f in (1e-6, 1e-7))
         return {
@@ -421,7 +433,7 @@ class Scores:
                 float(np.concatenate(self.real).mean()) / self.bits,
                 float(np.concatenate(self.real).std()) / self.bits,
             ),
-            "own": own, "rank": rank, "edit": edit,
+            "own": own, "rank": rank, "edit": edit, "rows": rows,
         }  # fmt: skip
 
 
@@ -467,7 +479,9 @@ def score_fold(
         start = time.perf_counter()
         tail, _ = index.search(q, k)
         scores.search_ms.append((time.perf_counter() - start) / len(q) * 1000)
-    scores.add(own, dist, real_ok, tail, 0 if sampled is None else len(sampled), edit[q_rows])
+    scores.add(
+        own, dist, real_ok, tail, 0 if sampled is None else len(sampled), edit[q_rows], q_rows
+    )
 
 
 # (features, codes, bits): every method at 128 bits, the served one at every size (the CPU budget).
@@ -505,22 +519,55 @@ def pixel_scores(method: str, lab: dict[str, np.ndarray]) -> Scores:
     return scores
 
 
-def two_tier(exact: Scores, deep: Scores, fmr: float) -> dict[str, float]:
-    """PDQ at a tight radius first (its half of the false-match budget), the deep code for the
-    rest."""
+def has_exact_code(quality: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Whether a query and its original both get an exact-tier code (PDQ quality high enough)."""
+    original, _ = query_layout({"originals": quality["originals.quality"]})
+    floor = EXACT_TIER.min_quality
+    return (quality["queries.quality"][rows] >= floor) & (
+        quality["originals.quality"][original[rows]] >= floor
+    )
+
+
+def tail_share(real: np.ndarray, radius: int) -> tuple[int, float]:
+    """Unrelated pairs within ``radius``: the count measured, and the share extrapolated from the
+    lowest 1e-5 .. 1e-3 of the measured distances (log-linear, as a tail that thins
+    geometrically towards distance 0)."""
+    real = np.sort(real)
+    counted = int(np.searchsorted(real, radius, side="right"))
+    lo, hi = max(1, int(len(real) * 1e-5)), max(2, int(len(real) * 1e-3))
+    xs = real[lo:hi].astype(np.float64)
+    ys = np.log10(np.arange(lo, hi) / len(real))
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return counted, float(10 ** (slope * radius + intercept))
+
+
+def two_tier(
+    exact: Scores,
+    quality: dict[str, np.ndarray],
+    deep: Scores,
+    fmr: float,
+    radius: int,
+) -> dict[str, object]:
+    """The served answer: PDQ within ``radius`` first, then the deep code within its radius at
+    half the false-match budget (the exact tier's share must stay under the other half)."""
     e, d = exact.summary(False), deep.summary(True)
-    saved = (exact.normal_radius(fmr / 2), deep.radius(fmr / 2))
-    found = (e["own"] <= saved[0]) | (d["own"] <= saved[1])
-    # Fused rank: a query whose original is in the exact tier gets it first (the tier is nearly
-    # always a single item at that radius); otherwise the deep code's rank.
-    rank = np.where(e["own"] <= saved[0], 1, d["rank"])
+    assert np.array_equal(e["rows"], d["rows"])
+    coded = has_exact_code(quality, d["rows"])
+    hit = (e["own"] <= radius) & coded
+    found = hit | (d["own"] <= deep.radius(fmr / 2))
+    # Fused rank, as the service ranks: an exact-tier hit first (no unrelated pair measured comes
+    # near the radius); otherwise the deep code's rank.
+    rank = np.where(hit, 1, d["rank"])
     everyday = np.isin(d["edit"], list(EDITS))
+    counted, share = tail_share(np.concatenate(exact.real), radius)
     return {
         "recall@1": float(np.mean(rank[everyday] == 1)),
         "recall@10": float(np.mean(rank[everyday] <= 10)),
         f"found@{fmr:g}": float(np.mean(found[everyday])),
         "hard recall@1": float(np.mean(rank[~everyday] == 1)),
         "hard found": float(np.mean(found[~everyday])),
+        "exact-tier false pairs": f"{counted} of {sum(len(r) for r in exact.real):,}",
+        "exact-tier FMR (tail extrapolated)": f"{share:.1e}",
         "per edit recall@1": {x: float(np.mean(rank[d["edit"] == x] == 1)) for x in EDIT_NAMES},
         "per edit found": {x: float(np.mean(found[d["edit"] == x])) for x in EDIT_NAMES},
     }  # fmt: skip
@@ -627,12 +674,29 @@ def main() -> None:
     best = max(
         (k for k in kept if k[2] == 128), key=lambda k: (rows[k]["found@1e-7"], rows[k]["recall@1"])
     )  # type: ignore[operator]
-    fused = two_tier(pixel["pdq_trimmed"], kept[best], 1e-7)
+    quality = pixel_codes("pdq")
+    served = EXACT_TIER.max_distance
     emit(
-        f"\ntwo-tier (PDQ of the bar-trimmed image at a tight radius, then {best[0]} "
-        f"{best[1]} 128 bits), false-match budget 1e-7 split in halves:"
+        f"\ntwo-tier, as served (PDQ within {served} of 256 bits first, images of PDQ quality >= "
+        f"{EXACT_TIER.min_quality}; then {best[0]} {best[1]} 128 bits within its radius at FMR "
+        "5e-8), and other settings; per edit: recall@1:"
     )
-    emit(fused)
+    emit("| exact-tier radius | recall@1 | recall@10 "
+         "| found @1e-7 | hard recall@1 | hard found "
+         "| unrelated real pairs within | exact-tier FMR (tail extrapolated) | "
+         + " | ".join(EDIT_NAMES) + " |")  # fmt: skip
+    emit("|---:|---:|---:|---:|---:|---:|---|---:|" + "---:|" * len(EDIT_NAMES))
+    for radius in sorted({served, 48, 64}):
+        t = two_tier(pixel["pdq"], quality, kept[best], 1e-7, radius)
+        per_edit: dict[str, float] = t["per edit recall@1"]  # type: ignore[assignment]
+        emit(
+            f"| {radius}{' (served)' if radius == served else ''} | {t['recall@1']:.3f} | "
+            f"{t['recall@10']:.3f} | {t['found@1e-07']:.3f} | {t['hard recall@1']:.3f} | "
+            f"{t['hard found']:.3f} | {t['exact-tier false pairs']} | "
+            f"{t['exact-tier FMR (tail extrapolated)']} | "
+            + " | ".join(f"{per_edit[x]:.3f}" for x in EDIT_NAMES)
+            + " |"
+        )
     feats = {
         v: [
             (

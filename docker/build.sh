@@ -2,8 +2,8 @@
 # `make image`: build visionmesh/visionmesh-cpu:<version> from docker/Dockerfile.cpu.
 # 1. A Debian bookworm base (python3, venv, CA certificates) made with mmdebstrap and
 #    imported once; no registry is needed. Remove it to rebuild: podman rmi $BASE_IMAGE.
-# 2. A build context with the sources and the model repository `make models` built
-#    (dereferenced: model_repository may be a link).
+# 2. A build context with the sources, the model repository `make models` built
+#    (dereferenced: model_repository may be a link) and the wheels built here.
 # 3. The build, on the host network, with the host's CA bundle for pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,11 @@ git ls-files -z --cached --others --exclude-standard -- \
     requirements.txt pyproject.toml protos visionmesh services gateway docker \
   | tar --null -T - -cf - | tar -xf - -C "$context"
 cp -rL model_repository "$context/model_repository"
+# pdqhash has no binary wheel on PyPI: build it here (g++, tools/apt-packages.txt), the same
+# Debian release as the image, so the image needs no compiler.
+mkdir -p "$context/wheels"
+pdq_pin=$(grep -E '^pdqhash==' requirements.txt)
+.venv/bin/pip wheel --quiet --no-deps --wheel-dir "$context/wheels" "$pdq_pin"
 
 ca=${PIP_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 ca_args=()

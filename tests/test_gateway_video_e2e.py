@@ -82,6 +82,29 @@ async def test_clip_gets_consensus_tags_frames_and_one_video_hash(
     assert [(m.id, m.distance) for m in again.hash.near_duplicates[:1]] == [("cat", 0)]
 
 
+async def test_an_image_and_its_jpeg_copy_meet_in_the_exact_tier_and_a_clip_has_none(
+    stub: gateway_pb2_grpc.GatewayServiceStub, cat_clip: Path
+) -> None:
+    features = [common_pb2.FEATURE_HASH]
+
+    async def analyze(quality: int, add_id: str = "") -> gateway_pb2.AnalyzeResponse:
+        options = gateway_pb2.AnalyzeOptions()
+        options.hash.collection, options.hash.add_id = "photos", add_id
+        jpeg = encode(skimage.data.coffee(), quality=quality)
+        request = gateway_pb2.AnalyzeRequest(
+            image=common_pb2.Image(encoded=jpeg), features=features, options=options
+        )
+        return await stub.Analyze(request, timeout=60)
+
+    first = await analyze(95, add_id="coffee")
+    assert first.hash.added and first.hash.exact_code.bits == 256
+    copy = await analyze(30)
+    top = copy.hash.near_duplicates[0]
+    assert top.id == "coffee" and top.HasField("exact_distance") and top.exact_distance <= 31
+    clip = await stub.AnalyzeVideo(upload(cat_clip.read_bytes(), features), timeout=60)
+    assert clip.hash.code.bits > 0 and not clip.hash.HasField("exact_code")
+
+
 @pytest.mark.parametrize(
     ("name", "payload"),
     [

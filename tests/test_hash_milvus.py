@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from services.common.protos import rgb_to_image
 from services.hash import milvus_local
+from services.hash.corpus import COPY_TRANSFORMS, load_photo
 from services.hash.main import DEFINITION
 from services.hash.milvus_backend import key_of, milvus_name
 from tests.support import ROOT, running_service
@@ -260,6 +262,101 @@ async def test_limits_and_restart(backend: dict[str, Any]) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await add(stub, "lim-a", "4")
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_the_exact_copy_tier(backend: dict[str, Any]) -> None:
+    """PDQ codes beside the deep codes: pixel-level copies answer from the exact tier first,
+    crops from the deep code; codes travel through Encode / Add / Search / Get; a replacement
+    or a delete leaves no stale exact-tier code behind."""
+    photos = {name: load_photo(name) for name in ("chelsea", "astronaut", "coffee", "rocket")}
+    async with service(isolated(backend, "exact", max_collections=1)) as stub:
+        for name, rgb in photos.items():
+            added = await stub.Add(
+                hash_pb2.AddRequest(collection="shots", id=name, frames=[rgb_to_image(rgb)])
+            )
+            assert added.exact_code.bits == 256 and added.exact_code.method == "pdq"
+
+        async def search(rgb: np.ndarray, **fields: Any) -> hash_pb2.SearchResponse:
+            return await stub.Search(
+                hash_pb2.SearchRequest(collection="shots", frames=[rgb_to_image(rgb)], **fields)
+            )
+
+        for edit in ("jpeg_q30", "resize_x0.5", "brightness_x1.3", "grey"):
+            reply = await search(COPY_TRANSFORMS[edit](photos["coffee"]), k=2)
+            top = reply.matches[0]
+            assert top.id == "coffee" and top.HasField("exact_distance"), (edit, reply)
+            assert top.exact_distance <= 31 and reply.query_exact_code.bits == 256
+            assert not reply.matches[1].HasField("exact_distance"), edit
+        # A 90 % crop moves PDQ far; the deep code still puts the original first.
+        cropped = await search(COPY_TRANSFORMS["crop_90"](photos["astronaut"]), k=1)
+        assert cropped.matches[0].id == "astronaut", cropped
+        # A picture not in the collection has no exact-tier match, even in a radius search.
+        other = await search(load_photo("camera"), max_distance=128)
+        assert not any(m.HasField("exact_distance") for m in other.matches)
+        # The tier holds no collection slot of its own: the limit of 1 is "shots".
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Add(
+                hash_pb2.AddRequest(
+                    collection="more", id="a", frames=[rgb_to_image(photos["coffee"])]
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        # Codes travel: Encode gives both, Add and Search take both.
+        encoded = await stub.Encode(
+            hash_pb2.EncodeRequest(
+                frames=[rgb_to_image(COPY_TRANSFORMS["jpeg_q30"](photos["chelsea"]))]
+            )
+        )
+        by_code = await stub.Search(
+            hash_pb2.SearchRequest(
+                collection="shots", code=encoded.code, exact_code=encoded.exact_code, k=1
+            )
+        )
+        assert by_code.matches[0].id == "chelsea" and by_code.matches[0].HasField("exact_distance")
+        got = await stub.Get(hash_pb2.GetRequest(collection="shots", id="chelsea"))
+        assert got.found and len(got.exact_code.code) == 32
+        # Replacing with a code alone drops the old exact-tier code; so does a delete.
+        await stub.Add(hash_pb2.AddRequest(collection="shots", id="chelsea", code=encoded.code))
+        got = await stub.Get(hash_pb2.GetRequest(collection="shots", id="chelsea"))
+        assert got.found and not got.HasField("exact_code")
+        again = await stub.Search(
+            hash_pb2.SearchRequest(
+                collection="shots", code=encoded.code, exact_code=encoded.exact_code, k=4
+            )
+        )
+        assert not any(m.HasField("exact_distance") for m in again.matches)
+        assert (await stub.Delete(hash_pb2.DeleteRequest(collection="shots", id="coffee"))).deleted
+        gone = await search(COPY_TRANSFORMS["jpeg_q30"](photos["coffee"]), k=4)
+        assert "coffee" not in [m.id for m in gone.matches]
+        assert not any(m.HasField("exact_distance") for m in gone.matches)
+
+        # A video (several frames) and a flat picture have no exact-tier code.
+        video = await stub.Encode(
+            hash_pb2.EncodeRequest(frames=[rgb_to_image(photos["coffee"])] * 2)
+        )
+        flat = await stub.Encode(
+            hash_pb2.EncodeRequest(frames=[rgb_to_image(np.full((64, 64, 3), 90, np.uint8))])
+        )
+        assert not video.HasField("exact_code") and not flat.HasField("exact_code")
+
+        # Bad exact codes are refused, naming the field.
+        for request_ in (
+            hash_pb2.AddRequest(collection="shots", id="x", exact_code=encoded.exact_code),
+            hash_pb2.AddRequest(
+                collection="shots", id="x", code=encoded.code, exact_code=code(bytes(16), 128)
+            ),
+            hash_pb2.AddRequest(
+                collection="shots",
+                id="x",
+                code=encoded.code,
+                exact_code=code(bytes(32), 256, method="itq"),
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Add(request_)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "exact_code" in (err.value.details() or "")
 
 
 def test_milvus_names_and_keys_are_distinct_and_stable() -> None:

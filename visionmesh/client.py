@@ -142,7 +142,12 @@ def render_text(path: Path, result: Any, top: int = 10) -> str:
             lines.append(f"   people: at most {result.people_count} ({counts})")
     if result.HasField("hash") and result.hash.code.bits:
         found = (
-            ", ".join(f"{m.id} ({m.distance} bits apart)" for m in result.hash.near_duplicates)
+            ", ".join(
+                f"{m.id} ({m.distance} bits apart"
+                + (f", exact copy: PDQ {m.exact_distance}" if m.HasField("exact_distance") else "")
+                + ")"
+                for m in result.hash.near_duplicates
+            )
             or "none"
         )
         lines.append(

@@ -185,6 +185,8 @@ def _rescale_face(result: face_pb2.DetectResponse, factor: float) -> None:
 
 def _merge_hash(reply: hash_pb2.EncodeResponse, result: gateway_pb2.HashResult) -> list[Any]:
     result.code.CopyFrom(reply.code)
+    if reply.HasField("exact_code"):
+        result.exact_code.CopyFrom(reply.exact_code)
     return []
 
 
@@ -198,7 +200,11 @@ async def _hash_follow_up(
     opts = options.hash
     if not opts.collection:
         return
-    search = hash_pb2.SearchRequest(collection=opts.collection, code=encoded.code, k=opts.k)
+    # The exact-copy tier's code (when Encode gave one) travels with the deep code.
+    exact = encoded.exact_code if encoded.HasField("exact_code") else None
+    search = hash_pb2.SearchRequest(
+        collection=opts.collection, code=encoded.code, exact_code=exact, k=opts.k
+    )
     if opts.HasField("max_distance"):
         search.max_distance = opts.max_distance
     try:
@@ -211,7 +217,9 @@ async def _hash_follow_up(
     if opts.add_id:
         await call(
             "Add",
-            hash_pb2.AddRequest(collection=opts.collection, id=opts.add_id, code=encoded.code),
+            hash_pb2.AddRequest(
+                collection=opts.collection, id=opts.add_id, code=encoded.code, exact_code=exact
+            ),
         )
         result.added = True
 

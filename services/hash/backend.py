@@ -65,6 +65,9 @@ class CollectionBackend(Protocol):
 
     async def delete(self, collection: str, item_id: str) -> bool: ...
     async def read(self, collection: str, item_id: str) -> bytes | None: ...
+    async def read_many(self, collection: str, item_ids: list[str]) -> dict[str, bytes]:
+        """The stored codes of those of ``item_ids`` that exist."""
+        ...
 
     async def nearest(self, collection: str, query: np.ndarray, k: int) -> list[tuple[str, int]]:
         """(id, Hamming distance) of the ``k`` nearest items, nearest first."""

@@ -219,7 +219,7 @@ class MilvusCollections:
             extra={
                 "fields": {
                     "uri": self.config.uri,
-                    "collections": len(self.catalog),
+                    "collections": validation.user_collection_count(self.catalog),
                     "items": sum(self.counts.values()),
                     "seconds": round(time.monotonic() - started, 3),
                 }
@@ -255,7 +255,7 @@ class MilvusCollections:
         return int(rows[0]["count(*)"])
 
     def _publish(self) -> None:
-        COLLECTIONS.set(len(self.catalog))
+        COLLECTIONS.set(validation.user_collection_count(self.catalog))
         ITEMS.set(sum(self.counts.values()))
 
     async def start(self) -> None:
@@ -298,22 +298,26 @@ class MilvusCollections:
         return level
 
     def collection_count(self) -> int:
-        return len(self.catalog)
+        return validation.user_collection_count(self.catalog)
 
     async def read(self, collection: str, item_id: str) -> bytes | None:
+        return (await self.read_many(collection, [item_id])).get(item_id)
+
+    async def read_many(self, collection: str, item_ids: list[str]) -> dict[str, bytes]:
         coll = self.catalog.get(collection)
-        if coll is None or self.client is None:
-            return None
+        if coll is None or self.client is None or not item_ids:
+            return {}
         rows = await asyncio.to_thread(
             self._call,
             "get",
             self.client.query,
             coll.milvus_name,
-            filter=keys_filter([key_of(item_id)]),
+            filter=keys_filter([key_of(item) for item in item_ids]),
             output_fields=[ID_FIELD, CODE_FIELD],
             consistency_level=self._level(collection),
         )
-        return next((_code_bytes(r[CODE_FIELD]) for r in rows if r[ID_FIELD] == item_id), None)
+        wanted = set(item_ids)  # keys are hashes of ids: keep the rows of the ids asked for
+        return {r[ID_FIELD]: _code_bytes(r[CODE_FIELD]) for r in rows if r[ID_FIELD] in wanted}
 
     def _search_params(self, coll: MilvusCollection, extra: dict[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = dict(extra)
@@ -409,7 +413,7 @@ class MilvusCollections:
         return [outcomes[n] for n in range(len(batch))]
 
     def _check(self, op: _Op) -> None:
-        validation.collection_name(op.collection)
+        validation.stored_collection_name(op.collection)
         validation.item_id(op.id, self.limits.max_id_bytes)
         if op.kind == "delete":
             return
@@ -420,11 +424,7 @@ class MilvusCollections:
 
     def _create(self, op: _Op) -> MilvusCollection:
         assert self.client is not None
-        if len(self.catalog) >= self.limits.max_collections:
-            raise Overloaded(
-                f"collection limit reached: this service holds {len(self.catalog)} collections "
-                "(limits.max_collections); delete one or raise the limit"
-            )
+        validation.collection_limit(self.catalog, op.collection, self.limits.max_collections)
         mname = milvus_name(self.config.collection_prefix, op.collection)
         if self._call("has_collection", self.client.has_collection, mname):
             adopted = self._adopt(mname)  # made by another replica meanwhile

@@ -8,7 +8,9 @@ by its first Add and keeps that code size and method for life.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -23,8 +25,35 @@ from services.hash import validation
 from services.hash.backend import CollectionInfo, open_backend
 from services.hash.config import HashConfig
 from services.hash.encoder import Encoder
+from services.hash.exact import ExactTier, fuse
+from services.hash.projection import hamming
 from services.hash.store import REJECTED
 from visionmesh.v1 import common_pb2, hash_pb2, hash_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Codes:
+    """An item's codes: the collection's deep code, and its exact-tier (PDQ) code if it has one."""
+
+    code: np.ndarray
+    exact: np.ndarray | None = None
+
+
+def check_exact_tier(config: HashConfig) -> None:
+    tier = config.exact_tier
+    if not 0 <= tier.max_distance <= validation.EXACT_BITS:
+        raise ConfigError(
+            f"exact_tier.max_distance must be within 0..{validation.EXACT_BITS}, "
+            f"got {tier.max_distance}"
+        )
+    if not 0 <= tier.min_quality <= 100:
+        raise ConfigError(f"exact_tier.min_quality must be within 0..100, got {tier.min_quality}")
+    if tier.max_side < 64:
+        raise ConfigError(f"exact_tier.max_side must be at least 64, got {tier.max_side}")
+
+
+def _distance(query: np.ndarray, code: bytes) -> int:
+    return int(hamming(query, np.frombuffer(code, np.uint8).reshape(1, -1))[0])
 
 
 class HashServicer(hash_pb2_grpc.HashServiceServicer):
@@ -39,6 +68,8 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 raise ConfigError(
                     f"projection {config.projection.model} has no {self.method} matrix for {b} bits"
                 )
+        check_exact_tier(config)
+        self.exact = ExactTier(config.exact_tier)
         # faiss + SQLite here, or Milvus: index.backend (services/hash/backend.py).
         self.store = open_backend(config)
 
@@ -59,23 +90,44 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         await self.store.close()
         await self.encoder.close()
 
-    async def _encode(
-        self, frames: list[common_pb2.Image], bits: int, deadline: Deadline
-    ) -> np.ndarray:
+    async def _encode(self, frames: list[common_pb2.Image], bits: int, deadline: Deadline) -> Codes:
         validation.frame_count(len(frames), self.config.max_frames)
         rgbs = await decode_frames(frames, self.image_limits)
-        return self.encoder.code(await self.encoder.features(rgbs, deadline), bits)
+        # PDQ runs in a worker thread while the features model computes.
+        features, exact = await asyncio.gather(
+            self.encoder.features(rgbs, deadline), asyncio.to_thread(self.exact.code, rgbs)
+        )
+        return Codes(self.encoder.code(features, bits), exact)
 
     def _message(self, code: np.ndarray, bits: int, method: str | None = None) -> hash_pb2.HashCode:
         return hash_pb2.HashCode(code=code.tobytes(), bits=bits, method=method or self.method)
+
+    @staticmethod
+    def _exact_message(code: np.ndarray | bytes | None) -> hash_pb2.HashCode | None:
+        if code is None:
+            return None
+        raw = code if isinstance(code, bytes) else code.tobytes()
+        return hash_pb2.HashCode(
+            code=raw, bits=validation.EXACT_BITS, method=validation.EXACT_METHOD
+        )
+
+    def _given(self, request: hash_pb2.AddRequest | hash_pb2.SearchRequest) -> np.ndarray | None:
+        """The exact-tier code a request gave beside its code (None when absent)."""
+        if not request.HasField("exact_code"):
+            return None
+        if not request.HasField("code"):
+            raise InvalidInput("exact_code goes with code (give both, or frames)")
+        return validation.exact_code(request.exact_code)
 
     @grpc_method
     async def Encode(
         self, request: hash_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.EncodeResponse:
         bits = validation.bits(request.bits, self.default_bits)
-        code = await self._encode(list(request.frames), bits, request_deadline(context))
-        return hash_pb2.EncodeResponse(code=self._message(code, bits))
+        codes = await self._encode(list(request.frames), bits, request_deadline(context))
+        return hash_pb2.EncodeResponse(
+            code=self._message(codes.code, bits), exact_code=self._exact_message(codes.exact)
+        )
 
     @grpc_method
     async def Add(
@@ -89,6 +141,7 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 raise InvalidInput("give either code or frames, not both")
             if request.HasField("code"):
                 validation.code(request.code)
+            given_exact = self._given(request)
         except InvalidInput:
             REJECTED.labels("invalid").inc()
             raise
@@ -100,10 +153,13 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 "collections (limits.max_collections); add to an existing collection"
             )
         if request.HasField("code"):
-            code = validation.code(
-                request.code,
-                existing.bits if existing else None,
-                existing.method if existing else None,
+            codes = Codes(
+                validation.code(
+                    request.code,
+                    existing.bits if existing else None,
+                    existing.method if existing else None,
+                ),
+                given_exact if self.exact.config.enabled else None,
             )
             bits, method = (
                 request.code.bits,
@@ -116,14 +172,27 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                     f"collection {name!r} holds {existing.method} codes; this service "
                     f"encodes {self.method}: add codes, not frames"
                 )
-            code, method = (
-                await self._encode(list(request.frames), bits, request_deadline(context)),
-                self.method,
-            )
-        replaced = await self.store.add(name, item, code, bits, method)
+            codes = await self._encode(list(request.frames), bits, request_deadline(context))
+            method = self.method
+        replaced = await self.store.add(name, item, codes.code, bits, method)
+        await self._keep_exact(name, item, codes.exact, replaced)
         return hash_pb2.AddResponse(
-            id=item, code=self._message(code, bits, method), replaced=replaced
+            id=item,
+            code=self._message(codes.code, bits, method),
+            replaced=replaced,
+            exact_code=self._exact_message(codes.exact),
         )
+
+    async def _keep_exact(
+        self, name: str, item: str, exact: np.ndarray | None, replaced: bool
+    ) -> None:
+        """Write the item's exact-tier code after its deep code (so the tier never names an item
+        the collection lacks), or drop the replaced item's old one."""
+        tier = validation.tier_collection(name)
+        if exact is not None:
+            await self.store.add(tier, item, exact, validation.EXACT_BITS, validation.EXACT_METHOD)
+        elif replaced:
+            await self.store.delete(tier, item)
 
     async def _collection(self, name: str) -> CollectionInfo:
         coll = await self.store.info(validation.collection_name(name))
@@ -141,7 +210,9 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         if request.HasField("code") and request.frames:
             raise InvalidInput("give either code or frames, not both")
         if request.HasField("code"):
-            query = validation.code(request.code, coll.bits, coll.method)
+            query = Codes(
+                validation.code(request.code, coll.bits, coll.method), self._given(request)
+            )
         else:
             if coll.method != self.method:
                 raise InvalidInput(
@@ -154,30 +225,56 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
                 raise InvalidInput(
                     f"max_distance must be within 0..{coll.bits}, got {request.max_distance}"
                 )
-            found = await self.store.within(
-                coll.name, query, request.max_distance, self.config.index.max_radius_results
-            )
+            limit = self.config.index.max_radius_results
+            found = await self.store.within(coll.name, query.code, request.max_distance, limit)
         else:
             if request.k < 0 or request.k > self.config.index.max_k:
                 raise InvalidInput(
                     f"k must be within 0..{self.config.index.max_k} (0 = "
                     f"{self.config.index.default_k}), got {request.k}"
                 )
-            k = request.k or self.config.index.default_k
-            found = await self.store.nearest(coll.name, query, k)
+            limit = request.k or self.config.index.default_k
+            found = await self.store.nearest(coll.name, query.code, limit)
+        exact = await self._exact_matches(coll.name, query, found, limit)
         matches = [
-            hash_pb2.Match(id=item, distance=d, similarity=1.0 - d / coll.bits) for item, d in found
+            hash_pb2.Match(
+                id=item, distance=d, similarity=1.0 - d / coll.bits, exact_distance=exact_d
+            )
+            for item, d, exact_d in fuse(exact, found, limit)
         ]
         return hash_pb2.SearchResponse(
-            matches=matches, query_code=self._message(query, coll.bits, coll.method)
+            matches=matches,
+            query_code=self._message(query.code, coll.bits, coll.method),
+            query_exact_code=self._exact_message(query.exact),
         )
+
+    async def _exact_matches(
+        self, name: str, query: Codes, deep: list[tuple[str, int]], limit: int
+    ) -> list[tuple[str, int, int]]:
+        """(id, deep distance, PDQ distance) of the exact-tier items within ``max_distance``,
+        nearest PDQ first."""
+        tier = self.exact.config
+        if query.exact is None or not tier.enabled:
+            return []
+        tier_name = validation.tier_collection(name)
+        pdq = dict(await self.store.within(tier_name, query.exact, tier.max_distance, limit))
+        known = dict(deep)
+        missing = [item for item in pdq if item not in known]
+        for item, code in (await self.store.read_many(name, missing)).items():
+            known[item] = _distance(query.code, code)
+        # An item deleted meanwhile has no deep code left: it is left out.
+        found = [(item, known[item], d) for item, d in pdq.items() if item in known]
+        return sorted(found, key=lambda match: match[2])
 
     @grpc_method
     async def Delete(
         self, request: hash_pb2.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.DeleteResponse:
         name = validation.collection_name(request.collection)
-        deleted = await self.store.delete(name, self._item_id(request.id))
+        item = self._item_id(request.id)
+        # The exact tier first: it never names an item its collection no longer holds.
+        await self.store.delete(validation.tier_collection(name), item)
+        deleted = await self.store.delete(name, item)
         return hash_pb2.DeleteResponse(deleted=deleted)
 
     @grpc_method
@@ -185,10 +282,14 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         self, request: hash_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> hash_pb2.GetResponse:
         name = validation.collection_name(request.collection)
-        code = await self.store.read(name, self._item_id(request.id))
+        item = self._item_id(request.id)
+        code = await self.store.read(name, item)
         coll = await self.store.info(name)
         if coll is None or code is None:
             return hash_pb2.GetResponse(found=False)
+        exact = await self.store.read(validation.tier_collection(name), item)
         return hash_pb2.GetResponse(
-            found=True, code=hash_pb2.HashCode(code=code, bits=coll.bits, method=coll.method)
+            found=True,
+            code=hash_pb2.HashCode(code=code, bits=coll.bits, method=coll.method),
+            exact_code=self._exact_message(exact),
         )

@@ -52,8 +52,12 @@ COMMIT_OPS = Histogram(
     buckets=(1, 2, 4, 8, 16, 64, 256, 1024, 4096),
 )
 REJECTED = Counter("visionmesh_hash_rejected_total", "Hash writes refused, by reason", ["reason"])
-COLLECTIONS = Gauge("visionmesh_hash_collections", "Collections held")
-ITEMS = Gauge("visionmesh_hash_items", "Items held, all collections together")
+COLLECTIONS = Gauge(
+    "visionmesh_hash_collections", "Collections held (their exact-copy tiers not counted)"
+)
+ITEMS = Gauge(
+    "visionmesh_hash_items", "Items held, all collections and their exact-copy tiers together"
+)
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class Writer:
         return outcomes
 
     def _one(self, op: Operation) -> Committed:
-        validation.collection_name(op.collection)
+        validation.stored_collection_name(op.collection)
         validation.item_id(op.id, self.limits.max_id_bytes)
         if op.kind == "delete":
             row = self.catalog.get(op.collection)
@@ -156,11 +160,7 @@ class Writer:
         row = self.catalog.get(op.collection)
         new_collection = row is None
         if row is None:
-            if len(self.catalog) >= self.limits.max_collections:
-                raise Overloaded(
-                    f"collection limit reached: this service holds {len(self.catalog)} collections "
-                    f"(limits.max_collections); delete one or raise the limit"
-                )
+            validation.collection_limit(self.catalog, op.collection, self.limits.max_collections)
             row = db.CollectionRow(self.next_cid, op.collection, op.bits, op.method)
             self.conn.execute(
                 "INSERT INTO collections (cid, name, bits, method, crc) VALUES (?, ?, ?, ?, ?)",
@@ -248,7 +248,7 @@ class HashStore:
         self._writer = writer
         self._reader = db.connect(self.directory / db.DB_NAME, self.storage.fsync)
         items = sum(len(c) for c in self.collections.values())
-        COLLECTIONS.set(len(self.collections))
+        COLLECTIONS.set(validation.user_collection_count(self.collections))
         ITEMS.set(items)
         HEALTHY.set(1)
         log.info(
@@ -323,10 +323,14 @@ class HashStore:
         return self.collections.get(collection)
 
     def collection_count(self) -> int:
-        return len(self.collections)
+        return validation.user_collection_count(self.collections)
 
     async def read(self, collection: str, item_id: str) -> bytes | None:
         return self.get(collection, item_id)
+
+    async def read_many(self, collection: str, item_ids: list[str]) -> dict[str, bytes]:
+        found = {item: self.get(collection, item) for item in item_ids}
+        return {item: code for item, code in found.items() if code is not None}
 
     def _named(self, distances: np.ndarray, labels: np.ndarray) -> list[tuple[str, int]]:
         # The hot index holds labels only; the few of an answer are named from the store
@@ -420,7 +424,7 @@ class HashStore:
                 return False
             if not future.done():
                 future.set_result(outcome)
-        COLLECTIONS.set(len(self.collections))
+        COLLECTIONS.set(validation.user_collection_count(self.collections))
         ITEMS.set(sum(len(c) for c in self.collections.values()))
         return True
 

@@ -8,10 +8,11 @@ committer). Each message names the field.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, Overloaded
 from services.hash.config import SUPPORTED_BITS
 from visionmesh.v1 import hash_pb2
 
@@ -19,6 +20,10 @@ from visionmesh.v1 import hash_pb2
 COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 METHOD = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_ID_BYTES = 512
+# A collection's exact-copy tier is kept as a collection of its own, named after it with this
+# suffix: "#" is not allowed in the names callers give, so the two never collide.
+TIER_SUFFIX = "#pdq"
+EXACT_BITS, EXACT_METHOD = 256, "pdq"
 
 
 def collection_name(name: str) -> str:
@@ -28,6 +33,31 @@ def collection_name(name: str) -> str:
             "digits, '_', '.', '-' (starting with a letter or digit)"
         )
     return name
+
+
+def tier_collection(name: str) -> str:
+    """The store's name of collection ``name``'s exact-copy tier."""
+    return name + TIER_SUFFIX
+
+
+def stored_collection_name(name: str) -> str:
+    """A name the store may hold: a caller's collection, or the exact-copy tier of one."""
+    return collection_name(name.removesuffix(TIER_SUFFIX) if isinstance(name, str) else name)
+
+
+def user_collection_count(names: Iterable[str]) -> int:
+    """Collections callers made (their exact-copy tiers do not count against the limit)."""
+    return sum(1 for name in names if not name.endswith(TIER_SUFFIX))
+
+
+def collection_limit(names: Iterable[str], new: str, limit: int) -> None:
+    """Refuse a new caller collection past ``limit`` (exact-copy tiers ride on theirs)."""
+    held = user_collection_count(names)
+    if held >= limit and not new.endswith(TIER_SUFFIX):
+        raise Overloaded(
+            f"collection limit reached: this service holds {held} collections "
+            "(limits.max_collections); delete one or raise the limit"
+        )
 
 
 def item_id(value: str, max_bytes: int = MAX_ID_BYTES) -> str:
@@ -86,6 +116,20 @@ def code(
         raise InvalidInput(
             f"the collection holds {expected_method} codes, got a {message.method} "
             "code (codes of different methods are not comparable)"
+        )
+    return np.frombuffer(message.code, np.uint8).copy()
+
+
+def exact_code(message: hash_pb2.HashCode) -> np.ndarray:
+    """An exact-tier (PDQ) code from a request, as Encode returned it."""
+    if message.method and message.method != EXACT_METHOD:
+        raise InvalidInput(
+            f"exact_code.method must be {EXACT_METHOD!r} (or empty), got {message.method!r:.60}"
+        )
+    if message.bits != EXACT_BITS or len(message.code) * 8 != EXACT_BITS:
+        raise InvalidInput(
+            f"exact_code must be a {EXACT_BITS}-bit PDQ code ({EXACT_BITS // 8} bytes, bits = "
+            f"{EXACT_BITS}), got {len(message.code)} bytes, bits = {message.bits}"
         )
     return np.frombuffer(message.code, np.uint8).copy()
 
