@@ -240,17 +240,19 @@ def recall_sentence(recalls: dict[str, list[float]], least: float = 0.95) -> str
 
 
 def thread_cpu() -> dict[tuple[int, str], float]:
-    """CPU seconds of every live Python thread of this process, by (native id, name stem)."""
+    """CPU seconds of every live thread of this process, by (native id, name stem): Python
+    threads by their name, native ones (gRPC's event engine, ...) by their kernel name."""
     tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
     out = {}
-    for t in threading.enumerate():
+    for task in os.listdir("/proc/self/task"):
         try:
-            stat = open(f"/proc/self/task/{t.native_id}/stat").read().rsplit(")", 1)[1].split()
+            stat = open(f"/proc/self/task/{task}/stat").read()
         except OSError:
             continue
-        out[(t.native_id or 0, re.sub(r"(_\d+)+$", "", t.name))] = (
-            int(stat[11]) + int(stat[12])
-        ) / tick
+        comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        name = names.get(int(task), f"{comm} (native)")
+        out[(int(task), re.sub(r"(_\d+)+$", "", name))] = (int(fields[11]) + int(fields[12])) / tick
     return out
 
 

@@ -16,12 +16,18 @@ Several engine instances (one worker each) drain the one queue.
 
 Only requests whose inputs have the same per-row shape and dtype share a
 batch, so callers with variable shapes (OCR crops) bucket them first.
+
+Every request passes through here on the event loop (four per face call), so
+the hand-offs are plain futures: a queued request wakes one idle worker, and a
+worker waiting out the queue delay sleeps on a timer, not on a lock and
+condition that every worker re-acquires at every request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -75,13 +81,18 @@ class DynamicBatcher:
         self._engine_factory = engine_factory
         self._clock = clock
         self._queue: collections.deque[_Request] = collections.deque()
-        self._cond = asyncio.Condition()
+        # Workers with nothing to run (or waiting out the queue delay), each on its own future:
+        # a queued request wakes the first of them, close wakes them all.
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
         self._workers: list[asyncio.Task[None]] = []
         self._engines: list[Engine] = []
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._delay = config.max_queue_delay_us / 1e6
         self._depth = metrics.QUEUE_DEPTH.labels(name)
+        self._queue_seconds = metrics.QUEUE_SECONDS.labels(name)
+        self._compute_seconds = metrics.COMPUTE_SECONDS.labels(name)
+        self._batch_size = metrics.BATCH_SIZE.labels(name)
         # Admission: rows waiting or being computed, and the EWMA of engine seconds per row.
         self._queued_rows = 0
         self._running_rows = 0
@@ -129,9 +140,9 @@ class DynamicBatcher:
 
     async def close(self) -> None:
         """Finish what is queued, then stop the workers and close the engines."""
-        async with self._cond:
-            self._closing = True
-            self._cond.notify_all()
+        self._closing = True
+        while self._idle:
+            self._wake_one()
         if self._workers:
             await asyncio.gather(*self._workers, return_exceptions=True)
         for engine in self._engines:
@@ -193,13 +204,44 @@ class DynamicBatcher:
                 retry_after_s=drain,
             )
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        request = _Request(arrays, rows, _signature(arrays), future, now, deadline)
-        async with self._cond:
-            self._queue.append(request)
-            self._queued_rows += rows
-            self._depth.set(len(self._queue))
-            self._cond.notify_all()
+        self._queue.append(_Request(arrays, rows, _signature(arrays), future, now, deadline))
+        self._queued_rows += rows
+        self._depth.set(len(self._queue))
+        # Any woken worker looks at the whole queue (and the oldest request's window), so one
+        # is enough: a request that the first cannot take is taken when it asks again.
+        self._wake_one()
         return await future
+
+    def _wake_one(self) -> None:
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _sleep(self, timeout: float | None) -> None:
+        """Until a request is queued, the batcher closes, or ``timeout`` seconds pass."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle.append(waiter)
+        timer = (
+            None
+            if timeout is None
+            else asyncio.get_running_loop().call_later(timeout, self._time_up, waiter)
+        )
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not waiter.done():  # the worker itself was cancelled
+                self._idle.remove(waiter)
+                waiter.cancel()
+
+    def _time_up(self, waiter: asyncio.Future[None]) -> None:
+        # Not done: nobody woke it, so it is still among the idle (and leaves them).
+        if not waiter.done():
+            self._idle.remove(waiter)
+            waiter.set_result(None)
 
     def _drop_dead(self, now: float) -> None:
         """Fail queued requests whose deadline passed; forget cancelled ones."""
@@ -229,7 +271,7 @@ class DynamicBatcher:
         """The oldest request and, in FIFO order, the compatible ones that fit beside it."""
         first = self._queue[0]
         picked, rows = [first], first.rows
-        for req in list(self._queue)[1:]:
+        for req in itertools.islice(self._queue, 1, None):
             if rows >= self.config.max_batch_size:
                 break
             if req.signature == first.signature and rows + req.rows <= self.config.max_batch_size:
@@ -238,29 +280,31 @@ class DynamicBatcher:
         return picked, rows
 
     async def _next_batch(self) -> list[_Request] | None:
-        async with self._cond:
-            while True:
-                self._drop_dead(self._clock())
-                if not self._queue:
-                    if self._closing:
-                        return None
-                    await self._cond.wait()
-                    continue
-                picked, rows = self._candidates()
-                now = self._clock()
-                window_end = picked[0].enqueued + self._delay
-                if rows >= self.config.max_batch_size or now >= window_end or self._closing:
+        while True:
+            self._drop_dead(self._clock())
+            if not self._queue:
+                if self._closing:
+                    return None
+                await self._sleep(None)
+                continue
+            picked, rows = self._candidates()
+            now = self._clock()
+            window_end = picked[0].enqueued + self._delay
+            if rows >= self.config.max_batch_size or now >= window_end or self._closing:
+                if len(picked) == len(self._queue):
+                    self._queue.clear()
+                else:
                     for req in picked:
                         self._queue.remove(req)
-                        req.dequeued = now
-                    self._queued_rows -= rows
-                    self._running_rows += rows
-                    self._depth.set(len(self._queue))
-                    return picked
-                try:
-                    await asyncio.wait_for(self._cond.wait(), timeout=window_end - now)
-                except TimeoutError:
-                    pass
+                for req in picked:
+                    req.dequeued = now
+                self._queued_rows -= rows
+                self._running_rows += rows
+                self._depth.set(len(self._queue))
+                if self._queue:  # what this batch left is another idle worker's
+                    self._wake_one()
+                return picked
+            await self._sleep(window_end - now)
 
     async def _worker(self, engine: Engine) -> None:
         loop = asyncio.get_running_loop()
@@ -269,7 +313,7 @@ class DynamicBatcher:
             if batch is None:
                 return
             for req in batch:
-                metrics.QUEUE_SECONDS.labels(self.name).observe(req.dequeued - req.enqueued)
+                self._queue_seconds.observe(req.dequeued - req.enqueued)
             inputs = [r.inputs for r in batch]
             total = sum(r.rows for r in batch)
             start = time.perf_counter()
@@ -291,8 +335,8 @@ class DynamicBatcher:
                 self._running_rows -= total
             took = time.perf_counter() - start
             self._observe(took, total)
-            metrics.COMPUTE_SECONDS.labels(self.name).observe(took)
-            metrics.BATCH_SIZE.labels(self.name).observe(total)
+            self._compute_seconds.observe(took)
+            self._batch_size.observe(total)
             offset = 0
             for req in batch:
                 part = {k: v[offset : offset + req.rows] for k, v in outputs.items()}
