@@ -10,13 +10,22 @@ from visionmesh import features
 DEFAULT_PORT = features.by_name("face").default_port
 
 
-def _model(name: str) -> ModelConfig:
+def _model(name: str, max_batch_size: int | None = None) -> ModelConfig:
     # Batching policies are the models' own (their repository config.yaml, services/face/export.py)
     # but for the queue delay: this service sends a request to an idle engine at once, and the
     # requests that arrive while it computes form the next batch. Waiting for company buys
-    # nothing on CPU (a RetinaFace batch costs the same per image as single runs) and adds a
-    # delay to each of a call's sequential model steps (detector, then heads; MTCNN's stages).
-    return ModelConfig(name=name, batcher=BatcherConfig(max_queue_delay_us=0))
+    # nothing on CPU and adds a delay to each of a call's sequential model steps (detector, then
+    # heads; MTCNN's stages).
+    batcher = BatcherConfig(max_queue_delay_us=0, max_batch_size=max_batch_size)
+    return ModelConfig(name=name, batcher=batcher)
+
+
+# RetinaFace costs more per image in larger batches on CPU (1 ONNX Runtime thread, CPU ms per
+# image at batch 1 / 2 / 8: 15.2 / 15.4 / 17.6 at 512 x 512, 16.6 / 16.9 / 18.4 at 640 x 448),
+# so the service runs it in pairs at most; GPU deployments set
+# ``retinaface.batcher.max_batch_size: 16`` (docs/gpu.md). The heads cost the same per face in
+# any batch and keep their own policy.
+CPU_DETECTOR_BATCH = 2
 
 
 @dataclass
@@ -82,7 +91,9 @@ class FaceConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     tags: TagConfig = field(default_factory=TagConfig)
-    retinaface: ModelConfig = field(default_factory=lambda: _model("face_retinaface"))
+    retinaface: ModelConfig = field(
+        default_factory=lambda: _model("face_retinaface", CPU_DETECTOR_BATCH)
+    )
     mtcnn: MtcnnModels = field(default_factory=MtcnnModels)
     age: ModelConfig = field(default_factory=lambda: _model("face_age"))
     gender: ModelConfig = field(default_factory=lambda: _model("face_gender"))
