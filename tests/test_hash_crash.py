@@ -63,64 +63,90 @@ def code_for(i: int) -> bytes:
     return np.random.default_rng(i).integers(0, 256, 16, dtype=np.uint8).tobytes()
 
 
+async def add_then_kill(
+    stub: hash_pb2_grpc.HashServiceStub,
+    proc: subprocess.Popen[bytes],
+    acknowledged: int,
+    timeout: float,
+    method: str = "itq",
+) -> tuple[int, set[int]]:
+    """Adds of ``item-<i>`` from 16 writers until ``acknowledged`` are answered, then SIGKILL in
+    the middle of the next batches: (Adds sent, the acknowledged ones)."""
+    done_ids: set[int] = set()
+
+    async def add(i: int) -> None:
+        code = hash_pb2.HashCode(code=code_for(i), bits=128, method=method)
+        await stub.Add(
+            hash_pb2.AddRequest(collection="crash", id=f"item-{i}", code=code), timeout=timeout
+        )
+        done_ids.add(i)
+
+    next_i = 0
+    in_flight: set[asyncio.Task[None]] = set()
+    while len(done_ids) < acknowledged:
+        while len(in_flight) < 16:
+            in_flight.add(asyncio.create_task(add(next_i)))
+            next_i += 1
+        done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    proc.send_signal(signal.SIGKILL)
+    await asyncio.gather(*in_flight, return_exceptions=True)
+    return next_i, done_ids
+
+
+async def assert_acknowledged_survive(
+    stub: hash_pb2_grpc.HashServiceStub, sent: int, acknowledged: set[int]
+) -> int:
+    """Every acknowledged item is back byte for byte, whatever else survived is what was sent,
+    and the index agrees with the store; returns how many items survived."""
+    present = 0
+    for i in range(sent):
+        reply = await stub.Get(hash_pb2.GetRequest(collection="crash", id=f"item-{i}"), timeout=5.0)
+        if i in acknowledged:
+            assert reply.found, f"acknowledged item-{i} was lost"
+        if reply.found:
+            present += 1
+            # Nothing corrupted: whatever survived is byte-for-byte what was sent.
+            assert reply.code.code == code_for(i) and reply.code.bits == 128
+    probe = min(acknowledged)
+    found = await stub.Search(
+        hash_pb2.SearchRequest(
+            collection="crash", code=hash_pb2.HashCode(code=code_for(probe), bits=128), k=1
+        )
+    )
+    assert found.matches[0].id == f"item-{probe}" and found.matches[0].distance == 0
+    return present
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def test_sigkill_mid_stream_loses_no_acknowledged_add(tmp_path: Path) -> None:
     port, data_dir, log = free_port(), tmp_path / "data", tmp_path / "service.log"
     proc = start_service(port, data_dir, log)
-    acknowledged: set[int] = set()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_serving(channel, proc)
             stub = hash_pb2_grpc.HashServiceStub(channel)
-
-            async def add(i: int) -> None:
-                request = hash_pb2.AddRequest(
-                    collection="crash",
-                    id=f"item-{i}",
-                    code=hash_pb2.HashCode(code=code_for(i), bits=128, method="itq"),
-                )
-                await stub.Add(request, timeout=10.0)
-                acknowledged.add(i)
-
             # 16 writers keep Adds in flight, so the kill lands in the middle of group commits.
-            next_i = 0
-            in_flight: set[asyncio.Task[None]] = set()
-            while len(acknowledged) < 400:
-                while len(in_flight) < 16:
-                    in_flight.add(asyncio.create_task(add(next_i)))
-                    next_i += 1
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            proc.send_signal(signal.SIGKILL)
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            sent, acknowledged = await add_then_kill(stub, proc, 400, timeout=10.0)
         proc.wait(10)
-        sent = next_i
         assert len(acknowledged) >= 400
 
         proc = start_service(port, data_dir, log)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_serving(channel, proc)
             stub = hash_pb2_grpc.HashServiceStub(channel)
-            present = 0
-            for i in range(sent):
-                reply = await stub.Get(
-                    hash_pb2.GetRequest(collection="crash", id=f"item-{i}"), timeout=5.0
-                )
-                if i in acknowledged:
-                    assert reply.found, f"acknowledged item-{i} was lost"
-                if reply.found:
-                    present += 1
-                    # Nothing corrupted: whatever survived is byte-for-byte what was sent.
-                    assert reply.code.code == code_for(i) and reply.code.bits == 128
+            present = await assert_acknowledged_survive(stub, sent, acknowledged)
             assert present >= len(acknowledged)
-            # The index agrees with the store, and the service keeps taking writes.
-            probe = next(iter(acknowledged))
-            found = await stub.Search(
-                hash_pb2.SearchRequest(
-                    collection="crash", code=hash_pb2.HashCode(code=code_for(probe), bits=128), k=1
-                )
-            )
-            assert found.matches[0].id == f"item-{probe}" and found.matches[0].distance == 0
+            # The service keeps taking writes.
             more = await stub.Add(
                 hash_pb2.AddRequest(
                     collection="crash",
@@ -130,9 +156,4 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_add(tmp_path: Path) -> N
             )
             assert not more.replaced
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(proc)

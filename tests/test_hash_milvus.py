@@ -8,9 +8,7 @@ keeps every acknowledged Add through a SIGKILL of the hash service.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +26,14 @@ from services.hash.corpus import COPY_TRANSFORMS, load_photo
 from services.hash.main import DEFINITION
 from services.hash.milvus_backend import key_of, milvus_name
 from tests.support import ROOT, running_service
-from tests.test_hash_crash import code_for, free_port, wait_serving
+from tests.test_hash_crash import (
+    add_then_kill,
+    assert_acknowledged_survive,
+    code_for,
+    free_port,
+    stop,
+    wait_serving,
+)
 from visionmesh.v1 import hash_pb2, hash_pb2_grpc
 
 BACKENDS = [
@@ -412,54 +417,18 @@ async def test_sigkill_of_the_service_loses_no_acknowledged_add_held_by_milvus(
     with milvus_local.running("standalone", tmp_path / "milvus", timeout=120) as server:
         port, log = free_port(), tmp_path / "service.log"
         proc = start_service(port, server.uri, log)
-        acknowledged: set[int] = set()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 await wait_serving(channel, proc, timeout=120)
                 stub = hash_pb2_grpc.HashServiceStub(channel)
-
-                async def add(i: int) -> None:
-                    request = hash_pb2.AddRequest(
-                        collection="crash", id=f"item-{i}", code=code(code_for(i), method="itq")
-                    )
-                    await stub.Add(request, timeout=20.0)
-                    acknowledged.add(i)
-
                 # 16 writers keep Adds in flight, so the kill lands in the middle of batches.
-                next_i, in_flight = 0, set()
-                while len(acknowledged) < 300:
-                    while len(in_flight) < 16:
-                        in_flight.add(asyncio.create_task(add(next_i)))
-                        next_i += 1
-                    done, in_flight = await asyncio.wait(
-                        in_flight, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in done:
-                        task.result()
-                proc.send_signal(signal.SIGKILL)
-                await asyncio.gather(*in_flight, return_exceptions=True)
+                sent, acknowledged = await add_then_kill(stub, proc, 300, timeout=20.0)
             proc.wait(10)
-            sent = next_i
 
             proc = start_service(port, server.uri, log)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 await wait_serving(channel, proc, timeout=120)
                 stub = hash_pb2_grpc.HashServiceStub(channel)
-                for i in range(sent):
-                    reply = await stub.Get(hash_pb2.GetRequest(collection="crash", id=f"item-{i}"))
-                    if i in acknowledged:
-                        assert reply.found, f"acknowledged item-{i} was lost"
-                    if reply.found:
-                        assert reply.code.code == code_for(i)
-                probe = min(acknowledged)
-                found = await stub.Search(
-                    hash_pb2.SearchRequest(collection="crash", code=code(code_for(probe)), k=1)
-                )
-                assert found.matches[0].id == f"item-{probe}" and found.matches[0].distance == 0
+                await assert_acknowledged_survive(stub, sent, acknowledged)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc)

@@ -7,6 +7,7 @@ writes queue for the next batch. ``drain`` lets the committer finish what it
 holds before the backend closes. When a backend cannot go on (``fail``, or the
 task dying), every queued writer gets UNAVAILABLE, health turns NOT_SERVING
 (``HEALTHY`` and ``on_failure``) and later writes are refused at once.
+``CommittedWrites`` gives a backend built on a committer that health interface.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Gauge
 
@@ -34,14 +35,14 @@ class GroupCommitter(Generic[OpT, ResultT]):
         what: str,
         max_batch: int,
         commit_batch: Callable[[list[tuple[OpT, asyncio.Future[ResultT]]]], Awaitable[bool]],
-        on_failure: Callable[[str], None],
     ) -> None:
         # ``commit_batch`` settles every future of its batch and returns False when it has
         # failed the committer (``fail``), which then stops.
         self.what = what
         self.max_batch = max_batch
         self._commit_batch = commit_batch
-        self._on_failure = on_failure
+        # Called once with the reason when the committer stops taking writes (health).
+        self.on_failure: Callable[[str], None] | None = None
         self.failure = ""
         self._pending: list[tuple[OpT, asyncio.Future[ResultT]]] = []
         self._wake = asyncio.Event()
@@ -81,7 +82,8 @@ class GroupCommitter(Generic[OpT, ResultT]):
             if not future.done():
                 future.set_exception(Unavailable(reason))
         self._pending = []
-        self._on_failure(reason)
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or (self._closing and task.exception() is None):
@@ -105,3 +107,22 @@ class GroupCommitter(Generic[OpT, ResultT]):
                 self._wake.set()
             if batch and not await self._commit_batch(batch):
                 return
+
+
+class CommittedWrites:
+    """The backend interface's health part for a backend whose writes go through
+    ``self._committer``: why it stopped taking writes, and whom it tells."""
+
+    _committer: GroupCommitter[Any, Any]
+
+    @property
+    def failure(self) -> str:
+        return self._committer.failure
+
+    @property
+    def on_failure(self) -> Callable[[str], None] | None:
+        return self._committer.on_failure
+
+    @on_failure.setter
+    def on_failure(self, hook: Callable[[str], None] | None) -> None:
+        self._committer.on_failure = hook

@@ -11,6 +11,7 @@ first, then the deep code's neighbours (docs/hash.md, "Exact-copy tier"). A vide
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import cv2
@@ -38,11 +39,12 @@ def pdq(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
 class ExactTier:
     config: ExactTierConfig
 
-    def code(self, frames: list[np.ndarray]) -> np.ndarray | None:
-        """The item's exact-tier code: one image with enough detail, else none."""
+    async def code(self, frames: list[np.ndarray]) -> np.ndarray | None:
+        """The item's exact-tier code: one image with enough detail, else none. PDQ is CPU work:
+        it runs in a worker thread (only when there is an image to hash)."""
         if not self.config.enabled or len(frames) != 1:
             return None
-        code, quality = pdq(frames[0], self.config.max_side)
+        code, quality = await asyncio.to_thread(pdq, frames[0], self.config.max_side)
         return code if quality >= self.config.min_quality else None
 
 

@@ -45,7 +45,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from services.common.config import ConfigError
 from services.common.errors import InvalidInput, Overloaded, ServiceError, Unavailable
 from services.hash import validation
-from services.hash.committer import HEALTHY, GroupCommitter
+from services.hash.committer import HEALTHY, CommittedWrites, GroupCommitter
 from services.hash.config import IndexConfig, LimitsConfig, MilvusConfig
 from services.hash.store import COLLECTIONS, ITEMS, REJECTED
 
@@ -118,7 +118,7 @@ def _code_bytes(value: Any) -> bytes:
     return bytes(value)
 
 
-class MilvusCollections:
+class MilvusCollections(CommittedWrites):
     """The hash service's collections in Milvus (a ``backend.CollectionBackend``)."""
 
     def __init__(
@@ -133,7 +133,6 @@ class MilvusCollections:
         self.limits = limits or LimitsConfig()
         # Most operations one committer round carries (storage.max_batch).
         self.max_batch = max_batch
-        self.on_failure: Callable[[str], None] | None = None
         self.client: MilvusClient | None = None
         self.catalog: dict[str, MilvusCollection] = {}
         self.counts: dict[str, int] = {}
@@ -142,18 +141,10 @@ class MilvusCollections:
         # Per call; at start (loading and counting collections after a server restart) longer.
         self._timeout = config.timeout_s
         self._committer: GroupCommitter[_Op, bool] = GroupCommitter(
-            "Milvus backend", max_batch, self._commit_batch, self._failed_with
+            "Milvus backend", max_batch, self._commit_batch
         )
 
     # -- lifecycle --
-
-    @property
-    def failure(self) -> str:
-        return self._committer.failure
-
-    def _failed_with(self, reason: str) -> None:
-        if self.on_failure is not None:
-            self.on_failure(reason)
 
     def _call(self, operation: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One Milvus call, timed; its errors become Unavailable (the request may be retried)."""

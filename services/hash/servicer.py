@@ -93,9 +93,9 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
     async def _encode(self, frames: list[common_pb2.Image], bits: int, deadline: Deadline) -> Codes:
         validation.frame_count(len(frames), self.config.max_frames)
         rgbs = await decode_frames(frames, self.image_limits)
-        # PDQ runs in a worker thread while the features model computes.
+        # PDQ runs while the features model computes.
         features, exact = await asyncio.gather(
-            self.encoder.features(rgbs, deadline), asyncio.to_thread(self.exact.code, rgbs)
+            self.encoder.features(rgbs, deadline), self.exact.code(rgbs)
         )
         return Codes(self.encoder.code(features, bits), exact)
 
@@ -145,13 +145,14 @@ class HashServicer(hash_pb2_grpc.HashServiceServicer):
         except InvalidInput:
             REJECTED.labels("invalid").inc()
             raise
-        held = self.store.collection_count()
-        if existing is None and held >= self.config.limits.max_collections:
-            REJECTED.labels("limit").inc()
-            raise Overloaded(
-                f"collection limit reached: this service holds {held} "
-                "collections (limits.max_collections); add to an existing collection"
-            )
+        if existing is None:
+            held = self.store.collection_count()
+            if held >= self.config.limits.max_collections:
+                REJECTED.labels("limit").inc()
+                raise Overloaded(
+                    f"collection limit reached: this service holds {held} "
+                    "collections (limits.max_collections); add to an existing collection"
+                )
         if request.HasField("code"):
             codes = Codes(
                 validation.code(

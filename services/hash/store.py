@@ -26,7 +26,6 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.common.errors import InvalidInput, Overloaded, ServiceError, Unavailable
 from services.hash import db, legacy, validation
 from services.hash.collection import Collection
-from services.hash.committer import HEALTHY, GroupCommitter
+from services.hash.committer import HEALTHY, CommittedWrites, GroupCommitter
 from services.hash.config import IndexConfig, LimitsConfig, StorageConfig
 
 log = logging.getLogger(__name__)
@@ -204,7 +203,7 @@ def _fields(row: db.CollectionRow) -> tuple[int, str, int, str]:
     return row.cid, row.name, row.bits, row.method
 
 
-class HashStore:
+class HashStore(CommittedWrites):
     def __init__(
         self,
         storage: StorageConfig,
@@ -217,11 +216,10 @@ class HashStore:
         self.directory = Path(storage.data_dir)
         self.collections: dict[str, Collection] = {}
         # Called once with the reason when the store stops taking writes (health -> NOT_SERVING).
-        self.on_failure: Callable[[str], None] | None = None
         self._writer: Writer | None = None
         self._reader: sqlite3.Connection | None = None
         self._committer: GroupCommitter[Operation, Committed] = GroupCommitter(
-            "hash store", storage.max_batch, self._commit_batch, self._failed_with
+            "hash store", storage.max_batch, self._commit_batch
         )
 
     # -- lifecycle --
@@ -281,14 +279,6 @@ class HashStore:
             self._writer.conn.close()
         if self._reader is not None:
             self._reader.close()
-
-    @property
-    def failure(self) -> str:
-        return self._committer.failure
-
-    def _failed_with(self, reason: str) -> None:
-        if self.on_failure is not None:
-            self.on_failure(reason)
 
     # -- reads --
 
