@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -41,6 +40,7 @@ import numpy as np
 import skimage.data
 
 from bench.harness import Ratio, Report, Side, alternate, fmt
+from bench.load import steady_rate, worker_rate
 from services.classify.config import QualityConfig
 from services.classify.preprocess import to_tensor
 from services.classify.quality import assess
@@ -101,20 +101,10 @@ class BarePipeline:
             assess(im, self.quality)
         return len(imgs)
 
-    def throughput(self, seconds: float, workers: int) -> float:
-        stop_at = time.perf_counter() + seconds
-
-        def worker(w: int) -> int:
-            done, k = 0, w
-            while time.perf_counter() < stop_at:
-                done += self.run(k)
-                k += workers
-            return done
-
-        start = time.perf_counter()
-        with ThreadPoolExecutor(workers) as pool:
-            done = sum(pool.map(worker, range(workers)))
-        return done / (time.perf_counter() - start)
+    def throughput(
+        self, seconds: float, workers: int, mark: Callable[[int], None] | None = None
+    ) -> float:
+        return worker_rate(self.run, workers, seconds, mark)
 
 
 class Lite0Ort:
@@ -191,22 +181,18 @@ class TorchChild:
         self.proc.wait(timeout=30)
 
 
-async def service_throughput(address: str, seconds: float, concurrency: int) -> float:
+async def service_throughput(
+    address: str, seconds: float, concurrency: int, mark: Callable[[int], None] | None = None
+) -> float:
+    """Images/s of the service in steady state under ``concurrency`` callers (bench/load.py)."""
     requests = [classify_pb2.ClassifyRequest(image=rgb_to_image(img)) for img in photos()]
     async with grpc.aio.insecure_channel(address) as channel:
         stub = classify_pb2_grpc.ClassifyServiceStub(channel)
-        done = 0
-        stop_at = time.perf_counter() + seconds
 
-        async def client(k: int) -> None:
-            nonlocal done
-            while time.perf_counter() < stop_at:
-                await stub.Classify(requests[(k + done) % len(requests)], timeout=120)
-                done += 1
+        async def call(k: int) -> object:
+            return await stub.Classify(requests[k % len(requests)], timeout=120)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(client(k) for k in range(concurrency)))
-        return done / (time.perf_counter() - start)
+        return await steady_rate(call, concurrency, seconds, mark=mark)
 
 
 def start_service(mesh: LocalMesh, batch: int, engine_threads: int, instances: int = 1) -> str:

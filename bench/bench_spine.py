@@ -5,11 +5,12 @@
 
 In alternating rounds (bench/harness.py):
 
-1. throughput at saturation: the classify service (raw pixels over gRPC,
-   validation, preprocessing, batching, both models, quality) vs the bare
-   engine: its two ONNX Runtime sessions on tensors made in advance. The two
-   timed regions differ on purpose — the ratio is what the service adds — and
-   the table says what each holds;
+1. throughput at saturation, in steady state (bench/load.py): the classify
+   service (raw pixels over gRPC, validation, preprocessing, batching, both
+   models, quality) vs the same work on its two bare ONNX Runtime sessions
+   (both preprocessings, both models, quality; no gRPC, no batcher) — the ratio
+   is what serving costs — and vs the two sessions alone on tensors made in
+   advance, which shows what the preprocessing itself costs;
 2. latency, one call at a time: classify called directly vs through the
    gateway's Analyze (classify only, cache off), each round ``--requests``
    calls of each, interleaved; the gateway overhead is the difference of the
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -34,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.bench_classify import BARE_WORKERS, BarePipeline, service_throughput
 from bench.common import percentiles_ms
 from bench.harness import Goal, Ratio, Report, Side, alternate, fmt
+from bench.load import CpuPerItem, worker_rate
 from services.common.images import decode
 from tests.support import encode
 from visionmesh.mesh import LocalMesh
@@ -50,20 +52,13 @@ def bare_engine(pipeline: BarePipeline, seconds: float, workers: int) -> float:
     imgs = pipeline.batch_of(0)
     x_lite = np.concatenate([to_tensor(im, lite.preprocessing) for im in imgs])
     x_nsfw = np.stack([nsfw_input(im, nsfw.preprocessing) for im in imgs])
-    stop_at = time.perf_counter() + seconds
 
-    def worker(_: int) -> int:
-        done = 0
-        while time.perf_counter() < stop_at:
-            pipeline.s_lite.run(None, {lite.inputs[0].name: x_lite})
-            pipeline.s_nsfw.run(None, {nsfw.inputs[0].name: x_nsfw})
-            done += len(imgs)
-        return done
+    def step(_: int) -> int:
+        pipeline.s_lite.run(None, {lite.inputs[0].name: x_lite})
+        pipeline.s_nsfw.run(None, {nsfw.inputs[0].name: x_nsfw})
+        return len(imgs)
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        done = sum(pool.map(worker, range(workers)))
-    return done / (time.perf_counter() - start)
+    return worker_rate(step, workers, seconds)
 
 
 class LatencyPair:
@@ -129,6 +124,29 @@ def decode_ms(data: bytes, n: int = 100) -> float:
     return (time.perf_counter() - t) / n * 1000
 
 
+def cpu_table(service: CpuPerItem, bare: CpuPerItem) -> str:
+    """Where the throughput sides' CPU went, per image (medians of the rounds, warm-up
+    included)."""
+
+    def row(label: str, account: CpuPerItem, name: str) -> str:
+        cpu, faults = account.cpu_ms[name], account.faults[name]
+        return (
+            f"| {label} | {statistics.median(cpu):.1f} ms | {statistics.median(faults):.0f} | "
+            f"{', '.join(f'{v:.1f}' for v in cpu)} |"
+        )
+
+    return "\n".join(
+        [
+            "| CPU per image (this process and the service's, from /proc) | median | page "
+            "faults | rounds (ms) |",
+            "|---|---:|---:|---|",
+            row("classify service process, at saturation", service, "service"),
+            row("its load generator (gRPC client tasks, this process)", service, "client"),
+            row("the same work on the bare sessions (this process)", bare, "bare"),
+        ]
+    )
+
+
 def classify_args(batch: int, tracing: bool) -> list[str]:
     settings = [
         f"{model}.{key}"
@@ -173,6 +191,10 @@ def main() -> None:
         gw_t = traced.start()
         gw_u = untraced.start()
         classify_t = traced.processes["classify"].address
+        service_cpu = CpuPerItem(
+            {"service": traced.processes["classify"].process.pid, "client": os.getpid()}
+        )
+        bare_cpu = CpuPerItem({"bare": os.getpid()})
         on = LatencyPair(gw_t, classify_t, args.requests)
         off = LatencyPair(gw_u, untraced.processes["classify"].address, args.requests)
         s = args.seconds
@@ -181,7 +203,12 @@ def main() -> None:
                  f"1 ORT intra-op thread per model instance, {BARE_WORKERS} instances per model",
                  f"{args.concurrency} gRPC client tasks",
                  "gRPC, raw-pixel validation, both preprocessings, both models, quality",
-                 lambda: asyncio.run(service_throughput(classify_t, s, args.concurrency))),
+                 lambda: asyncio.run(
+                     service_throughput(classify_t, s, args.concurrency, service_cpu.mark))),
+            Side("bare", f"the same work on the bare sessions, batch {args.batch}",
+                 "1 ORT intra-op thread per session", f"{BARE_WORKERS} worker threads",
+                 "both preprocessings, both models' forward passes, quality",
+                 lambda: pipeline.throughput(s, BARE_WORKERS, bare_cpu.mark)),
             Side("engine", f"bare engine: the two ORT sessions, batch {args.batch}",
                  "1 ORT intra-op thread per session", f"{BARE_WORKERS} worker threads",
                  "the two models' forward passes on pre-made tensors only",
@@ -215,11 +242,14 @@ def main() -> None:
         sides,
         values,
         [
-            Ratio("service / bare engine", "service", "engine", Goal(">=", 0.9)),
+            Ratio("service / bare engine, same work", "service", "bare", Goal(">=", 0.9)),
+            Ratio("service / forward passes only", "service", "engine"),
+            Ratio("bare same work / forward passes only", "bare", "engine"),
             Ratio("gateway / direct p50", "gateway", "direct"),
             Ratio("gateway / direct p50, tracing off", "gateway_nt", "direct_nt"),
         ],
     )
+    report.add(cpu_table(service_cpu, bare_cpu))
     overhead = [g - d for g, d in zip(values["gateway"], values["direct"], strict=True)]
     overhead_nt = [g - d for g, d in zip(values["gateway_nt"], values["direct_nt"], strict=True)]
     goal = Goal("<=", 2.0)

@@ -61,6 +61,10 @@ def _hint_retry(context: grpc.aio.ServicerContext, ticket: Ticket) -> None:
         context.set_trailing_metadata(retry_after_metadata(Overloaded("", ticket.retry_after_s)))
 
 
+async def _no_frames() -> list[gateway_pb2.AnalyzeResponse]:
+    return []
+
+
 def _encoded(image: common_pb2.Image) -> bytes | None:
     return image.encoded if image.WhichOneof("source") == "encoded" else None
 
@@ -419,12 +423,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         frame_options = gateway_pb2.AnalyzeOptions()
         frame_options.CopyFrom(options)
         frame_options.all_tag_scores = True
-        frame_results = (
-            await self.analyze_frames(
+        whole_clip = gateway_pb2.AnalyzeVideoResponse()
+        # Whole-clip features (one call with every frame) run beside the per-frame ones, as
+        # an image's features do: run after them, their call would add its latency to the clip.
+        frame_results, _ = await asyncio.gather(
+            self.analyze_frames(
                 [frame.rgb for frame in clip.frames], per_frame, frame_options, timeout_s
             )
             if per_frame and clip.frames
-            else []
+            else _no_frames(),
+            self._analyze_whole_clip(
+                clip, [s for s in specs if not s.per_frame], options, timeout_s, whole_clip
+            ),
         )
         timed = [
             (frame.timestamp_s, result)
@@ -459,14 +469,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     if (err.feature, err.code) not in seen:
                         seen.add((err.feature, err.code))
                         response.errors.append(err)
-        whole_clip = [s for s in specs if not s.per_frame]
-        if whole_clip:
-            frames = [
-                rgb_to_image(fit_within(frame.rgb, _CLIP_FRAME_SIDE)[0]) for frame in clip.frames
-            ]
-        for spec in whole_clip:
+        # The per-frame errors come first, then the whole-clip features' results and errors.
+        response.MergeFrom(whole_clip)
+        return response
+
+    async def _analyze_whole_clip(
+        self,
+        clip: video.DecodedVideo,
+        specs: list[feature_table.FeatureSpec],
+        options: gateway_pb2.AnalyzeOptions,
+        timeout_s: float,
+        response: gateway_pb2.AnalyzeVideoResponse,
+    ) -> None:
+        """Features that answer for the clip as a whole, each one call with every frame."""
+        if not specs:
+            return
+        frames = await asyncio.to_thread(
+            lambda: [rgb_to_image(fit_within(f.rgb, _CLIP_FRAME_SIDE)[0]) for f in clip.frames]
+        )
+
+        async def one(spec: feature_table.FeatureSpec) -> None:
             try:
                 await self.fanout.run_feature(spec, frames, options, timeout_s, response)
             except Exception as exc:
                 response.errors.append(feature_error(spec.enum, exc))
-        return response
+
+        await asyncio.gather(*(one(spec) for spec in specs))

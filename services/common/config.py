@@ -56,9 +56,10 @@ class EngineConfig:
     # busy ones need (docs/reliability.md, "Overload"). Off unless asked for.
     spin_wait: bool = False
     # ONNX Runtime's CPU memory arena (faster than malloc per run), and how often
-    # (seconds; 0 = never) a run also shrinks it: the arena grows to the largest
-    # batch and shape seen and otherwise never gives memory back (with variable
-    # shapes, OCR's, it keeps growing). See services/common/memory.py.
+    # (seconds; 0 = never) a run also shrinks it when the model's input sizes vary
+    # beyond the batch (OCR's, the face detector's): such an arena fragments and
+    # keeps growing. A fixed-shape model's arena is kept at its largest batch's
+    # working set, which later batches reuse. See services/common/memory.py.
     cpu_mem_arena: bool = True
     arena_shrink_period_s: float = 10.0
     # "fp32" or "fp16" (GPU backends).

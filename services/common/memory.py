@@ -14,8 +14,9 @@ Three allocator behaviours made RSS climb under load and never come back:
 
 - ONNX Runtime's CPU arena grows to the largest batch and input shape a
   model has seen and keeps it; with variable shapes (OCR) it fragments and
-  keeps growing. Each ONNX Runtime engine shrinks it every
-  ``engine.arena_shrink_period_s`` (one run hands the unused regions back).
+  keeps growing. Each ONNX Runtime engine of such a model shrinks it every
+  ``engine.arena_shrink_period_s`` (one run hands the unused regions back);
+  a fixed-shape model keeps its arena, bounded by its largest batch.
 
 Measured on the OCR service alone (8 callers, 24 sizes of a photo, 75 s,
 2 busy cores): RSS 192 -> 1,673 MiB and 1,584 MiB after the load without
