@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from services.common.batcher import DynamicBatcher
+from services.common.batcher import BatchStacker, DynamicBatcher
 from services.common.config import EngineConfig
 from services.common.deadline import Deadline
 from services.common.engines.base import Engine
@@ -183,3 +183,40 @@ async def test_engine_error_reaches_every_request_of_the_batch_and_the_batcher_s
     ok = await batcher.infer(rows(1, 2.0))
     await batcher.close()
     np.testing.assert_allclose(ok["y"], 4.0)
+
+
+def test_the_stacker_writes_each_batch_into_the_buffer_it_kept() -> None:
+    stacker = BatchStacker()
+    first = stacker.stack([rows(2, 1.0), rows(3, 2.0)])["x"]
+    np.testing.assert_array_equal(first[:, 0], [1, 1, 2, 2, 2])
+    second = stacker.stack([rows(1, 5.0), rows(2, 6.0)])["x"]
+    np.testing.assert_array_equal(second[:, 0], [5, 6, 6])
+    assert np.shares_memory(first, second)  # no new batch-sized allocation
+    assert stacker.stack([rows(2, 7.0)])["x"].shape == (2, 4)  # one request: its own array
+
+
+def test_the_stacker_keeps_no_buffer_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BatchStacker, "KEEP_BYTES", 64)  # 4 rows of 4 float32
+    stacker = BatchStacker()
+    big = stacker.stack([rows(3, 1.0), rows(3, 2.0)])["x"]
+    again = stacker.stack([rows(3, 1.0), rows(3, 2.0)])["x"]
+    assert not np.shares_memory(big, again)
+    np.testing.assert_array_equal(again[:, 0], [1, 1, 1, 2, 2, 2])
+
+
+async def test_consecutive_batches_each_get_their_own_rows() -> None:
+    engine = RecordingEngine(delay_s=0.01)
+    batcher = await make([engine], max_batch_size=4, max_queue_delay_us=2000)
+    try:
+        waves = []
+        for value in (1.0, 2.0, 3.0):
+            waves.append(
+                asyncio.gather(*(batcher.infer(rows(1, value + i / 10)) for i in range(3)))
+            )
+            await asyncio.sleep(0)
+        for value, wave in zip((1.0, 2.0, 3.0), waves, strict=True):
+            for i, out in enumerate(await wave):
+                np.testing.assert_allclose(out["y"], np.full((1, 4), 2 * (value + i / 10)))
+        assert max(engine.batches) > 1  # the buffer was reused across batched runs
+    finally:
+        await batcher.close()
