@@ -34,7 +34,8 @@ class GatewayConfig:
     breaker_failures: int = 5
     breaker_reset_s: float = 5.0
     # Health probes of every instance: an open breaker closes on the first SERVING
-    # (checked every health_recovering_period_s); a closed one is tripped after
+    # (checked every health_recovering_period_s at first, twice as long after each failed
+    # check, at most every health_period_s); a closed one is tripped after
     # health_down_after checks in a row (every health_period_s) fail within health_timeout_s.
     health_period_s: float = 1.0
     health_recovering_period_s: float = 0.1

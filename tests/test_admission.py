@@ -185,3 +185,29 @@ async def test_prober_closes_an_open_breaker_as_soon_as_the_instance_serves() ->
         finally:
             await prober.close()
     await server.stop(None)
+
+
+async def test_prober_backs_off_from_an_instance_that_stays_down() -> None:
+    checks: list[float] = []
+
+    class CountingProber(HealthProber):
+        @staticmethod
+        async def check(channel: grpc.aio.Channel, timeout_s: float) -> bool:
+            checks.append(time.monotonic())
+            return False  # the instance never comes back
+
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=60)
+    breaker.trip()
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:
+        prober = CountingProber(
+            lambda: [_Endpoint("a", channel, breaker)], period_s=0.4, recovering_period_s=0.05
+        )
+        prober.start()
+        try:
+            await asyncio.sleep(2.0)
+        finally:
+            await prober.close()
+    # Every 0.05 s without back-off: 40 checks. With it: 0.05, 0.1, 0.2, then every 0.4 s.
+    assert 4 <= len(checks) <= 10, len(checks)
+    gaps = [b - a for a, b in zip(checks, checks[1:], strict=False)]
+    assert max(gaps) == pytest.approx(0.4, abs=0.1)
