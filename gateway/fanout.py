@@ -20,6 +20,7 @@ from gateway.admission import Ticket
 from gateway.config import GatewayConfig
 from gateway.discovery import Resolver
 from gateway.resilience import call_with_retry
+from services.common import tracing
 from services.common.batch_rpc import MAX_BATCH_ITEMS
 from services.common.errors import DeadlineExceeded, ServiceError
 from visionmesh import features
@@ -105,16 +106,18 @@ class FanOut:
         self.resolver = resolver
         self.config = config
         self.slots = CallSlots(config.calls_per_instance)
+        self.propagate_trace = config.server.tracing
 
     async def call(self, service: str, method: str, request: Any, timeout_s: float | None) -> Any:
         """One RPC to some healthy instance of ``service``, retried on UNAVAILABLE only."""
+        metadata = tracing.outgoing_metadata() if self.propagate_trace else None
 
         async def attempt(remaining: float | None) -> Any:
             endpoint = self.resolver.pick(service)
             stub = features.by_name(service).stub(endpoint.channel)
             async with self.slots.hold(endpoint.address, remaining) as left:
                 try:
-                    reply = await getattr(stub, method)(request, timeout=left)
+                    reply = await getattr(stub, method)(request, timeout=left, metadata=metadata)
                 except Exception as exc:
                     endpoint.breaker.record(exc)
                     raise

@@ -58,3 +58,20 @@ def test_a_process_that_records_nothing_passes_the_callers_trace_on(
     assert outgoing["traceparent"] == incoming["traceparent"]
     monkeypatch.setattr(tracing, "_recording", True)
     assert tracing._interceptor_provider() is tracing.provider()
+
+
+def test_without_recording_calls_carry_the_context_as_metadata_not_interceptors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.propagate import extract
+
+    monkeypatch.setattr(tracing, "_recording", False)
+    assert tracing.client_interceptors() == []
+    assert tracing.outgoing_metadata() is None  # no caller's context: nothing to pass on
+    incoming = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    tracer = tracing._interceptor_provider().get_tracer("test")
+    with tracer.start_as_current_span("hop", context=extract(incoming)):
+        assert dict(tracing.outgoing_metadata() or ()) == incoming
+    monkeypatch.setattr(tracing, "_recording", True)
+    assert tracing.outgoing_metadata() is None  # the interceptors inject it
+    assert tracing.client_interceptors()

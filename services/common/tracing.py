@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -115,7 +115,23 @@ def server_interceptor() -> Any:
 
 
 def client_interceptors() -> list[Any]:
-    return list(aio_client_interceptors(tracer_provider=_interceptor_provider()))
+    """The client side's interceptors: none when nothing records spans (``outgoing_metadata``
+    passes the caller's context on instead; an intercepted grpc.aio call costs an extra task
+    and event-loop turns per call, for spans nobody keeps)."""
+    if not _recording:
+        return []
+    return list(aio_client_interceptors(tracer_provider=provider()))
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...] | None:
+    """The current W3C trace context as call metadata, for calls made without the client
+    interceptors (when nothing records spans); None when there is none to pass on or the
+    interceptors do it."""
+    if _recording:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items()) or None
 
 
 def tracer(name: str) -> trace.Tracer:
