@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -46,6 +47,7 @@ import skimage.data
 from PIL import Image
 
 from bench.harness import Goal, Ratio, Report, Side, alternate, fmt
+from bench.load import CpuUse
 from services.common.protos import rgb_to_image
 from services.common.repository import ModelEntry, load_entry
 from services.face import attributes, retinaface
@@ -242,17 +244,16 @@ def recall_sentence(recalls: dict[str, list[float]], least: float = 0.95) -> str
 def thread_cpu() -> dict[tuple[int, str], float]:
     """CPU seconds of every live thread of this process, by (native id, name stem): Python
     threads by their name, native ones (gRPC's event engine, ...) by their kernel name."""
-    tick = os.sysconf("SC_CLK_TCK")
     names = {t.native_id: t.name for t in threading.enumerate()}
     out = {}
     for task in os.listdir("/proc/self/task"):
+        path = Path(f"/proc/self/task/{task}")
         try:
-            stat = open(f"/proc/self/task/{task}/stat").read()
-        except OSError:
+            comm, use = (path / "comm").read_text().strip(), CpuUse.read(path / "stat")
+        except OSError:  # the thread ended
             continue
-        comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
         name = names.get(int(task), f"{comm} (native)")
-        out[(int(task), re.sub(r"(_\d+)+$", "", name))] = (int(fields[11]) + int(fields[12])) / tick
+        out[(int(task), re.sub(r"(_\d+)+$", "", name))] = use.cpu_s
     return out
 
 

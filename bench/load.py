@@ -128,8 +128,13 @@ class CpuUse:
 
     @classmethod
     def of(cls, pid: int) -> CpuUse:
+        return cls.read(Path(f"/proc/{pid}/stat"))
+
+    @classmethod
+    def read(cls, stat: Path) -> CpuUse:
+        """From a ``stat`` file of /proc (a process's, or a thread's under ``task/``)."""
         # After the ")" of the command name: minflt is field 7, utime 11, stime 12 (proc(5)).
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
         return cls((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7]))
 
     def __sub__(self, other: CpuUse) -> CpuUse:

@@ -106,11 +106,10 @@ class FanOut:
         self.resolver = resolver
         self.config = config
         self.slots = CallSlots(config.calls_per_instance)
-        self.propagate_trace = config.server.tracing
 
     async def call(self, service: str, method: str, request: Any, timeout_s: float | None) -> Any:
         """One RPC to some healthy instance of ``service``, retried on UNAVAILABLE only."""
-        metadata = tracing.outgoing_metadata() if self.propagate_trace else None
+        metadata = tracing.outgoing_metadata() if self.config.server.tracing else None
 
         async def attempt(remaining: float | None) -> Any:
             endpoint = self.resolver.pick(service)

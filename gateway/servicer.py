@@ -61,10 +61,6 @@ def _hint_retry(context: grpc.aio.ServicerContext, ticket: Ticket) -> None:
         context.set_trailing_metadata(retry_after_metadata(Overloaded("", ticket.retry_after_s)))
 
 
-async def _no_frames() -> list[gateway_pb2.AnalyzeResponse]:
-    return []
-
-
 def _encoded(image: common_pb2.Image) -> bytes | None:
     return image.encoded if image.WhichOneof("source") == "encoded" else None
 
@@ -250,6 +246,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         timeout_s: float,
     ) -> list[gateway_pb2.AnalyzeResponse]:
         """A video's sampled frames: each feature gets all of them in one call where it can."""
+        if not frames or not features:
+            return []
         fitted = await asyncio.to_thread(
             lambda: [fit_within(rgb, self.config.fanout_max_side) for rgb in frames]
         )
@@ -429,9 +427,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         frame_results, _ = await asyncio.gather(
             self.analyze_frames(
                 [frame.rgb for frame in clip.frames], per_frame, frame_options, timeout_s
-            )
-            if per_frame and clip.frames
-            else _no_frames(),
+            ),
             self._analyze_whole_clip(
                 clip, [s for s in specs if not s.per_frame], options, timeout_s, whole_clip
             ),
