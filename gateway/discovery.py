@@ -57,6 +57,8 @@ class Endpoint:
     address: str
     channel: grpc.aio.Channel
     breaker: CircuitBreaker
+    # Stubs on this channel by service name, made on first use rather than per call.
+    stubs: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 class Resolver(Protocol):

@@ -68,6 +68,14 @@ def feature_error(feature: int, exc: BaseException) -> common_pb2.FeatureError:
     return common_pb2.FeatureError(feature=feature, code=code, message=message)  # type: ignore[arg-type]
 
 
+async def _settled(run: Awaitable[Any]) -> Any:
+    """``run``'s result, or the exception it raised (as ``gather(return_exceptions=True)``)."""
+    try:
+        return await run
+    except Exception as exc:
+        return exc
+
+
 class CallSlots:
     """At most ``limit`` calls in flight per instance address (0: no limit); the peak is kept."""
 
@@ -83,9 +91,14 @@ class CallSlots:
         start = time.monotonic()
         slot = None
         if self.limit > 0:
-            slot = self._slots.setdefault(address, asyncio.Semaphore(self.limit))
+            slot = self._slots.get(address) or self._slots.setdefault(
+                address, asyncio.Semaphore(self.limit)
+            )
             try:
-                await asyncio.wait_for(slot.acquire(), timeout_s)
+                if slot.locked():
+                    await asyncio.wait_for(slot.acquire(), timeout_s)
+                else:  # free: taken at once, without the task wait_for would start
+                    await slot.acquire()
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no free call slot on {address} within the deadline "
@@ -113,7 +126,9 @@ class FanOut:
 
         async def attempt(remaining: float | None) -> Any:
             endpoint = self.resolver.pick(service)
-            stub = features.by_name(service).stub(endpoint.channel)
+            stub = endpoint.stubs.get(service)
+            if stub is None:
+                stub = endpoint.stubs[service] = features.by_name(service).stub(endpoint.channel)
             async with self.slots.hold(endpoint.address, remaining) as left:
                 try:
                     reply = await getattr(stub, method)(request, timeout=left, metadata=metadata)
@@ -150,15 +165,14 @@ class FanOut:
                     response.errors.append(err)
             specs = [s for s in specs if s.service not in ticket.refused]
         FANOUT_WIDTH.observe(len(specs))
-        results = await asyncio.gather(
-            *(
-                self._timed(
-                    spec, self.run_feature(spec, [image], options, timeout_s, response), ticket
-                )
-                for spec in specs
-            ),
-            return_exceptions=True,
-        )
+        runs = [
+            self._timed(spec, self.run_feature(spec, [image], options, timeout_s, response), ticket)
+            for spec in specs
+        ]
+        if len(runs) == 1:  # awaited in place: no task to schedule and wait on
+            results = [await _settled(runs[0])]
+        else:
+            results = await asyncio.gather(*runs, return_exceptions=True)
         for spec, result in zip(specs, results, strict=True):
             if isinstance(result, BaseException):
                 err = feature_error(spec.enum, result)

@@ -4,6 +4,7 @@ classify service."""
 from __future__ import annotations
 
 import asyncio
+import types
 import urllib.request
 
 import grpc
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.classify.main import DEFINITION as CLASSIFY
 from services.common import config as cfgmod
+from services.common.interceptors import MetricsInterceptor, RequestGuardInterceptor
 from services.common.runner import build_server
 from tests.support import running_service
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2
@@ -103,3 +105,27 @@ async def test_metrics_endpoint_counts_exactly_the_calls_made(chelsea_jpeg: byte
     assert delta["queued"] == 4, delta  # one queue wait per request
     assert delta["rpcs"] == 5, delta  # the failed call is timed too
     assert delta["invalid"] == 1, delta
+
+
+async def test_interceptors_wrap_a_method_once_and_keep_no_unknown_method() -> None:
+    """Handlers are fixed per method: wrapped on the first call, reused after; a method with no
+    handler is asked each time (so random method names cannot grow the table)."""
+    asked: list[str] = []
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+
+    async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        asked.append(details.method)
+        return handler if details.method == "/visionmesh.v1.S/Known" else None
+
+    def details(method: str) -> grpc.HandlerCallDetails:
+        return types.SimpleNamespace(method=method, invocation_metadata=())  # type: ignore[return-value]
+
+    for interceptor in (MetricsInterceptor(), RequestGuardInterceptor({}, 1024)):
+        asked.clear()
+        first = await interceptor.intercept_service(continuation, details("/visionmesh.v1.S/Known"))
+        again = await interceptor.intercept_service(continuation, details("/visionmesh.v1.S/Known"))
+        assert first is again and first is not handler
+        for _ in range(2):
+            missing = await interceptor.intercept_service(continuation, details("/x.Y/Nope"))
+            assert missing is None
+        assert asked == ["/visionmesh.v1.S/Known", "/x.Y/Nope", "/x.Y/Nope"]

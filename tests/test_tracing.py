@@ -12,6 +12,9 @@ from services.common import tracing
 from tests.support import running_service
 from visionmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+CALLER_SPAN = 0xB7AD6B7169203331
+
 
 async def test_one_trace_spans_client_gateway_and_service(chelsea_jpeg: bytes) -> None:
     spans = tracing.capture_spans()
@@ -40,38 +43,50 @@ async def test_one_trace_spans_client_gateway_and_service(chelsea_jpeg: bytes) -
     assert ("/visionmesh.v1.ClassifyService/Classify", trace.SpanKind.SERVER) in names, names
 
 
-def test_a_process_that_records_nothing_passes_the_callers_trace_on(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_gateway_that_records_nothing_passes_the_callers_trace_on(
+    chelsea_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``trace_exporter: none``: no spans are built, but the caller's W3C context goes on."""
-    from opentelemetry.propagate import extract, inject
-
-    monkeypatch.setattr(tracing, "_recording", False)
-    provider = tracing._interceptor_provider()
-    assert isinstance(provider, trace.NoOpTracerProvider)
-    incoming = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
-    tracer = provider.get_tracer("test")
-    with tracer.start_as_current_span("hop", context=extract(incoming)) as span:
-        assert not span.is_recording()
-        outgoing: dict[str, str] = {}
-        inject(outgoing)
-    assert outgoing["traceparent"] == incoming["traceparent"]
-    monkeypatch.setattr(tracing, "_recording", True)
-    assert tracing._interceptor_provider() is tracing.provider()
+    """``trace_exporter: none`` in the gateway: it builds no spans, yet the caller's W3C context
+    reaches the (recording) service behind it, whose span is the caller's child."""
+    spans = tracing.capture_spans()
+    async with running_service(CLASSIFY) as classify:  # recording: OpenTelemetry's interceptor
+        monkeypatch.setattr(tracing, "_recording", False)
+        assert isinstance(tracing.server_interceptor(), tracing.CallerContextInterceptor)
+        services = {"classify": [classify.address]}
+        async with running_service(GATEWAY, {"services": services}) as gateway:
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                reply = await gateway_pb2_grpc.GatewayServiceStub(channel).Analyze(
+                    gateway_pb2.AnalyzeRequest(
+                        image=common_pb2.Image(encoded=chelsea_jpeg),
+                        features=[common_pb2.FEATURE_CLASSIFY],
+                        options=gateway_pb2.AnalyzeOptions(no_cache=True),
+                    ),
+                    metadata=(("traceparent", f"00-{TRACE_ID:032x}-{CALLER_SPAN:016x}-01"),),
+                    timeout=30,
+                )
+    assert reply.classify.labels
+    mine = [s for s in spans.get_finished_spans() if s.context.trace_id == TRACE_ID]
+    assert [(s.name, s.kind) for s in mine] == [
+        ("/visionmesh.v1.ClassifyService/Classify", trace.SpanKind.SERVER)
+    ]
+    assert mine[0].parent is not None and mine[0].parent.span_id == CALLER_SPAN
 
 
 def test_without_recording_calls_carry_the_context_as_metadata_not_interceptors(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from opentelemetry import context
     from opentelemetry.propagate import extract
 
     monkeypatch.setattr(tracing, "_recording", False)
     assert tracing.client_interceptors() == []
     assert tracing.outgoing_metadata() is None  # no caller's context: nothing to pass on
-    incoming = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
-    tracer = tracing._interceptor_provider().get_tracer("test")
-    with tracer.start_as_current_span("hop", context=extract(incoming)):
+    incoming = {"traceparent": f"00-{TRACE_ID:032x}-{CALLER_SPAN:016x}-01"}
+    token = context.attach(extract(incoming))
+    try:
         assert dict(tracing.outgoing_metadata() or ()) == incoming
+    finally:
+        context.detach(token)
     monkeypatch.setattr(tracing, "_recording", True)
     assert tracing.outgoing_metadata() is None  # the interceptors inject it
     assert tracing.client_interceptors()

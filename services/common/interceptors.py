@@ -21,31 +21,83 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class PerMethodInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each method's handler once, on its first call.
+
+    A server's handlers are fixed per method, so the wrapped handler is kept and
+    later calls skip the continuation and the wrapping (fewer objects and event-loop
+    steps on every call). Unknown methods (no handler) are not kept.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.response_streaming:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return handler
+            handler = self._handlers[method] = self.wrap(handler, method)
+        return handler
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+_HANDLER_KINDS = (
+    ("unary_unary", False, grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", False, grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", True, grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", True, grpc.stream_stream_rpc_method_handler),
+)
+
+
+def rebuild(
+    handler: grpc.RpcMethodHandler,
+    wrap_behavior: Callable[[Callable[..., Any], bool], Callable[..., Any]],
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """``handler`` of whichever kind, its behaviour passed through ``wrap_behavior(behavior,
+    request_streaming)`` (and its deserializer replaced when one is given)."""
+    for kind, request_streaming, make in _HANDLER_KINDS:
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            return make(
+                wrap_behavior(behavior, request_streaming),
+                request_deserializer=request_deserializer or handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    raise ValueError(f"handler has no behaviour: {handler!r}")
+
+
+class MetricsInterceptor(PerMethodInterceptor):
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.request_streaming or handler.response_streaming:
             # Streaming RPCs are counted by their own servicers; wrapping them here
             # would hold the generator open.
             return handler
-        service, method = _split(handler_call_details.method)
+        service, name = _split(method)
         inner = handler.unary_unary
+        in_flight = metrics.RPC_IN_FLIGHT.labels(service)
+        latency = metrics.RPC_LATENCY.labels(service, name)
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            metrics.RPC_IN_FLIGHT.labels(service).inc()
+            in_flight.inc()
             try:
                 return await inner(request, context)
             finally:
-                metrics.RPC_IN_FLIGHT.labels(service).dec()
-                metrics.RPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+                in_flight.dec()
+                latency.observe(time.perf_counter() - start)
                 code = context.code()
                 if code not in (None, grpc.StatusCode.OK):
-                    metrics.RPC_ERRORS.labels(service, method, metrics.status_name(code)).inc()
+                    metrics.RPC_ERRORS.labels(service, name, metrics.status_name(code)).inc()
 
         return grpc.unary_unary_rpc_method_handler(
             observed,
@@ -68,7 +120,7 @@ def _message_type(deserializer: Callable[[bytes], Any] | None) -> str:
     return str(getattr(descriptor, "full_name", "request"))
 
 
-class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
+class RequestGuardInterceptor(PerMethodInterceptor):
     """Every request message is checked before a servicer sees it.
 
     gRPC answers UNKNOWN when a deserializer raises, so the deserializer is
@@ -83,42 +135,19 @@ class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, limits: Mapping[str, int], default_limit: int) -> None:
+        super().__init__()
         self.limits = dict(limits)
         self.default_limit = default_limit
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         limit = self.limits.get(method, self.default_limit)
         deserializer = self._guarded_deserializer(handler.request_deserializer, method, limit)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_unary(handler.unary_stream),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _guard_stream(handler.stream_unary),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _guard_stream(handler.stream_stream),
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
+        return rebuild(
+            handler,
+            lambda behavior, request_streaming: (
+                _guard_stream(behavior) if request_streaming else _guard_unary(behavior)
+            ),
+            deserializer,
         )
 
     @staticmethod

@@ -10,10 +10,13 @@ Exporters: ``console`` (stdout), ``otlp`` (OTLP/gRPC to a collector, settings in
 from __future__ import annotations
 
 import atexit
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
@@ -27,6 +30,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.common.config import ConfigError, OtlpConfig
+from services.common.interceptors import PerMethodInterceptor, rebuild
 
 _provider: TracerProvider | None = None
 memory_exporter: InMemorySpanExporter | None = None
@@ -99,19 +103,58 @@ def provider() -> TracerProvider | trace.TracerProvider:
     return _provider or trace.get_tracer_provider()
 
 
-def _interceptor_provider() -> trace.TracerProvider:
-    """The provider the gRPC interceptors start spans with.
-
-    When nothing records spans (``trace_exporter: none``, the default), the API's no-op
-    provider: its spans are the caller's span context passed through, so the W3C context
-    still reaches the next hop (a traced caller's trace continues in traced services
-    behind this one) without building, timing and dropping two span objects per call.
-    """
-    return provider() if _recording else trace.NoOpTracerProvider()
-
-
 def server_interceptor() -> Any:
-    return aio_server_interceptor(tracer_provider=_interceptor_provider())
+    """OpenTelemetry's server interceptor when spans are recorded; otherwise one that only makes
+    the caller's W3C context current for the call (``outgoing_metadata`` passes it on), without
+    building a span, its attributes and a proxied servicer context per call."""
+    if not _recording:
+        return CallerContextInterceptor()
+    return aio_server_interceptor(tracer_provider=provider())
+
+
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+
+
+def _attach_caller_context(context: grpc.aio.ServicerContext) -> object | None:
+    carrier = {k: v for k, v in context.invocation_metadata() or () if k in _TRACE_HEADERS}
+    return otel_context.attach(propagate.extract(carrier)) if carrier else None
+
+
+def _detach(token: object | None) -> None:
+    if token is not None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _in_caller_context(
+    behavior: Callable[..., Any], _request_streaming: bool
+) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = _attach_caller_context(context)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                _detach(token)
+
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = _attach_caller_context(context)
+        try:
+            return await behavior(request, context)
+        finally:
+            _detach(token)
+
+    return unary
+
+
+class CallerContextInterceptor(PerMethodInterceptor):
+    """The caller's trace context made current for each call, no spans (nothing records them)."""
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return rebuild(handler, _in_caller_context)
 
 
 def client_interceptors() -> list[Any]:
