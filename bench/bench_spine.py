@@ -48,7 +48,12 @@ from visionmesh.mesh import LocalMesh
 from visionmesh.v1 import classify_pb2, classify_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
-def bare_engine(pipeline: BarePipeline, seconds: float, workers: int) -> float:
+def bare_engine(
+    pipeline: BarePipeline,
+    seconds: float,
+    workers: int,
+    mark: Callable[[int], None] | None = None,
+) -> float:
     """Images/s of the two sessions alone on pre-made tensors, ``workers`` threads each on a
     batch."""
     lite, nsfw = pipeline.lite, pipeline.nsfw
@@ -64,7 +69,7 @@ def bare_engine(pipeline: BarePipeline, seconds: float, workers: int) -> float:
         pipeline.s_nsfw.run(None, {nsfw.inputs[0].name: x_nsfw})
         return len(imgs)
 
-    return worker_rate(step, workers, seconds)
+    return worker_rate(step, workers, seconds, mark)
 
 
 Call = Callable[[grpc.aio.Channel], Callable[[], Awaitable[object]]]
@@ -162,7 +167,7 @@ def decode_ms(data: bytes, n: int = 100) -> float:
     return (time.perf_counter() - t) / n * 1000
 
 
-def cpu_table(service: CpuPerItem, bare: CpuPerItem) -> str:
+def cpu_table(service: CpuPerItem, bare: CpuPerItem, engine: CpuPerItem) -> str:
     """Where the throughput sides' CPU went, per image (medians of the rounds, warm-up
     included)."""
 
@@ -179,8 +184,14 @@ def cpu_table(service: CpuPerItem, bare: CpuPerItem) -> str:
             "faults | rounds (ms) |",
             "|---|---:|---:|---|",
             row("classify service process, at saturation", service, "service"),
+            row(
+                "of which its engine threads (the models' runs, batch stacking)",
+                service,
+                "engine threads",
+            ),
             row("its load generator (gRPC client tasks, this process)", service, "client"),
             row("the same work on the bare sessions (this process)", bare, "bare"),
+            row("the forward passes alone on the bare sessions (this process)", engine, "engine"),
         ]
     )
 
@@ -231,10 +242,14 @@ def main() -> None:
         gw_t = traced.start()
         gw_u = untraced.start()
         classify_t = traced.processes["classify"].address
+        service_pid = traced.processes["classify"].process.pid
         service_cpu = CpuPerItem(
-            {"service": traced.processes["classify"].process.pid, "client": os.getpid()}
+            {"service": service_pid, "client": os.getpid()},
+            # The batcher names its worker threads so (services/common/batcher.py).
+            threads={"engine threads": (service_pid, "engine-")},
         )
         bare_cpu = CpuPerItem({"bare": os.getpid()})
+        engine_cpu = CpuPerItem({"engine": os.getpid()})
         data = encode(skimage.data.chelsea())
         classify_req = classify_pb2.ClassifyRequest(image=common_pb2.Image(encoded=data))
         analyze_req = gateway_pb2.AnalyzeRequest(
@@ -273,7 +288,7 @@ def main() -> None:
             Side("engine", f"bare engine: the two ORT sessions, batch {args.batch}",
                  "1 ORT intra-op thread per session", f"{BARE_WORKERS} worker threads",
                  "the two models' forward passes on pre-made tensors only",
-                 lambda: bare_engine(pipeline, s, workers=BARE_WORKERS)),
+                 lambda: bare_engine(pipeline, s, BARE_WORKERS, engine_cpu.mark)),
             Side("direct", "classify called directly, p50", "service: 1 per model",
                  "1 call at a time", "one Classify call (JPEG)",
                  lambda: on.value("direct"), unit="ms"),
@@ -314,7 +329,7 @@ def main() -> None:
             Ratio("gateway / direct p50, tracing off", "gateway_nt", "direct_nt"),
         ],
     )
-    report.add(cpu_table(service_cpu, bare_cpu))
+    report.add(cpu_table(service_cpu, bare_cpu, engine_cpu))
 
     def per_round(a: str, b: str) -> list[float]:
         return [x - y for x, y in zip(values[a], values[b], strict=True)]

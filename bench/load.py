@@ -140,21 +140,45 @@ class CpuUse:
     def __sub__(self, other: CpuUse) -> CpuUse:
         return CpuUse(self.cpu_s - other.cpu_s, self.faults - other.faults)
 
+    def __add__(self, other: CpuUse) -> CpuUse:
+        return CpuUse(self.cpu_s + other.cpu_s, self.faults + other.faults)
+
+
+def threads_use(pid: int, prefix: str) -> CpuUse:
+    """CPU and page faults so far of ``pid``'s threads whose OS name starts with ``prefix``
+    (a thread that ended is no longer counted)."""
+    total = CpuUse(0.0, 0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().startswith(prefix):
+                total = total + CpuUse.read(task / "stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+    return total
+
 
 class CpuPerItem:
     """CPU ms and page faults per item of named processes over steady-state windows: pass
-    ``mark`` to ``steady_rate`` (it is called when the window opens and when it closes)."""
+    ``mark`` to ``steady_rate`` (it is called when the window opens and when it closes).
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    ``threads`` names groups of one process's threads as well: label -> (pid, OS thread-name
+    prefix), e.g. a service's engine threads."""
+
+    def __init__(
+        self, pids: dict[str, int], threads: dict[str, tuple[int, str]] | None = None
+    ) -> None:
         self.pids = pids
+        self.threads = threads or {}
         self._start: dict[str, CpuUse] = {}
-        self.cpu_ms: dict[str, list[float]] = {name: [] for name in pids}
-        self.faults: dict[str, list[float]] = {name: [] for name in pids}
+        names = [*pids, *self.threads]
+        self.cpu_ms: dict[str, list[float]] = {name: [] for name in names}
+        self.faults: dict[str, list[float]] = {name: [] for name in names}
 
     def mark(self, items: int) -> None:
         """Window open (``items`` 0: remember where each process stands) or closed after
         ``items``."""
         now = {name: CpuUse.of(pid) for name, pid in self.pids.items()}
+        now.update({name: threads_use(*group) for name, group in self.threads.items()})
         if not items:
             self._start = now
             return

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ class RecordingEngine(Engine):
         self.delay_s = delay_s
         self.batches: list[int] = []
         self.threads: set[str] = set()
+        self.native_ids: set[int] = set()
 
     def load(self) -> None:
         pass
@@ -41,6 +44,7 @@ class RecordingEngine(Engine):
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.batches.append(int(inputs["x"].shape[0]))
         self.threads.add(threading.current_thread().name)
+        self.native_ids.add(threading.get_native_id())
         if self.delay_s:
             time.sleep(self.delay_s)
         x = inputs["x"]
@@ -168,6 +172,18 @@ async def test_several_instances_drain_one_queue_in_parallel() -> None:
     assert elapsed < 0.75, (
         f"two instances should halve the time of four 0.2 s batches, took {elapsed:.2f}s"
     )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names: Linux only")
+async def test_engine_threads_carry_the_batchers_name_where_the_os_shows_it() -> None:
+    engine = RecordingEngine()
+    batcher = await make([engine], max_batch_size=4, max_queue_delay_us=0, max_queue_size=10)
+    await batcher.infer(rows(1, 1.0))
+    (tid,) = engine.native_ids
+    try:
+        assert Path(f"/proc/self/task/{tid}/comm").read_text().strip() == "engine-test"
+    finally:
+        await batcher.close()
 
 
 async def test_engine_error_reaches_every_request_of_the_batch_and_the_batcher_survives() -> None:

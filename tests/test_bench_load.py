@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import threading
 import time
 
 import pytest
 
-from bench.load import CpuPerItem, steady_rate, worker_rate
+from bench.load import CpuPerItem, steady_rate, threads_use, worker_rate
+from services.common.batcher import name_os_thread
 
 
 class BurstServer:
@@ -93,3 +96,26 @@ def test_cpu_per_item_counts_the_window_only() -> None:
     assert marks[0] == 0 and marks[1] >= 10
     # /proc counts in clock ticks (10 ms): 20 ms an item, within a tick per window.
     assert account.cpu_ms["me"][0] == pytest.approx(20, abs=10 / marks[1] + 2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux only")
+def test_threads_use_counts_the_named_threads_only() -> None:
+    burned, done = threading.Event(), threading.Event()
+
+    def burn() -> None:
+        name_os_thread("burner-1")
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+        burned.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=burn)
+    thread.start()
+    try:
+        assert burned.wait(10)
+        assert threads_use(os.getpid(), "burner-").cpu_s == pytest.approx(0.2, abs=0.05)
+        assert threads_use(os.getpid(), "no-such-thread").cpu_s == 0
+    finally:
+        done.set()
+        thread.join()
