@@ -312,9 +312,9 @@ def main() -> None:
     validate = decode_ms(encode(skimage.data.chelsea()))
     report.add(
         f"{args.rounds} rounds after a warm-up round, sides in turn within each round; the latency "
-        f"sides are {args.requests} sequential calls each per round, direct and "
-        "gateway interleaved "
-        "call by call. Both meshes (tracing on / off) run all the time, idle while "
+        f"sides are {args.requests} sequential calls each per round, the targets of one mesh "
+        "in turn call by call (direct, gateway and forwarder; direct and gateway with "
+        "tracing off). Both meshes (tracing on / off) run all the time, idle while "
         "the other is measured."
     )
     report.sides(sides)
