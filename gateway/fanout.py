@@ -91,9 +91,9 @@ class CallSlots:
         start = time.monotonic()
         slot = None
         if self.limit > 0:
-            slot = self._slots.get(address) or self._slots.setdefault(
-                address, asyncio.Semaphore(self.limit)
-            )
+            slot = self._slots.get(address)
+            if slot is None:
+                slot = self._slots[address] = asyncio.Semaphore(self.limit)
             try:
                 if slot.locked():
                     await asyncio.wait_for(slot.acquire(), timeout_s)
