@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import subprocess
 import sys
@@ -38,6 +39,18 @@ print(peak, memory.rss_mb())
     )
     peak, after = map(float, out.stdout.split())
     assert peak - after > 150, (peak, after)  # ~190 MiB touched, handed back
+
+
+def test_trims_do_not_look_the_c_library_up_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``find_library`` forks ``ldconfig``: a periodic trim must not pay that every time."""
+    lookups = []
+    real = ctypes.util.find_library
+    monkeypatch.setattr(
+        ctypes.util, "find_library", lambda name: lookups.append(name) or real(name)
+    )
+    for _ in range(3):
+        memory.trim()
+    assert len(lookups) <= 1, lookups  # the first, unless an earlier test loaded it
 
 
 def test_tuning_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:

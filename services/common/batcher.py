@@ -27,13 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import ctypes.util
-import functools
 import itertools
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common import libc as c_library
 from services.common import metrics
 from services.common.deadline import NO_DEADLINE, Deadline
 from services.common.engines.base import Engine
@@ -391,23 +388,13 @@ class BatchStacker:
         return out
 
 
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
 def name_os_thread(name: str) -> None:
     """Give the calling thread ``name`` (its first 15 bytes) where the OS shows it: ``top -H``,
     ``ps -L``, py-spy, /proc/<pid>/task/<tid>/comm. Python names its threads for itself only.
     Linux; elsewhere nothing."""
-    prctl = _prctl()
-    if prctl is not None:
-        prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    libc = c_library.load()
+    if libc is not None:
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 def _stack_and_infer(

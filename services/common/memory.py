@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 import os
 from pathlib import Path
+
+from services.common import libc as c_library
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,13 @@ DEFAULT_TRIM_PERIOD_S = 10.0
 def _libc() -> ctypes.CDLL | None:
     if os.environ.get("VISIONMESH_MALLOC_TUNING", "").lower() in ("off", "0", "false"):
         return None
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = c_library.load()
+    if libc is None:
         return None
     try:
-        libc = ctypes.CDLL(name)
         libc.mallopt  # noqa: B018 - glibc only: musl and others have no mallopt
         libc.malloc_trim  # noqa: B018
-    except (OSError, AttributeError):
+    except AttributeError:
         return None
     return libc
 
