@@ -81,12 +81,18 @@ class InterleavedCalls:
 
     ``value(key)`` is a side's measure: the first target's runs the round, the others read
     its figures (``alternate`` measures the sides of one round in their listed order).
+
+    ``paired[key]`` holds, round by round, the median over turns of the target's call minus
+    the first target's call of the same turn (ms): the calls of one turn are adjacent in time,
+    so a slow moment of the machine moves both of a pair, where it moves one p50 more than the
+    other when it falls on fewer of one target's calls.
     """
 
     def __init__(self, targets: dict[str, tuple[str, Call]], n: int) -> None:
         self.targets, self.n = targets, n
         self.first = next(iter(targets))
         self.last: dict[str, float] = {}
+        self.paired: dict[str, list[float]] = {key: [] for key in targets if key != self.first}
 
     async def _round(self) -> dict[str, float]:
         channels = [grpc.aio.insecure_channel(address) for address, _ in self.targets.values()]
@@ -107,7 +113,11 @@ class InterleavedCalls:
         finally:
             for ch in channels:
                 await ch.close()
-        return {key: percentiles_ms(s)["p50"] for key, s in zip(self.targets, samples, strict=True)}
+        by_key = dict(zip(self.targets, samples, strict=True))
+        for key, rounds in self.paired.items():
+            pairs = zip(by_key[key], by_key[self.first], strict=True)
+            rounds.append(statistics.median(a - b for a, b in pairs) * 1000)
+        return {key: percentiles_ms(s)["p50"] for key, s in by_key.items()}
 
     def value(self, key: str) -> float:
         if key == self.first:
@@ -351,6 +361,18 @@ def main() -> None:
         )
         + row("a bare Python gRPC hop: forwarder - direct", per_round("forwarder", "direct"))
         + row("the gateway's own code: gateway - forwarder", per_round("gateway", "forwarder"))
+        + row(
+            "gateway overhead, paired: median over turns of gateway - direct, tracing on",
+            on.paired["gateway"][-args.rounds :],
+        )
+        + row(
+            "gateway overhead, paired, tracing off",
+            off.paired["gateway_nt"][-args.rounds :],
+        )
+        + row(
+            "a bare Python gRPC hop, paired: forwarder - direct",
+            on.paired["forwarder"][-args.rounds :],
+        )
         + "| a bare gRPC round trip to the gateway (health check, back to back, p50, after the "
         f"rounds) | {hop:.2f} ms | |\n"
         "| the validating decode of this JPEG, which the gateway skips when the header check "
