@@ -162,9 +162,9 @@ class LocalMesh:
                 del self.processes[name]
         services = {name: [p.address] for name, p in self.processes.items()}
         config_path = (self.log_dir or Path(tempfile.mkdtemp())) / "gateway.yaml"
-        # Features whose service is absent still resolve to an address: callers get UNAVAILABLE.
-        for name in registry.feature_services().values():
-            services.setdefault(name, [f"{self.host}:{free_port(self.host)}"])
+        # A service that is not running is left out: its features answer UNAVAILABLE ("no
+        # instance known") at once, and the gateway does not redial a port nobody listens on
+        # (every 0.5 s, its reconnect backoff) or one that another process may take later.
         config_path.write_text(
             yaml.safe_dump({"services": services, "calls_per_instance": self.calls_per_instance})
         )
