@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bench.load import CpuPerItem, steady_rate, threads_use, worker_rate
-from services.common.batcher import name_os_thread
+from services.common.libc import name_os_thread
 
 
 class BurstServer:

@@ -126,7 +126,7 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(
             self.config.instances,
             thread_name_prefix=f"engine-{self.name}",
-            initializer=name_os_thread,
+            initializer=c_library.name_os_thread,
             initargs=(f"engine-{self.name}",),
         )
         # Engines load in the worker threads: a slow load never blocks the event loop.
@@ -386,15 +386,6 @@ class BatchStacker:
         out = kept[:nbytes].view(first.dtype).reshape(shape)
         np.concatenate(parts, out=out)
         return out
-
-
-def name_os_thread(name: str) -> None:
-    """Give the calling thread ``name`` (its first 15 bytes) where the OS shows it: ``top -H``,
-    ``ps -L``, py-spy, /proc/<pid>/task/<tid>/comm. Python names its threads for itself only.
-    Linux; elsewhere nothing."""
-    libc = c_library.load()
-    if libc is not None:
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 def _stack_and_infer(

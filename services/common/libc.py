@@ -1,4 +1,5 @@
-"""The C library, loaded once per process (Linux with glibc; elsewhere ``None``).
+"""The C library, loaded once per process (Linux; elsewhere ``None``), and what is done with it
+beyond the allocator (``memory.py``): naming threads for the OS.
 
 ``ctypes.util.find_library`` runs ``ldconfig -p`` in a subprocess on every call
 (1-5 ms of CPU here): the periodic malloc trim paid that every 10 s in every
@@ -24,3 +25,12 @@ def load() -> ctypes.CDLL | None:
         return ctypes.CDLL(name, use_errno=True)
     except OSError:
         return None
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` (its first 15 bytes) where the OS shows it: ``top -H``,
+    ``ps -L``, py-spy, /proc/<pid>/task/<tid>/comm. Python names its threads for itself only.
+    Linux; elsewhere nothing."""
+    libc = load()
+    if libc is not None:
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
