@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes.util
 import os
 import subprocess
@@ -51,6 +52,44 @@ def test_trims_do_not_look_the_c_library_up_again(monkeypatch: pytest.MonkeyPatc
     for _ in range(3):
         memory.trim()
     assert len(lookups) <= 1, lookups  # the first, unless an earlier test loaded it
+
+
+class _Periods:
+    """A process's CPU clock that advances by a scripted period at each reading, and a trim that
+    costs CPU (which must not count as load)."""
+
+    def __init__(self, periods: list[str]) -> None:
+        self.periods, self.log = periods, []
+        self.cpu, self.started, self.trimmed = 0.0, False, False
+
+    def cpu_s(self) -> float:
+        if not self.started or self.trimmed:  # the first reading, or the one right after a trim
+            self.started, self.trimmed = True, False
+            return self.cpu
+        if not self.periods:
+            raise asyncio.CancelledError  # the script is over
+        period = self.periods.pop(0)
+        self.log.append(period)
+        self.cpu += 1.0 if period == "busy" else 0.0
+        return self.cpu
+
+    def trim(self) -> None:
+        self.log.append("trim")
+        self.cpu += 5.0
+        self.trimmed = True
+
+
+def test_trims_once_a_burst_of_load_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not under load (a trim there costs more than it returns), once when quiet, again only
+    after the next busy spell."""
+    clock = _Periods(["busy", "quiet", "quiet", "quiet", "busy", "busy", "quiet", "quiet"])
+    monkeypatch.setattr(memory, "_libc", lambda: object())
+    monkeypatch.setattr(memory, "trim", clock.trim)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(memory.trim_when_quiet(period_s=0.001, quiet_share=0.5, cpu_s=clock.cpu_s))
+    assert clock.log == [
+        "busy", "quiet", "trim", "quiet", "quiet", "busy", "busy", "quiet", "trim", "quiet",
+    ]  # fmt: skip
 
 
 def test_tuning_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:

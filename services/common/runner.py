@@ -120,7 +120,7 @@ def build_server(definition: ServiceDefinition, cfg: Any) -> MeshServer:
 
 async def _serve(definition: ServiceDefinition, cfg: Any) -> None:
     server = build_server(definition, cfg)
-    trimmer = asyncio.create_task(memory.trim_periodically(), name="malloc-trim")
+    trimmer = asyncio.create_task(memory.trim_when_quiet(), name="malloc-trim")
     try:
         await server.serve_until_signalled()
     finally:
