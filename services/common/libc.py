@@ -2,8 +2,7 @@
 beyond the allocator (``memory.py``): naming threads for the OS.
 
 ``ctypes.util.find_library`` runs ``ldconfig -p`` in a subprocess on every call
-(1-5 ms of CPU here): the periodic malloc trim paid that every 10 s in every
-service before the library was kept.
+(1-5 ms of CPU here): every malloc trim paid that before the library was kept.
 """
 
 from __future__ import annotations
