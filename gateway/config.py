@@ -35,8 +35,10 @@ class GatewayConfig:
     breaker_reset_s: float = 5.0
     # Health probes of every instance: an open breaker closes on the first SERVING
     # (checked every health_recovering_period_s at first, twice as long after each failed
-    # check, at most every health_period_s); a closed one is tripped after
-    # health_down_after checks in a row (every health_period_s) fail within health_timeout_s.
+    # check, at most every health_period_s); a closed one (checked every health_period_s)
+    # is tripped at the first NOT_SERVING answer (a draining instance says so only
+    # server.drain_delay_s before it refuses calls), or after health_down_after checks in a
+    # row get no answer within health_timeout_s.
     health_period_s: float = 1.0
     health_recovering_period_s: float = 0.1
     health_timeout_s: float = 2.0

@@ -11,9 +11,10 @@ cap.
 - ``HealthProber`` — asks every instance's ``grpc.health.v1`` service on a
   short period. An open breaker closes as soon as its instance answers
   SERVING (recovery within a probe period of the instance being healthy, not
-  after ``reset_timeout_s``); an instance that stops answering its health
-  checks (hung, SIGSTOPped, draining) is tripped open, which the breaker's own
-  counting cannot do now that deadlines do not count.
+  after ``reset_timeout_s``); an instance that says NOT_SERVING (draining,
+  or its store failed) is tripped open at that check, and one that stops
+  answering (hung, SIGSTOPped) after a few checks in a row, which the breaker's
+  own counting cannot do now that deadlines do not count.
 - ``call_with_retry`` — one logical call: retried with exponential backoff and
   full jitter, but only on UNAVAILABLE (the request never reached a server
   that could act on it, so repeating it is safe) and never past the caller's
@@ -124,6 +125,18 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
+        """A call succeeded: the failure count starts again, and a half-open probe closes it.
+
+        While open, a success is from a call admitted before the breaker opened (an open
+        breaker admits none) and proves nothing about the instance now: a draining
+        instance finishes the calls it has while its health checks say NOT_SERVING, and
+        closing on those successes sent it new calls until it stopped.
+        """
+        if self.state is not BreakerState.OPEN:
+            self.close()
+
+    def close(self) -> None:
+        """Closed now (the instance answered its health check SERVING)."""
         self._failures = 0
         self._opened_at = None
         self._probe_started_at = None
@@ -256,6 +269,16 @@ class ProbedEndpoint(Protocol):
     breaker: CircuitBreaker
 
 
+class Probe(enum.Enum):
+    """What one health check found."""
+
+    SERVING = "serving"
+    # The instance answered that it is not serving: it is draining, starting, or failed.
+    NOT_SERVING = "not_serving"
+    # No answer within the timeout, or no connection.
+    NO_ANSWER = "no_answer"
+
+
 class HealthProber:
     """Background ``grpc.health.v1`` checks of every endpoint ``endpoints()`` returns.
 
@@ -264,11 +287,15 @@ class HealthProber:
     (an instance that stays down is not asked ten times a second forever: with
     four absent services that was 2 % of a core in an idle gateway, on the event
     loop every call needs), and closed on the first SERVING; a closed one is asked
-    every ``period_s``
-    and tripped open after ``down_after`` consecutive failed checks (no answer
-    within ``timeout_s``, UNAVAILABLE, NOT_SERVING). The default ``timeout_s``
-    is generous on purpose: a busy instance answers its health checks late,
-    and tripping it would turn "busy" into "unavailable".
+    every ``period_s``. A closed breaker is tripped open at the first NOT_SERVING
+    answer: a draining instance reports NOT_SERVING only ``drain_delay_s`` (3 s
+    in the manifests) before it refuses calls, and waiting for ``down_after``
+    such answers took most of that (a call sent in the last moments of the delay
+    can reach the instance as it stops and come back CANCELLED, a status no one
+    retries). No answer (``timeout_s`` passed, or no connection) trips it only
+    after ``down_after`` in a row: the default ``timeout_s`` is generous on purpose,
+    since a busy instance answers its health checks late, and tripping it would
+    turn "busy" into "unavailable".
     """
 
     def __init__(
@@ -327,35 +354,44 @@ class HealthProber:
 
     async def _check(self, endpoint: ProbedEndpoint) -> None:
         try:
-            serving = await self.check(endpoint.channel, self.timeout_s)
+            probe = await self.check(endpoint.channel, self.timeout_s)
         finally:
             self._checking.discard(endpoint.address)
         breaker = endpoint.breaker
-        if serving:
+        if probe is Probe.SERVING:
             self._failed_checks[endpoint.address] = 0
             if breaker.state is not BreakerState.CLOSED:
                 log.info(
                     "instance healthy again: breaker closed",
                     extra={"fields": {"address": endpoint.address}},
                 )
-                breaker.record_success()
+                breaker.close()
             return
         failed = self._failed_checks.get(endpoint.address, 0) + 1
         self._failed_checks[endpoint.address] = failed
-        if failed >= self.down_after and breaker.state is BreakerState.CLOSED:
+        said_so = probe is Probe.NOT_SERVING
+        if (said_so or failed >= self.down_after) and breaker.state is BreakerState.CLOSED:
             log.warning(
                 "instance failed its health checks: breaker opened",
-                extra={"fields": {"address": endpoint.address, "failed_checks": failed}},
+                extra={
+                    "fields": {
+                        "address": endpoint.address,
+                        "failed_checks": failed,
+                        "last_check": probe.value,
+                    }
+                },
             )
             breaker.trip()
 
     @staticmethod
-    async def check(channel: grpc.aio.Channel, timeout_s: float) -> bool:
-        """One ``Health.Check`` of the whole server: SERVING within ``timeout_s``?"""
+    async def check(channel: grpc.aio.Channel, timeout_s: float) -> Probe:
+        """One ``Health.Check`` of the whole server within ``timeout_s``."""
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
             )
         except grpc.aio.AioRpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            return Probe.NO_ANSWER
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            return Probe.SERVING
+        return Probe.NOT_SERVING

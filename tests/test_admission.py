@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.admission import Admission
-from gateway.resilience import BreakerState, CircuitBreaker, HealthProber
+from gateway.resilience import BreakerState, CircuitBreaker, HealthProber, Probe
 from services.common.deadline import Deadline
 from services.common.errors import DeadlineExceeded, Overloaded, Status, retry_after_metadata
 from tests.test_batcher import RecordingEngine, make, rows
@@ -192,9 +192,9 @@ async def test_prober_backs_off_from_an_instance_that_stays_down() -> None:
 
     class CountingProber(HealthProber):
         @staticmethod
-        async def check(channel: grpc.aio.Channel, timeout_s: float) -> bool:
+        async def check(channel: grpc.aio.Channel, timeout_s: float) -> Probe:
             checks.append(time.monotonic())
-            return False  # the instance never comes back
+            return Probe.NO_ANSWER  # the instance never comes back
 
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=60)
     breaker.trip()
@@ -211,3 +211,56 @@ async def test_prober_backs_off_from_an_instance_that_stays_down() -> None:
     assert 4 <= len(checks) <= 10, len(checks)
     gaps = [b - a for a, b in zip(checks, checks[1:], strict=False)]
     assert max(gaps) == pytest.approx(0.4, abs=0.1)
+
+
+async def test_prober_trips_at_the_first_not_serving_answer() -> None:
+    # A draining instance says NOT_SERVING only drain_delay_s (3 s) before it refuses calls:
+    # taking it out of rotation must not wait for down_after more checks, a period apart.
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        endpoint = _Endpoint("a", channel, CircuitBreaker(failure_threshold=1, reset_timeout_s=60))
+        # One check of the closed breaker in this test's time: the first.
+        prober = HealthProber(lambda: [endpoint], period_s=30, down_after=3)
+        prober.start()
+        try:
+            started = time.monotonic()
+            while endpoint.breaker.state is BreakerState.CLOSED:
+                assert time.monotonic() - started < 2.0, "one NOT_SERVING must trip the breaker"
+                await asyncio.sleep(0.01)
+        finally:
+            await prober.close()
+    await server.stop(None)
+
+
+async def test_prober_trips_a_silent_instance_after_down_after_checks() -> None:
+    # No answer may only mean busy: it takes down_after checks in a row.
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=60)
+    states: list[BreakerState] = []
+
+    class SilentProber(HealthProber):
+        @staticmethod
+        async def check(channel: grpc.aio.Channel, timeout_s: float) -> Probe:
+            states.append(breaker.state)
+            return Probe.NO_ANSWER
+
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:
+        prober = SilentProber(
+            lambda: [_Endpoint("a", channel, breaker)],
+            period_s=0.05,
+            recovering_period_s=0.05,
+            down_after=3,
+        )
+        prober.start()
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if len(states) >= 4:
+                    break
+        finally:
+            await prober.close()
+    assert states[:4] == [BreakerState.CLOSED] * 3 + [BreakerState.OPEN], states

@@ -54,6 +54,19 @@ def test_breaker_opens_after_consecutive_failures_and_recovers_through_half_open
     assert breaker.state is BreakerState.CLOSED and breaker.allow()
 
 
+def test_a_call_admitted_before_the_breaker_opened_does_not_close_it() -> None:
+    # A draining instance finishes its calls while its health checks say NOT_SERVING: their
+    # successes must not send it new calls until it stops.
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout_s=5.0, clock=clock)
+    assert breaker.allow()  # a call goes out
+    breaker.trip()  # the health checks take the instance out
+    breaker.record_success()  # the call comes back fine
+    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    breaker.close()  # a health check answers SERVING
+    assert breaker.state is BreakerState.CLOSED and breaker.allow()
+
+
 def test_failed_probe_reopens_for_a_full_timeout() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=2.0, clock=clock)
