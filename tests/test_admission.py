@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -157,14 +159,26 @@ class _Endpoint:
     breaker: CircuitBreaker
 
 
-async def test_prober_closes_an_open_breaker_as_soon_as_the_instance_serves() -> None:
+@contextlib.asynccontextmanager
+async def _health_server(
+    status: health_pb2.HealthCheckResponse.ServingStatus.ValueType,
+) -> AsyncIterator[tuple[health.aio.HealthServicer, grpc.aio.Channel]]:
+    """A real gRPC health service answering ``status`` for the whole server, and a channel to it."""
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    await servicer.set("", status)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield servicer, channel
+    finally:
+        await server.stop(None)
+
+
+async def test_prober_closes_an_open_breaker_as_soon_as_the_instance_serves() -> None:
+    async with _health_server(health_pb2.HealthCheckResponse.NOT_SERVING) as (servicer, channel):
         endpoint = _Endpoint("a", channel, CircuitBreaker(failure_threshold=1, reset_timeout_s=60))
         prober = HealthProber(
             lambda: [endpoint], period_s=0.1, recovering_period_s=0.05, down_after=2
@@ -184,7 +198,6 @@ async def test_prober_closes_an_open_breaker_as_soon_as_the_instance_serves() ->
                 await asyncio.sleep(0.01)
         finally:
             await prober.close()
-    await server.stop(None)
 
 
 async def test_prober_backs_off_from_an_instance_that_stays_down() -> None:
@@ -216,13 +229,7 @@ async def test_prober_backs_off_from_an_instance_that_stays_down() -> None:
 async def test_prober_trips_at_the_first_not_serving_answer() -> None:
     # A draining instance says NOT_SERVING only drain_delay_s (3 s) before it refuses calls:
     # taking it out of rotation must not wait for down_after more checks, a period apart.
-    server = grpc.aio.server()
-    servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with _health_server(health_pb2.HealthCheckResponse.NOT_SERVING) as (_, channel):
         endpoint = _Endpoint("a", channel, CircuitBreaker(failure_threshold=1, reset_timeout_s=60))
         # One check of the closed breaker in this test's time: the first.
         prober = HealthProber(lambda: [endpoint], period_s=30, down_after=3)
@@ -234,7 +241,6 @@ async def test_prober_trips_at_the_first_not_serving_answer() -> None:
                 await asyncio.sleep(0.01)
         finally:
             await prober.close()
-    await server.stop(None)
 
 
 async def test_prober_trips_a_silent_instance_after_down_after_checks() -> None:
