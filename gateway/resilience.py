@@ -288,12 +288,10 @@ class HealthProber:
     four absent services that was 2 % of a core in an idle gateway, on the event
     loop every call needs), and closed on the first SERVING; a closed one is asked
     every ``period_s``. A closed breaker is tripped open at the first NOT_SERVING
-    answer: a draining instance reports NOT_SERVING only ``drain_delay_s`` (3 s
-    in the manifests) before it refuses calls, and waiting for ``down_after``
-    such answers took most of that (a call sent in the last moments of the delay
-    can reach the instance as it stops and come back CANCELLED, a status no one
-    retries). No answer (``timeout_s`` passed, or no connection) trips it only
-    after ``down_after`` in a row: the default ``timeout_s`` is generous on purpose,
+    answer: a draining instance says so only ``drain_delay_s`` (3 s in the
+    manifests) before it refuses calls (docs/reliability.md, "Recovery"). No
+    answer (``timeout_s`` passed, or no connection) trips it only after
+    ``down_after`` in a row: the default ``timeout_s`` is generous on purpose,
     since a busy instance answers its health checks late, and tripping it would
     turn "busy" into "unavailable".
     """
@@ -369,8 +367,8 @@ class HealthProber:
             return
         failed = self._failed_checks.get(endpoint.address, 0) + 1
         self._failed_checks[endpoint.address] = failed
-        said_so = probe is Probe.NOT_SERVING
-        if (said_so or failed >= self.down_after) and breaker.state is BreakerState.CLOSED:
+        tripped = probe is Probe.NOT_SERVING or failed >= self.down_after
+        if tripped and breaker.state is BreakerState.CLOSED:
             log.warning(
                 "instance failed its health checks: breaker opened",
                 extra={

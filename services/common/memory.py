@@ -42,6 +42,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,16 +114,10 @@ def trim() -> None:
         libc.malloc_trim(0)
 
 
-def process_cpu_s() -> float:
-    """CPU seconds this process has used so far, all its threads, user and system."""
-    times = os.times()
-    return times.user + times.system
-
-
 async def trim_when_quiet(
     period_s: float = DEFAULT_TRIM_PERIOD_S,
     quiet_share: float = QUIET_CPU_SHARE,
-    cpu_s: Callable[[], float] = process_cpu_s,
+    cpu_s: Callable[[], float] = time.process_time,
 ) -> None:
     """Every ``period_s`` seconds, ``trim()`` once the process has been quiet for a whole
     period (it used less than ``quiet_share`` of one core), and then not again until it has
